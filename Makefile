@@ -1,0 +1,32 @@
+# Every target bootstraps .venv on first use: a fresh clone needs nothing but python3.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export AUTOSINK_HOME ?= $(CURDIR)/.autosink
+export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
+
+.PHONY: demo dev test install clean-home
+
+$(BIN)/autosink: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[test]"
+	touch $@
+
+install: $(BIN)/autosink
+
+## The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel.
+demo: install
+	$(BIN)/autosink demo
+
+## Dagster UI on the same home, so the demo's materializations show.
+dev: install
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml
+
+## The test suite (the command CI runs).
+test: install
+	$(BIN)/python -m pytest
+
+clean-home:
+	rm -rf $(AUTOSINK_HOME) mlflow/mlflow.db mlflow/artifacts

@@ -1,0 +1,50 @@
+"""Where the embedded default keeps its state.
+
+One home directory holds the lake, the feature store, the fleet channel and the Dagster
+instance; MLflow lives in the top-level ``mlflow/`` folder of the project. Every value can be
+overridden explicitly (resource config) or by the usual environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "lake"
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def fleet(self) -> Path:
+        return self.root / "fleet"
+
+    @property
+    def dagster(self) -> Path:
+        return self.root / "dagster"
+
+
+def resolve_home(explicit: str | os.PathLike | None = None) -> Home:
+    """Explicit value, else ``$AUTOSINK_HOME``, else ``.autosink/`` in the project."""
+    value = explicit or os.environ.get("AUTOSINK_HOME") or PROJECT_ROOT / ".autosink"
+    return Home(Path(value).expanduser().resolve())
+
+
+def default_mlflow_tracking_uri() -> str:
+    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite registry under ``mlflow/``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+
+
+def default_mlflow_artifact_root() -> str:
+    return (PROJECT_ROOT / "mlflow" / "artifacts").as_uri()

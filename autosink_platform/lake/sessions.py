@@ -1,0 +1,280 @@
+"""The public Pi session format and the append-only lake that holds it.
+
+    raw/<device_id>/<YYYY-MM-DD>/<session_id>/
+      session.json   events.jsonl   frames/<index>.png|jpg   _COMMITTED (written last)
+
+A session without ``_COMMITTED`` is incomplete and never read. Raw files are never modified;
+a session that fails to parse gets a quarantine record under ``quarantine/`` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from PIL import Image
+
+SCHEMA_VERSIONS = {1}
+COMMITTED = "_COMMITTED"
+FRAME_SUFFIXES = {".png", ".jpg", ".jpeg"}
+MODEL_EVENTS = {"valve_open", "valve_close"}
+USER_EVENTS = {"user_open", "user_close"}
+EVENT_TYPES = MODEL_EVENTS | USER_EVENTS
+# (field, accepted types): bool is excluded from numbers explicitly below.
+REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
+    "device_id": (str,),
+    "session_id": (str,),
+    "started_at": (str,),
+    "ended_at": (str,),
+    "fps": (int, float),
+    "firmware": (str,),
+    "model_version": (str,),
+    "schema_version": (int,),
+}
+# Sanity limits: a Pi session is seconds to an hour of small frames.
+MAX_FRAMES = 100_000
+MIN_SIDE, MAX_SIDE = 16, 4096
+
+
+class SessionFormatError(ValueError):
+    """A session that does not follow the public format. ``reason`` is machine-readable."""
+
+    def __init__(self, path: Path, reason: str, detail: str):
+        super().__init__(f"{path}: {reason}: {detail}")
+        self.path, self.reason, self.detail = Path(path), reason, detail
+
+
+@dataclass(frozen=True)
+class Event:
+    t: float
+    type: str
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Session:
+    path: Path
+    meta: dict
+    frames: tuple[str, ...]  # paths relative to the session folder, in frame order
+    events: tuple[Event, ...]
+    frame_size: tuple[int, int]  # (width, height)
+    content_sha256: str
+
+    @property
+    def session_id(self) -> str:
+        return self.meta["session_id"]
+
+    @property
+    def device_id(self) -> str:
+        return self.meta["device_id"]
+
+    @property
+    def fps(self) -> float:
+        return float(self.meta["fps"])
+
+    @property
+    def duration(self) -> float:
+        return len(self.frames) / self.fps
+
+
+def _parse_time(path: Path, name: str, value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError as e:
+        raise SessionFormatError(path, "bad_field_value", f"session.json '{name}' is not ISO 8601: {value!r}") from e
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def _read_meta(path: Path) -> dict:
+    try:
+        meta = json.loads((path / "session.json").read_text())
+    except FileNotFoundError as e:
+        raise SessionFormatError(path, "missing_file", "session.json is missing") from e
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SessionFormatError(path, "invalid_json", f"session.json: {e}") from e
+    if not isinstance(meta, dict):
+        raise SessionFormatError(path, "invalid_json", "session.json is not a JSON object")
+    for name, types in REQUIRED_FIELDS.items():
+        if name not in meta:
+            raise SessionFormatError(path, "missing_field", f"session.json has no '{name}'")
+        value = meta[name]
+        if isinstance(value, bool) or not isinstance(value, types):
+            expected = " or ".join(t.__name__ for t in types)
+            raise SessionFormatError(
+                path, "bad_field_type", f"session.json '{name}' is {type(value).__name__}, expected {expected}"
+            )
+    if meta["schema_version"] not in SCHEMA_VERSIONS:
+        raise SessionFormatError(
+            path, "unknown_schema_version", f"schema_version {meta['schema_version']} (known: {sorted(SCHEMA_VERSIONS)})"
+        )
+    if not (0 < meta["fps"] <= 120):
+        raise SessionFormatError(path, "bad_field_value", f"fps {meta['fps']} outside (0, 120]")
+    if path.name != meta["session_id"]:
+        raise SessionFormatError(path, "bad_field_value", f"session_id {meta['session_id']!r} != folder name")
+    start = _parse_time(path, "started_at", meta["started_at"])
+    end = _parse_time(path, "ended_at", meta["ended_at"])
+    if end < start:
+        raise SessionFormatError(path, "bad_field_value", "ended_at is before started_at")
+    return meta
+
+
+def _read_frames(path: Path) -> tuple[tuple[str, ...], tuple[int, int]]:
+    frame_dir = path / "frames"
+    files = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES) if frame_dir.is_dir() else []
+    if not files:
+        raise SessionFormatError(path, "no_frames", "frames/ holds no PNG/JPEG frames")
+    if len(files) > MAX_FRAMES:
+        raise SessionFormatError(path, "too_many_frames", f"{len(files)} frames > {MAX_FRAMES}")
+    try:
+        indices = sorted(int(p.stem) for p in files)
+    except ValueError as e:
+        raise SessionFormatError(path, "bad_frame_name", f"frame names must be integer indices: {e}") from e
+    if indices != list(range(len(files))):
+        raise SessionFormatError(path, "bad_frame_name", "frame indices are not contiguous from 0")
+    files.sort(key=lambda p: int(p.stem))
+    size = None
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.load()
+                this = im.size
+        except Exception as e:  # PIL raises many types for truncated/corrupt files
+            raise SessionFormatError(path, "corrupt_frame", f"{f.name}: {e}") from e
+        if not all(MIN_SIDE <= s <= MAX_SIDE for s in this):
+            raise SessionFormatError(path, "bad_frame_size", f"{f.name}: {this} outside [{MIN_SIDE}, {MAX_SIDE}]")
+        if size is not None and this != size:
+            raise SessionFormatError(path, "bad_frame_size", f"{f.name}: {this} differs from {size}")
+        size = this
+    return tuple(f"frames/{f.name}" for f in files), size
+
+
+def _read_events(path: Path, duration: float, fps: float) -> tuple[Event, ...]:
+    events_path = path / "events.jsonl"
+    if not events_path.exists():
+        raise SessionFormatError(path, "missing_file", "events.jsonl is missing")
+    events: list[Event] = []
+    last_t = 0.0
+    for lineno, line in enumerate(events_path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"events.jsonl line {lineno}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SessionFormatError(path, "invalid_event", f"{where}: {e}") from e
+        if not isinstance(obj, dict) or "t" not in obj or "type" not in obj:
+            raise SessionFormatError(path, "invalid_event", f"{where}: needs 't' and 'type'")
+        t, kind = obj["t"], obj["type"]
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t):
+            raise SessionFormatError(path, "invalid_event", f"{where}: t={t!r} is not a finite number")
+        if kind not in EVENT_TYPES:
+            raise SessionFormatError(path, "unknown_event_type", f"{where}: type {kind!r}")
+        if t < 0 or t > duration + 1.0 / fps:
+            raise SessionFormatError(path, "event_out_of_range", f"{where}: t={t} outside [0, {duration:.3f}]")
+        if t < last_t:
+            raise SessionFormatError(path, "event_time_backwards", f"{where}: t={t} < previous {last_t}")
+        score = obj.get("score")
+        if kind in MODEL_EVENTS and not (isinstance(score, (int, float)) and 0.0 <= score <= 1.0):
+            raise SessionFormatError(path, "invalid_event", f"{where}: {kind} needs a score in [0, 1]")
+        events.append(Event(float(t), kind, None if score is None else float(score)))
+        last_t = t
+    return tuple(events)
+
+
+def content_hash(path: Path) -> str:
+    """sha256 over every file's relative path and bytes: the session's identity."""
+    digest = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
+
+
+def read_session(path: str | os.PathLike) -> Session:
+    """Parse and check one committed session folder; raise SessionFormatError naming what is wrong."""
+    path = Path(path)
+    if not (path / COMMITTED).exists():
+        raise SessionFormatError(path, "not_committed", f"{COMMITTED} is missing: the session is incomplete")
+    meta = _read_meta(path)
+    frames, size = _read_frames(path)
+    events = _read_events(path, len(frames) / float(meta["fps"]), float(meta["fps"]))
+    return Session(path, meta, frames, events, size, content_hash(path))
+
+
+@dataclass(frozen=True)
+class QuarantineRecord:
+    session_id: str
+    path: str
+    reason: str
+    detail: str
+    quarantined_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+class Lake:
+    """The raw data lake on a local folder. Append-only: nothing here modifies raw files."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    def committed_sessions(self) -> dict[str, Path]:
+        """session_id -> folder, for every committed session (date layout: raw/<dev>/<day>/<id>)."""
+        return {p.parent.name: p.parent for p in sorted(self.raw.glob(f"*/*/*/{COMMITTED}"))}
+
+    def session_path(self, session_id: str) -> Path:
+        matches = list(self.raw.glob(f"*/*/{session_id}/{COMMITTED}"))
+        if len(matches) != 1:
+            raise KeyError(f"session {session_id!r}: {len(matches)} committed folders in {self.raw}")
+        return matches[0].parent
+
+    def quarantine(self, session_id: str, error: SessionFormatError) -> QuarantineRecord:
+        record = QuarantineRecord(session_id, str(error.path), error.reason, error.detail)
+        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_write_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
+        return record
+
+    def quarantined(self) -> dict[str, QuarantineRecord]:
+        return {
+            p.stem: QuarantineRecord(**json.loads(p.read_text())) for p in sorted(self.quarantine_dir.glob("*.json"))
+        }
+
+    def write_session(self, meta: dict, frames: list[bytes], events: list[dict], frame_suffix: str = ".png") -> Path:
+        """Write a session atomically: staged in a temp folder, moved in, ``_COMMITTED`` last."""
+        day = datetime.fromisoformat(meta["started_at"]).date().isoformat()
+        final = self.raw / meta["device_id"] / day / meta["session_id"]
+        if final.exists():
+            raise FileExistsError(f"{final} exists: raw sessions are append-only")
+        final.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{meta['session_id']}.", dir=final.parent))
+        try:
+            (staging / "frames").mkdir()
+            for i, data in enumerate(frames):
+                (staging / "frames" / f"{i:06d}{frame_suffix}").write_bytes(data)
+            (staging / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+            (staging / "session.json").write_text(json.dumps(meta, indent=2))
+            staging.rename(final)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        (final / COMMITTED).write_text(datetime.now(timezone.utc).isoformat())
+        return final
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
