@@ -1,0 +1,64 @@
+"""The labeled feature store: per-session ingestion records and label tables, and dataset snapshots.
+
+    <store>/<pipeline>/sessions/<session_id>.json        parsed session (meta, events, frames, hash)
+    <store>/<pipeline>/labeled_frames/<session_id>.parquet
+    <store>/<pipeline>/datasets/<snapshot_id>/           table.parquet, images.npy, manifest.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import pandas as pd
+
+from autosink_platform.lake.sessions import Event, Session
+
+
+class FeatureStore:
+    def __init__(self, root: str | os.PathLike, pipeline: str):
+        self.root = Path(root) / pipeline
+
+    def _path(self, kind: str, name: str) -> Path:
+        path = self.root / kind / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put_session(self, session: Session, lake_root: Path) -> None:
+        record = {
+            "meta": session.meta,
+            "events": [asdict(e) for e in session.events],
+            "frames": [(session.path / f).relative_to(lake_root).as_posix() for f in session.frames],
+            "frame_size": list(session.frame_size),
+            "content_sha256": session.content_sha256,
+        }
+        path = self._path("sessions", f"{session.session_id}.json")
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+
+    def get_session(self, session_id: str) -> dict:
+        path = self.root / "sessions" / f"{session_id}.json"
+        if not path.exists():
+            raise KeyError(f"session {session_id!r} has not been ingested into {self.root}")
+        record = json.loads(path.read_text())
+        record["events"] = [Event(**e) for e in record["events"]]
+        return record
+
+    def put_labels(self, session_id: str, table: pd.DataFrame) -> Path:
+        path = self._path("labeled_frames", f"{session_id}.parquet")
+        tmp = path.with_name(f".{path.name}.tmp")
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+        return path
+
+    def labeled_sessions(self) -> list[str]:
+        return sorted(p.stem for p in (self.root / "labeled_frames").glob("*.parquet"))
+
+    def get_labels(self, session_ids: list[str]) -> pd.DataFrame:
+        return pd.concat([pd.read_parquet(self.root / "labeled_frames" / f"{s}.parquet") for s in session_ids], ignore_index=True)
+
+    def dataset_dir(self, snapshot_id: str) -> Path:
+        return self.root / "datasets" / snapshot_id

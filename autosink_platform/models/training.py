@@ -1,0 +1,90 @@
+"""One training loop for every torch model: seeded, early-stopped on validation loss, best
+weights restored, per-epoch metrics handed to a callback (MLflow logging lives outside)."""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int = 15
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    patience: int = 3  # epochs without a better validation loss before stopping
+    seed: int = 0
+
+
+@dataclass
+class FitResult:
+    history: list[dict]
+    best_epoch: int
+    stopped_early: bool
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, tuple], torch.Tensor],
+    train_batches: Callable[[], Iterable[tuple]],
+    val_batches: Callable[[], Iterable[tuple]],
+    cfg: FitConfig,
+    on_epoch: Callable[[dict], None] = lambda metrics: None,
+    desc: str = "train",
+) -> FitResult:
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    best_loss, best_state, best_epoch, history = float("inf"), None, 0, []
+    bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=None)
+    for epoch in bar:
+        model.train()
+        total, n = 0.0, 0
+        for batch in train_batches():
+            opt.zero_grad()
+            loss = loss_fn(model, batch)
+            loss.backward()
+            opt.step()
+            total, n = total + loss.item() * len(batch[0]), n + len(batch[0])
+        sched.step()
+        model.eval()
+        with torch.no_grad():
+            val = [(loss_fn(model, b).item(), len(b[0])) for b in val_batches()]
+        val_loss = sum(v * k for v, k in val) / sum(k for _, k in val)
+        metrics = {"epoch": epoch, "train_loss": total / n, "val_loss": val_loss}
+        history.append(metrics)
+        on_epoch(metrics)
+        bar.set_postfix(train=f"{total / n:.4f}", val=f"{val_loss:.4f}")
+        if val_loss < best_loss - 1e-6:
+            best_loss, best_state, best_epoch = val_loss, copy.deepcopy(model.state_dict()), epoch
+        elif epoch - best_epoch >= cfg.patience:
+            break
+    model.load_state_dict(best_state)
+    model.eval()
+    return FitResult(history, best_epoch, stopped_early=len(history) < cfg.epochs)
+
+
+def to_float_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the input convention of every model."""
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def predict(module: nn.Module, images: np.ndarray, field: str, batch_size: int = 256) -> np.ndarray:
+    """Run ``module`` over uint8 images in batches and return one output field as float64."""
+    module.eval()
+    outs = [getattr(module(to_float_tensor(images[i : i + batch_size])), field) for i in range(0, len(images), batch_size)]
+    return torch.cat(outs).double().numpy()

@@ -1,0 +1,116 @@
+"""Operating-point policies. Convention everywhere: a sample is positive (valve open, anomalous)
+when ``score >= threshold``; higher scores mean more positive."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    policy: str
+    threshold: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
+    fpr: float | None
+    n_positive: int
+    n_negative: int
+    params: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1, sort_keys=True)
+
+
+def _check(scores, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    if scores.size == 0:
+        raise ValueError("no scores")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError(f"scores contain {np.sum(~np.isfinite(scores))} NaN/inf values")
+    if labels is None:
+        return scores, None
+    labels = np.asarray(labels).ravel()
+    if labels.shape != scores.shape:
+        raise ValueError(f"{labels.size} labels for {scores.size} scores")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    if labels.min() == labels.max():
+        raise ValueError(f"labels are all {int(labels[0])}: an operating point needs both classes")
+    return scores, labels.astype(np.int64)
+
+
+def _cut_points(scores: np.ndarray, labels: np.ndarray):
+    """Every distinct threshold (descending) with TP and FP when predicting ``score >= t``."""
+    order = np.argsort(-scores, kind="stable")
+    s, y = scores[order], labels[order]
+    tp, fp = np.cumsum(y), np.cumsum(1 - y)
+    last_of_tie = np.r_[s[1:] != s[:-1], True]  # a threshold can only sit between distinct scores
+    return s[last_of_tie], tp[last_of_tie], fp[last_of_tie]
+
+
+def _point(policy, thr, tp, fp, n_pos, n_neg, params) -> OperatingPoint:
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / n_pos
+    f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+    return OperatingPoint(policy, float(thr), float(precision), float(recall), float(f1), float(fp / n_neg), n_pos, n_neg, params)
+
+
+def best_f1(scores, labels) -> OperatingPoint:
+    """The threshold with the highest F1, exact over every distinct cut point, O(n log n)."""
+    scores, labels = _check(scores, labels)
+    thr, tp, fp = _cut_points(scores, labels)
+    n_pos = int(labels.sum())
+    f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
+    i = int(np.argmax(f1))  # first maximum = highest threshold among equals
+    return _point("best_f1", thr[i], tp[i], fp[i], n_pos, len(labels) - n_pos, {})
+
+
+def target_fpr(scores, labels, fpr: float) -> OperatingPoint:
+    """The lowest threshold (highest recall) whose false-positive rate is at most ``fpr``."""
+    if not 0 <= fpr < 1:
+        raise ValueError(f"fpr must be in [0, 1): {fpr}")
+    scores, labels = _check(scores, labels)
+    thr, tp, fp = _cut_points(scores, labels)
+    n_pos, n_neg = int(labels.sum()), len(labels) - int(labels.sum())
+    ok = np.flatnonzero(fp / n_neg <= fpr)
+    if ok.size == 0:  # even the highest score is a false positive: flag nothing
+        return OperatingPoint("target_fpr", float(np.nextafter(thr[0], np.inf)), 0.0, 0.0, 0.0, 0.0, n_pos, n_neg, {"fpr": fpr})
+    i = int(ok[-1])
+    return _point("target_fpr", thr[i], tp[i], fp[i], n_pos, n_neg, {"fpr": fpr})
+
+
+def k_sigma(normal_scores, k: float = 3.0) -> OperatingPoint:
+    """mean + k * std of scores on normal data (no labels needed)."""
+    scores, _ = _check(normal_scores)
+    thr = scores.mean() + k * scores.std()
+    return OperatingPoint("k_sigma", float(thr), None, None, None, float(np.mean(scores >= thr)), 0, len(scores), {"k": k})
+
+
+def quantile(normal_scores, q: float = 0.99) -> OperatingPoint:
+    """The q-quantile of scores on normal data (no labels needed)."""
+    if not 0 < q < 1:
+        raise ValueError(f"q must be in (0, 1): {q}")
+    scores, _ = _check(normal_scores)
+    thr = float(np.quantile(scores, q))
+    return OperatingPoint("quantile", thr, None, None, None, float(np.mean(scores >= thr)), 0, len(scores), {"q": q})
+
+
+def metrics_at(scores, labels, threshold: float) -> dict[str, float]:
+    """Confusion-matrix figures at a fixed threshold (labels may be one class here)."""
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    pred = scores >= threshold
+    tp, fp = int(np.sum(pred & (labels == 1))), int(np.sum(pred & (labels == 0)))
+    fn, tn = int(np.sum(~pred & (labels == 1))), int(np.sum(~pred & (labels == 0)))
+    return {
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+        "fpr": fp / (fp + tn) if fp + tn else 0.0,
+        "accuracy": (tp + tn) / len(labels),
+        "n": len(labels),
+    }

@@ -1,0 +1,93 @@
+"""The validated dataset: every ingested session's labeled frames, schema-checked, split by
+session, and frozen as a content-addressed snapshot (table + decoded frames)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from autosink_platform.lake.store import FeatureStore
+from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
+from autosink_platform.validation.splits import SplitConfig, assign_split, snapshot_id
+
+COMPLETE = "_COMPLETE"
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    pipeline: str
+    snapshot_id: str
+    path: str
+    sessions: dict[str, str]  # session_id -> raw content sha256: the exact sessions it saw
+    counts: dict
+
+    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """(table, images) with images uint8 (N, H, W, 3) in table order."""
+        path = Path(self.path)
+        return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
+
+
+def _counts(table: pd.DataFrame) -> dict:
+    counts: dict = {"frames": len(table), "sessions": int(table["session_id"].nunique())}
+    for split in SPLITS:
+        part = table[table["split"] == split]
+        counts[split] = {
+            "sessions": int(part["session_id"].nunique()),
+            "frames": len(part),
+            "labeled": int(part["label"].notna().sum()),
+            "positive": int((part["label"] == 1).sum()),
+        }
+    return counts
+
+
+def build_dataset(
+    store: FeatureStore,
+    lake_root: str | os.PathLike,
+    session_hashes: dict[str, str],
+    split: SplitConfig = SplitConfig(),
+    asset: str = "validated_dataset",
+) -> DatasetRef:
+    """Snapshot the given sessions' labeled frames; reuse the snapshot if it already exists."""
+    if not session_hashes:
+        raise ValueError(f"{asset}: no ingested sessions to build a dataset from")
+    ids = sorted(session_hashes)
+    table = store.get_labels(ids)
+    table["split"] = table["session_id"].map(lambda s: assign_split(s, split))
+    table = validate(table, DatasetFrames, asset)
+    for name in SPLITS:
+        part = table[table["split"] == name]
+        if part.empty:
+            raise ValueError(
+                f"{asset}: the {name!r} split has no sessions ({len(ids)} sessions in all); "
+                "add sessions or change the split fractions"
+            )
+        if part["label"].nunique() < 2:
+            raise ValueError(f"{asset}: the {name!r} split has labels of only one class")
+
+    table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    sid = snapshot_id(*(f"{s}:{session_hashes[s]}" for s in ids), table_hash, repr(split))
+    out = store.dataset_dir(sid)
+    ref = DatasetRef(store.root.name, sid, str(out), {s: session_hashes[s] for s in ids}, _counts(table))
+    if (out / COMPLETE).exists():
+        return ref
+
+    lake_root = Path(lake_root)
+    images = np.stack([np.asarray(Image.open(lake_root / p).convert("RGB")) for p in table["frame_path"]])
+    staging = out.with_name(f".{sid}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    table.to_parquet(staging / "table.parquet", index=False)
+    np.save(staging / "images.npy", images)
+    (staging / "manifest.json").write_text(json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1))
+    (staging / COMPLETE).write_text(sid)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return ref

@@ -1,0 +1,64 @@
+"""pandera schemas for the tables that cross stage boundaries, and the one way to apply them."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+SPLITS = ("train", "validation", "test")
+
+
+class LabeledFrames(pa.DataFrameModel):
+    """One row per frame of an ingested session, labeled or not."""
+
+    session_id: Series[str]
+    device_id: Series[str]
+    frame_index: Series[int] = pa.Field(ge=0)
+    t: Series[float] = pa.Field(ge=0)
+    frame_path: Series[str] = pa.Field(str_matches=r"^raw/.+\.(png|jpg|jpeg)$")
+    label: Series[pd.Int8Dtype] = pa.Field(isin=[0, 1], nullable=True)
+    label_source: Series[pd.StringDtype] = pa.Field(isin=["override", "implicit", "review"], nullable=True)
+    confidence: Series[float] = pa.Field(ge=0.0, le=1.0)
+    model_decision: Series[int] = pa.Field(isin=[0, 1])
+
+    class Config:
+        strict = True
+        coerce = True
+        unique = ["session_id", "frame_index"]
+
+    @pa.dataframe_check(error="a label needs a source and a confidence > 0; an unlabeled frame has neither")
+    def label_provenance(cls, df: pd.DataFrame) -> pd.Series:
+        labeled = df["label"].notna()
+        return (labeled == df["label_source"].notna()) & (labeled == (df["confidence"] > 0))
+
+
+class DatasetFrames(LabeledFrames):
+    """A validated dataset: labeled frames plus the session-level split."""
+
+    split: Series[str] = pa.Field(isin=list(SPLITS))
+
+    @pa.dataframe_check(error="a session's frames must all be in one split")
+    def split_by_session(cls, df: pd.DataFrame) -> pd.Series:
+        return df.groupby("session_id")["split"].transform("nunique") == 1
+
+
+class DataValidationError(ValueError):
+    """Raised by ``validate``: names the asset, and every failing column and check."""
+
+    def __init__(self, asset: str, failure_cases: pd.DataFrame):
+        self.asset, self.failure_cases = asset, failure_cases
+        summary = (
+            failure_cases.groupby(["column", "check"], dropna=False).size().reset_index(name="n").to_string(index=False)
+        )
+        super().__init__(f"{asset}: data validation failed ({len(failure_cases)} failure cases)\n{summary}")
+
+
+def validate(df: pd.DataFrame, schema: type[pa.DataFrameModel], asset: str) -> pd.DataFrame:
+    """Validate lazily (every failure collected) and raise DataValidationError if any."""
+    try:
+        return schema.validate(df, lazy=True)
+    except pa.errors.SchemaErrors as e:
+        cases = e.failure_cases[["column", "check", "index", "failure_case"]].copy()
+        cases["column"] = cases["column"].fillna("<table>").astype(str)
+        raise DataValidationError(asset, cases) from None
