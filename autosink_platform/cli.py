@@ -1,0 +1,143 @@
+"""The ``autosink`` command."""
+
+import json
+import os
+import time
+from pathlib import Path
+
+import click
+
+from autosink_platform.home import Home, resolve_home
+
+DAGSTER_YAML = """\
+# Embedded default: SQLite storage under this folder (Dagster's default), no telemetry.
+telemetry:
+  enabled: false
+"""
+
+
+def _use_home(home: str | None) -> Home:
+    """Point every component at one home before Dagster or MLflow are imported."""
+    h = resolve_home(home)
+    os.environ["AUTOSINK_HOME"] = str(h.root)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("DAGSTER_HOME", str(h.dagster))
+    dagster_home = Path(os.environ["DAGSTER_HOME"])
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    if not (dagster_home / "dagster.yaml").exists():
+        (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
+    return h
+
+
+@click.group()
+def main() -> None:
+    """autosink: fleet feedback -> validated, released models."""
+
+
+home_option = click.option("--home", default=None, help="Home directory (default: $AUTOSINK_HOME or .autosink/).")
+
+
+def _lake_options(f):
+    for opt in reversed([
+        click.option("--devices", default=3, show_default=True, help="Simulated Pis."),
+        click.option("--sessions", default=8, show_default=True, help="Sessions per device."),
+        click.option("--frames", default=240, show_default=True, help="Frames per session (5 fps)."),
+        click.option("--seed", default=0, show_default=True),
+    ]):
+        f = opt(f)
+    return f
+
+
+@main.command("demo-lake")
+@home_option
+@_lake_options
+def demo_lake(home, devices, sessions, frames, seed) -> None:
+    """Write simulated Pi sessions into the lake (public session format)."""
+    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+
+    h = _use_home(home)
+    cfg = DemoLakeConfig(devices=devices, sessions_per_device=sessions, frames_per_session=frames, seed=seed)
+    paths = generate_demo_lake(h.lake, cfg)
+    click.echo(f"wrote {len(paths)} sessions to {h.lake / 'raw'}")
+
+
+@main.command()
+@home_option
+@_lake_options
+def demo(home, devices, sessions, frames, seed) -> None:
+    """The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel."""
+    started = time.perf_counter()
+    h = _use_home(home)
+    import dagster as dg
+
+    from autosink_platform.definitions import defs
+    from autosink_platform.defs.runner import materialize_pipeline
+    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+    from autosink_platform.lake.sessions import Lake
+    from autosink_platform.pipelines.lifecycle import load_module, torch_scorer
+    from autosink_platform.pipelines.sink import SINK, truth_metrics
+    from autosink_platform.pipelines.spec import LoadedDataset
+
+    lake = Lake(h.lake)
+    if not lake.committed_sessions():
+        cfg = DemoLakeConfig(devices=devices, sessions_per_device=sessions, frames_per_session=frames, seed=seed)
+        generate_demo_lake(h.lake, cfg)
+    with dg.DagsterInstance.get() as instance:
+        out = materialize_pipeline(defs, SINK, instance, lake)
+
+    ref = out["validated_dataset"]
+    data = LoadedDataset.load(ref)
+    quarantined = lake.quarantined()
+    click.echo("\n== autosink demo: sink pipeline ==")
+    click.echo(f"home                {h.root}")
+    click.echo(f"sessions            {ref.counts['sessions']} in dataset, {len(out['ingested_now'])} ingested this run, {len(quarantined)} quarantined")
+    click.echo(f"frames              {ref.counts['frames']}, label coverage {data.table['label'].notna().mean():.1%} "
+               f"(override {(data.table['label_source'] == 'override').sum()}, implicit {(data.table['label_source'] == 'implicit').sum()})")
+    click.echo(f"dataset snapshot    {ref.snapshot_id}  " + ", ".join(f"{s}: {ref.counts[s]['sessions']} sessions" for s in ("train", "validation", "test")))
+    from autosink_platform.defs.resources import MlflowResource
+
+    registry = MlflowResource().get()
+    for model in SINK.models:
+        trained, op, rel = out[f"{model.name}_model"], out[f"{model.name}_threshold"], out[f"{model.name}_release"]
+        test = rel.manifest["metrics"]["test"]
+        click.echo(f"\n[{trained.registered_name}] MLflow v{trained.version} ({'reused' if trained.reused else 'trained'}"
+                   f"{', warm start from v' + trained.warm_started_from if trained.warm_started_from else ''}), aliases: {', '.join(rel.aliases) or '-'}")
+        click.echo(f"  threshold         {op.threshold:.4g} ({op.policy}): validation precision {op.precision:.3f} recall {op.recall:.3f} f1 {op.f1:.3f}")
+        click.echo("  test              " + "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "n"))
+        if model.name == "classifier":
+            truth = truth_metrics(h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold)
+            click.echo(f"  test vs truth     f1 {truth['f1']:.3f} precision {truth['precision']:.3f} recall {truth['recall']:.3f} "
+                       f"accuracy {truth['accuracy']:.3f}  (deployed on-device model: f1 {truth['deployed_model_f1']:.3f})")
+        click.echo(f"  release           {rel.path}")
+    click.echo(f"\nMLflow              {registry.tracking_uri}")
+    click.echo(f"Dagster             DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (make dev shows these runs)")
+    click.echo(f"wall time           {time.perf_counter() - started:.1f} s")
+
+
+@main.command("lake-status")
+@home_option
+def lake_status(home) -> None:
+    """Committed and quarantined sessions in the lake."""
+    from autosink_platform.lake.sessions import Lake
+
+    lake = Lake(_use_home(home).lake)
+    click.echo(f"committed sessions: {len(lake.committed_sessions())}")
+    for sid, rec in lake.quarantined().items():
+        click.echo(f"quarantined {sid}: {rec.reason}: {rec.detail}")
+
+
+@main.command("show-release")
+@home_option
+@click.argument("pipeline")
+@click.argument("model")
+@click.option("--channel", default="stable", show_default=True)
+def show_release(home, pipeline, model, channel) -> None:
+    """Print a channel pointer and the manifest it points at."""
+    from autosink_platform.release.channel import FleetChannel
+
+    fleet = FleetChannel(_use_home(home).fleet)
+    pointer = fleet.read_pointer(pipeline, model, channel)
+    if pointer is None:
+        raise click.ClickException(f"no {channel!r} pointer for {pipeline}/{model} under {fleet.root}")
+    manifest = json.loads((fleet.version_dir(pipeline, model, pointer["version"]) / "manifest.json").read_text())
+    click.echo(json.dumps({"pointer": pointer, "manifest": manifest}, indent=1))

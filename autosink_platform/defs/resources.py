@@ -1,0 +1,78 @@
+"""Every external system is a resource. Empty values mean the embedded default (see ``home``);
+production sets them in resource config, e.g. ``MlflowResource(tracking_uri=dg.EnvVar(...))``."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import dagster as dg
+
+from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_tracking_uri, resolve_home
+from autosink_platform.lake.sessions import Lake
+from autosink_platform.lake.store import FeatureStore
+from autosink_platform.registry.mlflow_registry import Registry
+from autosink_platform.release.channel import FleetChannel
+
+
+class LakeResource(dg.ConfigurableResource):
+    """The raw data lake (default: ``$AUTOSINK_HOME/lake``)."""
+
+    root: str = ""
+
+    def get(self) -> Lake:
+        return Lake(self.root or resolve_home().lake)
+
+
+class FeatureStoreResource(dg.ConfigurableResource):
+    """Labeled feature store and dataset snapshots (default: ``$AUTOSINK_HOME/store``)."""
+
+    root: str = ""
+
+    def get(self, pipeline: str) -> FeatureStore:
+        return FeatureStore(self.root or resolve_home().store, pipeline)
+
+
+class FleetChannelResource(dg.ConfigurableResource):
+    """The release channel the fleet pulls from (default: ``$AUTOSINK_HOME/fleet``)."""
+
+    root: str = ""
+
+    def get(self) -> FleetChannel:
+        return FleetChannel(self.root or resolve_home().fleet)
+
+
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry (default: ``$MLFLOW_TRACKING_URI``, else SQLite under ``mlflow/``)."""
+
+    tracking_uri: str = ""
+    artifact_root: str = ""  # where new experiments keep artifacts; empty = the server's default
+
+    def get(self) -> Registry:
+        uri = self.tracking_uri or default_mlflow_tracking_uri()
+        artifact_root = self.artifact_root or (default_mlflow_artifact_root() if uri.startswith("sqlite:") else None)
+        return Registry(uri, artifact_root)
+
+
+class RefIOManager(dg.ConfigurableIOManager):
+    """Stores the small references stages hand each other (dataset ref, model version,
+    operating point); the data itself lives in the store, MLflow and the fleet channel."""
+
+    root: str = ""
+
+    def _path(self, key: dg.AssetKey):
+        base = Path(self.root) if self.root else resolve_home().store / "_refs"
+        return base.joinpath(*key.path).with_suffix(".pkl")
+
+    def handle_output(self, context: dg.OutputContext, obj) -> None:
+        path = self._path(context.asset_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(pickle.dumps(obj))
+        tmp.replace(path)
+
+    def load_input(self, context: dg.InputContext):
+        path = self._path(context.asset_key)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: upstream asset {context.asset_key.to_user_string()} has not been materialized in this home")
+        return pickle.loads(path.read_bytes())

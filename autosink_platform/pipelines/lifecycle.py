@@ -1,0 +1,229 @@
+"""Train -> threshold -> release for one model of a pipeline: plain functions over the registry
+and the fleet channel. Each stage reuses its earlier result when its inputs are unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.models import infer_signature
+from torch import nn
+
+from autosink_platform import plots
+from autosink_platform.models.training import to_float_tensor
+from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
+from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from autosink_platform.release.channel import FleetChannel, sha256_file
+from autosink_platform.release.onnx_export import INPUT_NAME, OPSET, OnnxScorer, export_onnx, parity
+from autosink_platform.thresholds import OperatingPoint
+
+PARITY_ATOL = 1e-4
+SMOKE_FRAMES = 4
+STABLE = "stable"
+# What the serving environment needs to load the logged PyTorch model; listing it skips
+# MLflow's slow requirement inference (it imports the model in a subprocess).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+class ReleaseRejected(RuntimeError):
+    """A candidate failed a release gate; nothing was published."""
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    registered_name: str
+    version: str
+    run_id: str
+    train_key: str
+    reused: bool
+    warm_started_from: str | None
+    best_epoch: int
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Release:
+    registered_name: str
+    version: str
+    path: str
+    manifest: dict
+    aliases: list[str]
+    reused: bool
+
+
+class _PrimaryOutput(nn.Module):
+    """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
+
+    def __init__(self, module: nn.Module, field: str):
+        super().__init__()
+        self.module, self.field = module, field
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module(frames), self.field)
+
+
+def torch_scorer(module: nn.Module, batch_size: int = 256) -> ScoreFn:
+    @torch.no_grad()
+    def score(images: np.ndarray) -> dict[str, np.ndarray]:
+        module.eval()
+        outs = [module(to_float_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return {f: torch.cat([getattr(o, f) for o in outs]).double().numpy() for f in outs[0]._fields}
+
+    return score
+
+
+def registered_name(pipeline: PipelineSpec, model: ModelSpec) -> str:
+    return f"{pipeline.name}.{model.name}"
+
+
+def _flat(prefix: str, metrics: dict) -> dict[str, float]:
+    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def train_model(
+    pipeline: PipelineSpec, model: ModelSpec, dataset: LoadedDataset, registry: Registry, dagster_run_id: str
+) -> TrainedModel:
+    name = registered_name(pipeline, model)
+    train_key = hashlib.sha256(f"{dataset.ref.snapshot_id}|{model.code_version}|{model.config_json()}".encode()).hexdigest()[:16]
+    existing = registry.find_version(name, "train_key", train_key)
+    if existing is not None:
+        run = registry.client.get_run(existing.run_id)
+        return TrainedModel(
+            name, existing.version, existing.run_id, train_key, True, existing.tags.get("warm_started_from") or None,
+            int(run.data.params.get("best_epoch", 0)), dict(run.data.metrics),
+        )
+
+    # Warm start from the champion's weights when it has the same architecture and config.
+    champion = registry.alias_version(name, CHAMPION)
+    warm = champion if champion is not None and champion.tags.get("config") == model.config_json() else None
+    warm_state = registry.load_state_dict(warm) if warm is not None else None
+
+    with mlflow.start_run(experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{dataset.ref.snapshot_id}") as run:
+        mlflow.set_tags({"dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key})
+        mlflow.log_params({"config": model.config_json(), "code_version": model.code_version, "warm_started_from": warm.version if warm else "none"})
+        module, fit = model.train(dataset, model.config, warm_state, lambda m: mlflow.log_metrics(_flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]))
+        mlflow.log_params({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early})
+        with tempfile.TemporaryDirectory() as tmp:
+            torch.save(module.state_dict(), Path(tmp) / "state_dict.pt")
+            mlflow.log_artifact(str(Path(tmp) / "state_dict.pt"))
+            mlflow.log_artifact(str(plots.training_curves(fit.history, Path(tmp) / "training_curves.png", f"{name} training")))
+        example = to_float_tensor(dataset.images[dataset.mask("validation")][:SMOKE_FRAMES])
+        serving = _PrimaryOutput(module, model.decision_output).eval()
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), serving(example).numpy())
+        info = mlflow.pytorch.log_model(
+            serving, name="model", signature=signature, input_example=example.numpy(),
+            registered_model_name=name, pip_requirements=PIP_REQUIREMENTS,
+        )
+    version = str(info.registered_model_version)
+    registry.set_tags(name, version, {
+        "train_key": train_key, "dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id,
+        "config": model.config_json(), "code_version": model.code_version, "validation_status": "pending",
+        "warm_started_from": warm.version if warm else "",
+    })
+    last = fit.history[fit.best_epoch - 1]
+    return TrainedModel(name, version, run.info.run_id, train_key, False, warm.version if warm else None, fit.best_epoch, last)
+
+
+def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:
+    module = model.build(model.config)
+    module.load_state_dict(registry.load_state_dict(registry.client.get_model_version(trained.registered_name, trained.version)))
+    return module.eval()
+
+
+def choose_threshold(
+    pipeline: PipelineSpec, model: ModelSpec, trained: TrainedModel, dataset: LoadedDataset, registry: Registry, plot_dir: Path
+) -> tuple[OperatingPoint, dict[str, Path]]:
+    """Operating point on the validation split; logged to the version's run with its plots."""
+    module = load_module(model, trained, registry)
+    data = model.operating_data(dataset, "validation", torch_scorer(module))
+    op = model.choose_threshold(data.scores, data.labels)
+    figures = {
+        "score_histogram": plots.score_histogram(data.groups, op.threshold, plot_dir / f"{model.name}_score_histogram.png", f"{trained.registered_name} v{trained.version}: validation scores"),
+        "pr_curve": plots.pr_curve(data.scores, data.labels, (op.recall, op.precision), plot_dir / f"{model.name}_pr_curve.png", f"{trained.registered_name} v{trained.version}"),
+    }
+    with mlflow.start_run(run_id=trained.run_id):
+        mlflow.log_dict(json.loads(op.to_json()), "threshold.json")
+        for path in figures.values():
+            mlflow.log_artifact(str(path))
+        mlflow.log_metrics(_flat("val_", {"threshold": op.threshold, "precision": op.precision, "recall": op.recall, "f1": op.f1, "fpr": op.fpr}))
+    registry.set_tags(trained.registered_name, trained.version, {"threshold": json.loads(op.to_json())})
+    return op, figures
+
+
+def release_model(
+    pipeline: PipelineSpec, model: ModelSpec, trained: TrainedModel, op: OperatingPoint, dataset: LoadedDataset,
+    registry: Registry, channel: FleetChannel, dagster_run_id: str,
+) -> Release:
+    """Export, gate on ONNX parity, evaluate on test, publish to the fleet layout and set aliases."""
+    name, version = trained.registered_name, trained.version
+    existing = channel.version_dir(pipeline.name, model.name, version) / "manifest.json"
+    if existing.exists():
+        manifest = json.loads(existing.read_text())
+        if manifest["threshold"] == asdict(op):
+            return Release(name, version, str(existing.parent), manifest, _aliases(registry, name, version), True)
+        raise ReleaseRejected(f"{name} v{version} is already published with a different threshold; versions are immutable")
+
+    module = load_module(model, trained, registry)
+    val_images = dataset.images[dataset.mask("validation")]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_path = export_onnx(module, to_float_tensor(val_images[:SMOKE_FRAMES]), tmp / "model.onnx", list(model.output_names))
+        scorer = OnnxScorer(onnx_path)
+        diffs = parity(module, scorer, val_images)
+        if max(diffs.values()) > PARITY_ATOL:
+            raise ReleaseRejected(f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames")
+        test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
+        smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
+        np.save(tmp / "smoke_frames.npy", smoke)
+        expected = {k: v.tolist() for k, v in scorer(smoke).items()}
+        manifest = {
+            "schema_version": 1,
+            "pipeline": pipeline.name,
+            "model": model.name,
+            "registered_model": name,
+            "mlflow_version": version,
+            "mlflow_run_id": trained.run_id,
+            "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_path), "size": onnx_path.stat().st_size, "opset": OPSET},
+            "input": {
+                "name": INPUT_NAME,
+                "shape": ["batch", 3, model.input_size, model.input_size],
+                "dtype": "float32",
+                "preprocessing": {"color": "RGB", "resize": [model.input_size, model.input_size], "resample": "bilinear", "scale": "1/255", "layout": "NCHW"},
+            },
+            "outputs": list(model.output_names),
+            "decision_output": model.decision_output,
+            "threshold": asdict(op),
+            "metrics": {"validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")}, "test": test_metrics},
+            "parity_max_abs_diff": diffs,
+            "dataset_snapshot_id": dataset.ref.snapshot_id,
+            "dagster_run_id": dagster_run_id,
+            "code_version": model.code_version,
+            "created_at": datetime.now(timezone.utc).isoformat(),
+            "smoke_test": {"file": "smoke_frames.npy", "sha256": sha256_file(tmp / "smoke_frames.npy"), "expected": expected, "atol": PARITY_ATOL},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        files = {f: tmp / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+        with mlflow.start_run(run_id=trained.run_id):
+            mlflow.log_artifact(str(onnx_path), "onnx")
+            mlflow.log_artifact(str(tmp / "manifest.json"), "onnx")
+            mlflow.log_metrics(_flat("test_", test_metrics))
+        published = channel.put_version(pipeline.name, model.name, version, files)
+
+    registry.set_tags(name, version, {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)})
+    registry.set_alias(name, CHALLENGER, version)
+    if registry.alias_version(name, CHAMPION) is None:  # the first release becomes champion; later ones wait for promotion
+        registry.set_alias(name, CHAMPION, version)
+        channel.set_pointer(pipeline.name, model.name, STABLE, version)
+    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)
+
+
+def _aliases(registry: Registry, name: str, version: str) -> list[str]:
+    return sorted(registry.client.get_model_version(name, version).aliases)

@@ -1,0 +1,162 @@
+"""The sink pipeline: Pi sessions -> labeled frames -> dataset -> valve classifier + frame guard."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from autosink_platform.labeling.propagation import LabelingConfig, propagate_labels
+from autosink_platform.lake.demo import read_truth
+from autosink_platform.lake.sessions import Lake, SessionFormatError, read_session
+from autosink_platform.lake.store import FeatureStore
+from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
+from autosink_platform.models.corruptions import FAULTS, corrupt
+from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
+from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
+from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
+from autosink_platform.validation.splits import SplitConfig
+
+GUARD_TARGET_FPR = 0.01  # one ordinary frame in a hundred may be flagged; the device then holds its state
+FAULT_SEEDS = {"validation": 101, "test": 202}  # validation and test get different fault draws
+
+
+# -- raw sessions and labels ----------------------------------------------------------------
+
+def ingest_session(lake: Lake, store: FeatureStore, session_id: str) -> dict:
+    """Parse one committed session into the store, or quarantine it with the reason."""
+    path = lake.session_path(session_id)
+    try:
+        session = read_session(path)
+    except SessionFormatError as e:
+        record = lake.quarantine(session_id, e)
+        return {"status": "quarantined", "reason": record.reason, "detail": record.detail}
+    store.put_session(session, lake.root)
+    return {
+        "status": "ingested",
+        "device_id": session.device_id,
+        "frames": len(session.frames),
+        "events": len(session.events),
+        "overrides": sum(e.type.startswith("user_") for e in session.events),
+        "content_sha256": session.content_sha256,
+    }
+
+
+def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> dict:
+    record = store.get_session(session_id)
+    meta = record["meta"]
+    table = propagate_labels(record["events"], len(record["frames"]), float(meta["fps"]), cfg)
+    table.insert(0, "session_id", session_id)
+    table.insert(1, "device_id", meta["device_id"])
+    table.insert(4, "frame_path", record["frames"])
+    store.put_labels(session_id, table)
+    by_source = table["label_source"].value_counts().to_dict()
+    return {
+        "frames": len(table),
+        "coverage": float(table["label"].notna().mean()),
+        "override_labels": int(by_source.get("override", 0)),
+        "implicit_labels": int(by_source.get("implicit", 0)),
+        "positive_share": float((table["label"] == 1).sum() / max(table["label"].notna().sum(), 1)),
+    }
+
+
+# -- valve classifier -----------------------------------------------------------------------
+
+def _classifier_train(data: LoadedDataset, cfg: ClassifierConfig, warm, on_epoch):
+    split = {s: data.mask(s, labeled=True) for s in ("train", "validation")}
+    return train_classifier(
+        {s: data.images[m] for s, m in split.items()},
+        {s: data.table["label"].to_numpy()[m].astype(np.int64) for s, m in split.items()},
+        {s: data.table["confidence"].to_numpy()[m] for s, m in split.items()},
+        cfg, warm, on_epoch,
+    )
+
+
+def _classifier_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> OperatingData:
+    m = data.mask(split, labeled=True)
+    scores = score(data.images[m])["valve_open_prob"]
+    labels = data.table["label"].to_numpy()[m].astype(np.int64)
+    return OperatingData(scores, labels, {"closed (label)": scores[labels == 0], "open (label)": scores[labels == 1]})
+
+
+def _classifier_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) -> dict[str, float]:
+    d = _classifier_operating_data(data, "test", score)
+    return metrics_at(d.scores, d.labels, threshold)
+
+
+# -- frame guard ----------------------------------------------------------------------------
+
+def _guard_train(data: LoadedDataset, cfg: FrameGuardConfig, warm, on_epoch):
+    return train_frame_guard({s: data.images[data.mask(s)] for s in ("train", "validation")}, cfg, warm, on_epoch)
+
+
+def _guard_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> OperatingData:
+    """Ordinary frames of the split (negatives) and the same frames with each camera fault."""
+    frames = data.images[data.mask(split)]
+    groups = {"ordinary": score(frames)["score"]}
+    for k, fault in enumerate(FAULTS):
+        groups[fault] = score(corrupt(frames, fault, FAULT_SEEDS[split] + k))["score"]
+    scores = np.concatenate(list(groups.values()))
+    labels = np.concatenate([np.zeros(len(groups["ordinary"]))] + [np.ones(len(groups[f])) for f in FAULTS]).astype(np.int64)
+    return OperatingData(scores, labels, groups)
+
+
+def _guard_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) -> dict[str, float]:
+    d = _guard_operating_data(data, "test", score)
+    out = metrics_at(d.scores, d.labels, threshold)
+    for fault in FAULTS:
+        out[f"detection_{fault}"] = float(np.mean(d.groups[fault] >= threshold))
+    return out
+
+
+SINK = PipelineSpec(
+    name="sink",
+    description="Kitchen-sink cameras: should the faucet valve be open?",
+    labeling=LabelingConfig(),
+    split=SplitConfig(validation=0.2, test=0.2),
+    code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "1"},
+    models=(
+        ModelSpec(
+            name="classifier",
+            config=ClassifierConfig(),
+            code_version="1",
+            build=lambda cfg: ValveClassifier(cfg.arch),
+            train=_classifier_train,
+            operating_data=_classifier_operating_data,
+            choose_threshold=best_f1,
+            evaluate=_classifier_evaluate,
+            output_names=("logit", "valve_open_prob"),
+            decision_output="valve_open_prob",
+            input_size=64,
+            description="Valve classifier (torchvision backbone); threshold at best F1 on validation labels.",
+        ),
+        ModelSpec(
+            name="frame_guard",
+            config=FrameGuardConfig(),
+            code_version="1",
+            build=lambda cfg: FrameGuard(cfg.width, cfg.code_dim),
+            train=_guard_train,
+            operating_data=_guard_operating_data,
+            choose_threshold=lambda s, y: target_fpr(s, y, GUARD_TARGET_FPR),
+            evaluate=_guard_evaluate,
+            output_names=("score", "novelty", "low_contrast"),
+            decision_output="score",
+            input_size=64,
+            description="Frame guard (conv autoencoder + contrast); threshold at 1% FPR on validation frames.",
+        ),
+    ),
+)
+
+
+def truth_metrics(lake_root: str | Path, data: LoadedDataset, score: ScoreFn, threshold: float, split: str = "test") -> dict[str, float]:
+    """Demo lakes only: the classifier on every frame of a split against the generator's truth,
+    next to the on-device model's own decisions on the same frames."""
+    m = data.mask(split)
+    rows = data.table[m]
+    truth = pd.concat([read_truth(lake_root, s).assign(session_id=s) for s in rows["session_id"].unique()])
+    merged = rows[["session_id", "frame_index"]].merge(truth, on=["session_id", "frame_index"], how="left", validate="one_to_one")
+    y = merged["valve_should_open"].to_numpy()
+    out = metrics_at(score(data.images[m])["valve_open_prob"], y, threshold)
+    out["deployed_model_f1"] = metrics_at(merged["model_decision"].to_numpy(), y, 0.5)["f1"]
+    return out

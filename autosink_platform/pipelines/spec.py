@@ -1,0 +1,70 @@
+"""A pipeline is one declarative spec; ``defs.factory`` turns it into the six-stage asset graph."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, NamedTuple
+
+import json
+import numpy as np
+import pandas as pd
+from torch import nn
+
+from autosink_platform.labeling.propagation import LabelingConfig
+from autosink_platform.models.training import FitResult
+from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation.dataset import DatasetRef
+from autosink_platform.validation.splits import SplitConfig
+
+ScoreFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # uint8 frames (N, H, W, 3) -> outputs by name
+
+
+@dataclass
+class LoadedDataset:
+    ref: DatasetRef
+    table: pd.DataFrame
+    images: np.ndarray  # uint8 (N, H, W, 3), table order
+
+    @classmethod
+    def load(cls, ref: DatasetRef) -> "LoadedDataset":
+        return cls(ref, *ref.load())
+
+    def mask(self, split: str, labeled: bool = False) -> np.ndarray:
+        m = (self.table["split"] == split).to_numpy()
+        return m & self.table["label"].notna().to_numpy() if labeled else m
+
+
+class OperatingData(NamedTuple):
+    scores: np.ndarray
+    labels: np.ndarray
+    groups: dict[str, np.ndarray]  # named score groups for the histogram
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    config: Any  # a frozen dataclass: its content is part of the training cache key
+    code_version: str  # bump when training code changes what a config produces
+    build: Callable[[Any], nn.Module]
+    train: Callable[[LoadedDataset, Any, dict | None, Callable[[dict], None]], tuple[nn.Module, FitResult]]
+    operating_data: Callable[[LoadedDataset, str, ScoreFn], OperatingData]
+    choose_threshold: Callable[[np.ndarray, np.ndarray], OperatingPoint]
+    evaluate: Callable[[LoadedDataset, ScoreFn, float], dict[str, float]]
+    output_names: tuple[str, ...]
+    decision_output: str
+    input_size: int
+    description: str = ""
+
+    def config_json(self) -> str:
+        return json.dumps(asdict(self.config) if is_dataclass(self.config) else self.config, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    name: str
+    description: str
+    labeling: LabelingConfig
+    split: SplitConfig
+    models: tuple[ModelSpec, ...]
+    code_versions: dict[str, str] = field(default_factory=dict)  # per data stage: raw, labels, dataset
