@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export AUTOSINK_HOME ?= $(CURDIR)/.autosink
 export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
-.PHONY: demo dev test install clean-home
+.PHONY: demo dev test install clean-home mlflow-ui
 
 $(BIN)/autosink: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,3 +30,7 @@ test: install
 
 clean-home:
 	rm -rf $(AUTOSINK_HOME) mlflow/mlflow.db mlflow/artifacts
+
+## The MLflow UI over the embedded registry (http://127.0.0.1:5000).
+mlflow-ui: install
+	MLFLOW=$(CURDIR)/$(BIN)/mlflow mlflow/server.sh

@@ -46,5 +46,8 @@ def default_mlflow_tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
 
 
-def default_mlflow_artifact_root() -> str:
-    return (PROJECT_ROOT / "mlflow" / "artifacts").as_uri()
+def default_mlflow_artifact_root(tracking_uri: str) -> str | None:
+    """Beside a SQLite registry, ``artifacts/`` next to the database; a server decides its own."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()

@@ -10,6 +10,7 @@ Asset bodies only move values between resources and the plain functions in
 
 import base64
 import tempfile
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,11 @@ from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
+
+
+# The dataset's data version is its snapshot id: it is what makes Dagster's staleness mean
+# "the data changed", so we use it although the parameter is still marked beta.
+warnings.filterwarnings("ignore", message="Parameter `data_version`", category=dg.BetaWarning)
 
 
 def image_metadata(path: Path) -> dg.MetadataValue:
@@ -153,7 +159,7 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     assets = _session_assets(spec, partitions) + [a for m in spec.models for a in _model_assets(spec, m)]
     ingest = dg.define_asset_job(
         f"{spec.name}_ingest", selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),
-        partitions_def=partitions, description="Ingest and label sessions (one run per session partition).",
+        description="Ingest and label sessions (one run per session partition).",
     )
     train = dg.define_asset_job(
         f"{spec.name}_train",

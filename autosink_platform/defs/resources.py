@@ -50,8 +50,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     def get(self) -> Registry:
         uri = self.tracking_uri or default_mlflow_tracking_uri()
-        artifact_root = self.artifact_root or (default_mlflow_artifact_root() if uri.startswith("sqlite:") else None)
-        return Registry(uri, artifact_root)
+        return Registry(uri, self.artifact_root or default_mlflow_artifact_root(uri))
 
 
 class RefIOManager(dg.ConfigurableIOManager):

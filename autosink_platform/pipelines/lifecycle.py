@@ -96,7 +96,7 @@ def train_model(
     if existing is not None:
         run = registry.client.get_run(existing.run_id)
         return TrainedModel(
-            name, existing.version, existing.run_id, train_key, True, existing.tags.get("warm_started_from") or None,
+            name, str(existing.version), existing.run_id, train_key, True, existing.tags.get("warm_started_from") or None,
             int(run.data.params.get("best_epoch", 0)), dict(run.data.metrics),
         )
 
@@ -104,10 +104,11 @@ def train_model(
     champion = registry.alias_version(name, CHAMPION)
     warm = champion if champion is not None and champion.tags.get("config") == model.config_json() else None
     warm_state = registry.load_state_dict(warm) if warm is not None else None
+    warm_from = str(warm.version) if warm is not None else None
 
     with mlflow.start_run(experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{dataset.ref.snapshot_id}") as run:
         mlflow.set_tags({"dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key})
-        mlflow.log_params({"config": model.config_json(), "code_version": model.code_version, "warm_started_from": warm.version if warm else "none"})
+        mlflow.log_params({"config": model.config_json(), "code_version": model.code_version, "warm_started_from": warm_from or "none"})
         module, fit = model.train(dataset, model.config, warm_state, lambda m: mlflow.log_metrics(_flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]))
         mlflow.log_params({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early})
         with tempfile.TemporaryDirectory() as tmp:
@@ -126,10 +127,10 @@ def train_model(
     registry.set_tags(name, version, {
         "train_key": train_key, "dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id,
         "config": model.config_json(), "code_version": model.code_version, "validation_status": "pending",
-        "warm_started_from": warm.version if warm else "",
+        "warm_started_from": warm_from or "",
     })
     last = fit.history[fit.best_epoch - 1]
-    return TrainedModel(name, version, run.info.run_id, train_key, False, warm.version if warm else None, fit.best_epoch, last)
+    return TrainedModel(name, version, run.info.run_id, train_key, False, warm_from, fit.best_epoch, last)
 
 
 def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:

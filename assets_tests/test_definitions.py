@@ -1,0 +1,36 @@
+import dagster as dg
+
+from autosink_platform.definitions import defs
+
+STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
+    f"{m}_{s}" for m in ("classifier", "frame_guard") for s in ("model", "threshold", "release")
+]
+
+
+def test_definitions_load_with_every_sink_stage():
+    dg.Definitions.validate_loadable(defs)
+    keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
+    assert keys == {f"sink/{s}" for s in STAGES}
+
+
+def test_session_stages_are_dynamically_partitioned_and_the_rest_are_not():
+    graph = defs.resolve_asset_graph()
+    for stage in STAGES:
+        node = graph.get(dg.AssetKey(["sink", stage]))
+        partitioned = stage in ("raw_sessions", "labeled_frames")
+        assert isinstance(node.partitions_def, dg.DynamicPartitionsDefinition) == partitioned, stage
+        assert node.code_version, f"{stage} declares no code version"
+
+
+def test_dependencies_follow_the_six_stage_shape():
+    graph = defs.resolve_asset_graph()
+    parents = lambda s: {k.path[-1] for k in graph.get(dg.AssetKey(["sink", s])).parent_keys}  # noqa: E731
+    assert parents("labeled_frames") == {"raw_sessions"}
+    assert parents("validated_dataset") == {"labeled_frames"}
+    assert parents("classifier_model") == {"validated_dataset"}
+    assert parents("classifier_threshold") == {"classifier_model", "validated_dataset"}
+    assert parents("frame_guard_release") == {"frame_guard_model", "frame_guard_threshold", "validated_dataset"}
+
+
+def test_jobs_exist():
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"sink_ingest", "sink_train"}

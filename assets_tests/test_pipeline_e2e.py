@@ -1,0 +1,123 @@
+"""The sink pipeline on a tiny lake: a real Dagster instance (SQLite), a real MLflow registry
+(SQLite + local artifacts) and onnxruntime, exactly as ``make demo`` runs it."""
+
+import json
+
+import dagster as dg
+import mlflow
+import numpy as np
+import pytest
+
+from autosink_platform.definitions import defs
+from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+from autosink_platform.defs.runner import materialize_pipeline
+from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+from autosink_platform.lake.sessions import Lake
+from autosink_platform.pipelines.lifecycle import load_module
+from autosink_platform.pipelines.sink import SINK
+from autosink_platform.pipelines.spec import LoadedDataset
+from autosink_platform.release.channel import sha256_file
+from autosink_platform.release.onnx_export import OnnxScorer, parity
+
+pytestmark = pytest.mark.slow
+
+MANIFEST_FIELDS = {
+    "registered_model", "mlflow_version", "mlflow_run_id", "onnx", "input", "outputs", "decision_output", "threshold",
+    "metrics", "dataset_snapshot_id", "dagster_run_id", "created_at", "smoke_test", "parity_max_abs_diff",
+}
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
+        yield inst
+
+
+def _run_count(registry) -> int:
+    return len(registry.client.search_runs([registry.experiment_id("sink")], max_results=1000))
+
+
+def test_sink_pipeline_end_to_end(home, instance):
+    lake = Lake(home / "lake")
+    out = materialize_pipeline(defs, SINK, instance, lake, progress=False)
+    registry, fleet = MlflowResource().get(), FleetChannelResource().get()
+    ref = out["validated_dataset"]
+    data = LoadedDataset.load(ref)
+
+    # Dagster: every session partition and every downstream stage is materialized on the instance.
+    sessions = set(lake.committed_sessions())
+    for stage in ("raw_sessions", "labeled_frames"):
+        assert instance.get_materialized_partitions(dg.AssetKey(["sink", stage])) == sessions
+    for key in defs.resolve_all_asset_keys():
+        assert instance.get_latest_materialization_event(key) is not None, key
+    meta = instance.get_latest_materialization_event(dg.AssetKey(["sink", "validated_dataset"])).asset_materialization.metadata
+    assert meta["snapshot_id"].value == ref.snapshot_id
+
+    for model in SINK.models:
+        name = f"sink.{model.name}"
+        version = registry.client.get_model_version(name, "1")
+        # Registry: first release is both champion and challenger, with its lineage as tags.
+        assert set(version.aliases) == {"champion", "challenger"}
+        assert version.tags["dataset_snapshot_id"] == ref.snapshot_id
+        assert version.tags["dagster_run_id"] == out["run_id"]
+        assert version.tags["validation_status"] == "passed"
+        assert json.loads(version.tags["threshold"])["threshold"] == out[f"{model.name}_threshold"].threshold
+
+        run = registry.client.get_run(version.run_id)
+        assert json.loads(run.data.params["config"]) == json.loads(model.config_json())
+        assert len(registry.client.get_metric_history(run.info.run_id, "val_loss")) >= 2  # a curve, not a point
+        artifacts = {a.path for a in registry.client.list_artifacts(run.info.run_id)} | {
+            a.path for a in registry.client.list_artifacts(run.info.run_id, "onnx")
+        }
+        assert {"training_curves.png", "state_dict.pt", "threshold.json", "onnx/model.onnx", "onnx/manifest.json"} <= artifacts
+        assert any(a.endswith("_score_histogram.png") for a in artifacts) and any(a.endswith("_pr_curve.png") for a in artifacts)
+        info = mlflow.models.get_model_info(f"models:/{name}/1")
+        assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, 64, 64]
+        assert info.saved_input_example_info is not None
+
+        # Fleet channel: manifest beside model.onnx, pointer on the first release.
+        vdir = fleet.version_dir("sink", model.name, "1")
+        manifest = json.loads((vdir / "manifest.json").read_text())
+        assert MANIFEST_FIELDS <= set(manifest)
+        assert manifest["onnx"]["sha256"] == sha256_file(vdir / "model.onnx")
+        assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
+        assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
+        assert manifest["outputs"] == list(model.output_names)
+        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
+
+        # Parity, measured here independently of the release gate, on every validation frame.
+        scorer = OnnxScorer(vdir / "model.onnx")
+        diffs = parity(load_module(model, out[f"{model.name}_model"], registry), scorer, data.images[data.mask("validation")])
+        assert max(diffs.values()) <= 1e-4, diffs
+        smoke = np.load(vdir / "smoke_frames.npy")
+        for output, expected in manifest["smoke_test"]["expected"].items():
+            np.testing.assert_allclose(scorer(smoke)[output], expected, atol=manifest["smoke_test"]["atol"])
+        for v in manifest["metrics"]["test"].values():
+            assert np.isfinite(v)
+
+    # The classifier learned something even from nine short sessions.
+    assert out["classifier_threshold"].f1 > 0.7
+    assert manifest["metrics"]["test"]["detection_covered"] > 0.9  # frame guard, last in SINK.models
+
+    # Re-materializing with unchanged code and inputs does not retrain or republish.
+    runs = _run_count(registry)
+    again = materialize_pipeline(defs, SINK, instance, lake, progress=False)
+    assert again["ingested_now"] == []
+    assert again["validated_dataset"].snapshot_id == ref.snapshot_id
+    for model in SINK.models:
+        assert again[f"{model.name}_model"].reused and again[f"{model.name}_release"].reused
+        assert len(registry.client.search_model_versions(f"name = 'sink.{model.name}'")) == 1
+    assert _run_count(registry) == runs
+
+    # New sessions: new snapshot, new versions warm-started from the champion, which stays put.
+    generate_demo_lake(lake.root, DemoLakeConfig(devices=1, sessions_per_device=2, frames_per_session=120, seed=9, start="2026-11-20T08:00:00+00:00"), progress=False)
+    third = materialize_pipeline(defs, SINK, instance, lake, progress=False)
+    assert len(third["ingested_now"]) == 2
+    assert third["validated_dataset"].snapshot_id != ref.snapshot_id
+    for model in SINK.models:
+        trained = third[f"{model.name}_model"]
+        assert (trained.version, trained.reused, trained.warm_started_from) == ("2", False, "1")
+        assert str(registry.alias_version(f"sink.{model.name}", "champion").version) == "1"
+        assert str(registry.alias_version(f"sink.{model.name}", "challenger").version) == "2"
+        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"

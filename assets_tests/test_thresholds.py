@@ -1,0 +1,67 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autosink_platform.thresholds import best_f1, k_sigma, metrics_at, quantile, target_fpr
+
+
+def _brute_force_best_f1(scores, labels):
+    best = -1.0
+    for t in np.unique(scores):
+        best = max(best, metrics_at(scores, labels, t)["f1"])
+    return best
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(0, 1)), min_size=2, max_size=60))
+def test_best_f1_is_exact_with_ties(pairs):
+    scores = np.array([p[0] for p in pairs], dtype=float) / 4  # few distinct values: many ties
+    labels = np.array([p[1] for p in pairs])
+    if labels.min() == labels.max():
+        with pytest.raises(ValueError, match="both classes"):
+            best_f1(scores, labels)
+        return
+    op = best_f1(scores, labels)
+    assert op.f1 == pytest.approx(_brute_force_best_f1(scores, labels))
+    assert op.threshold in set(scores)  # a real cut point
+    at = metrics_at(scores, labels, op.threshold)
+    assert (at["precision"], at["recall"], at["f1"]) == pytest.approx((op.precision, op.recall, op.f1))
+
+
+def test_best_f1_known_case():
+    op = best_f1([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+    assert op.threshold == 0.35 and op.f1 == pytest.approx(0.8) and op.recall == 1.0
+
+
+@pytest.mark.parametrize("scores,labels,match", [
+    ([0.1, np.nan], [0, 1], "NaN"),
+    ([0.1, 0.2], [1, 1], "both classes"),
+    ([0.1, 0.2], [0, 2], "0 or 1"),
+    ([0.1, 0.2, 0.3], [0, 1], "labels for"),
+    ([], [], "no scores"),
+])
+def test_degenerate_inputs_are_rejected(scores, labels, match):
+    with pytest.raises(ValueError, match=match):
+        best_f1(scores, labels)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.integers(0, 1)), min_size=2, max_size=80), st.floats(0, 0.5))
+def test_target_fpr_is_the_lowest_threshold_within_budget(pairs, fpr):
+    scores, labels = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    if labels.min() == labels.max():
+        return
+    op = target_fpr(scores, labels, fpr)
+    assert metrics_at(scores, labels, op.threshold)["fpr"] <= fpr + 1e-12
+    lower = scores[scores < op.threshold]
+    if lower.size:  # the next cut point down would break the budget
+        assert metrics_at(scores, labels, lower.max())["fpr"] > fpr
+
+
+def test_unsupervised_policies():
+    normal = np.random.default_rng(0).normal(size=10000)
+    assert k_sigma(normal, 3).threshold == pytest.approx(3.0, abs=0.1)
+    assert quantile(normal, 0.99).fpr == pytest.approx(0.01, abs=0.001)
+    with pytest.raises(ValueError):
+        quantile(normal, 1.5)

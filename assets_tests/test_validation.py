@@ -1,0 +1,81 @@
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from autosink_platform.lake.sessions import Lake
+from autosink_platform.lake.store import FeatureStore
+from autosink_platform.pipelines.sink import SINK, ingest_session, label_session
+from autosink_platform.validation.dataset import build_dataset
+from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, validate
+from autosink_platform.validation.splits import SplitConfig, assign_split
+
+
+def _labeled_store(lake_root, store_root):
+    lake, store = Lake(lake_root), FeatureStore(store_root, "sink")
+    hashes = {}
+    for sid in lake.committed_sessions():
+        hashes[sid] = ingest_session(lake, store, sid)["content_sha256"]
+        label_session(store, sid, SINK.labeling)
+    return lake, store, hashes
+
+
+def test_schema_errors_name_column_and_check(tiny_lake, tmp_path):
+    _, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
+    table = store.get_labels(sorted(hashes)[:1])
+    table.loc[0, "confidence"] = 1.5
+    table.loc[1, "label"] = 3
+    table.loc[2, "label"] = pd.NA  # labeled source left behind: provenance check
+    with pytest.raises(DataValidationError) as err:
+        validate(table, LabeledFrames, "sink/labeled_frames")
+    message = str(err.value)
+    assert "sink/labeled_frames" in message
+    assert "confidence" in message and "less_than_or_equal_to(1.0)" in message
+    assert "label" in message and "isin" in message
+    assert "label_provenance" in message or "a label needs a source" in message
+    assert set(err.value.failure_cases["column"]) >= {"confidence", "label"}
+
+
+def test_dataset_snapshot_is_content_addressed_and_reused(tiny_lake, tmp_path):
+    lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
+    ref = build_dataset(store, lake.root, hashes, SINK.split)
+    table, images = ref.load()
+    assert images.shape == (len(table), 64, 64, 3) and images.dtype == np.uint8
+    assert table.groupby("session_id")["split"].nunique().max() == 1  # split by session, never by frame
+    assert {c["sessions"] for c in (ref.counts[s] for s in ("train", "validation", "test"))} >= {1}
+
+    again = build_dataset(store, lake.root, hashes, SINK.split)
+    assert again.snapshot_id == ref.snapshot_id
+
+    fewer = dict(sorted(hashes.items())[1:])
+    if all(assign_split(s) in {assign_split(x) for x in fewer} for s in hashes):
+        assert build_dataset(store, lake.root, fewer, SINK.split).snapshot_id != ref.snapshot_id
+    relabeled = store.get_labels([sorted(hashes)[0]])
+    relabeled.loc[relabeled["label"].notna().idxmax(), "confidence"] = 0.5
+    store.put_labels(sorted(hashes)[0], relabeled)
+    assert build_dataset(store, lake.root, hashes, SINK.split).snapshot_id != ref.snapshot_id
+
+
+def test_dataset_refuses_an_empty_split(tiny_lake, tmp_path):
+    lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
+    train_only = {s: h for s, h in hashes.items() if assign_split(s) == "train"}
+    with pytest.raises(ValueError, match="split has no sessions"):
+        build_dataset(store, lake.root, train_only, SINK.split)
+
+
+@settings(max_examples=50, deadline=None)
+@given(old=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30, unique=True),
+       new=st.lists(st.text(min_size=1, max_size=20), max_size=30))
+def test_split_of_a_session_never_moves_when_sessions_are_added(old, new):
+    before = {s: assign_split(s) for s in old}
+    after = {s: assign_split(s) for s in old + new}
+    assert all(after[s] == before[s] for s in old)
+
+
+def test_split_fractions_are_close_to_config():
+    cfg = SplitConfig(validation=0.2, test=0.1)
+    splits = pd.Series([assign_split(f"session-{i}", cfg) for i in range(20000)]).value_counts(normalize=True)
+    assert abs(splits["validation"] - 0.2) < 0.015 and abs(splits["test"] - 0.1) < 0.015
+    with pytest.raises(ValueError):
+        SplitConfig(validation=0.6, test=0.5)
