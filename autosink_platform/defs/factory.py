@@ -22,11 +22,6 @@ from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 
 
-# The dataset's data version is its snapshot id: it is what makes Dagster's staleness mean
-# "the data changed", so we use it although the parameter is still marked beta.
-warnings.filterwarnings("ignore", message="Parameter `data_version`", category=dg.BetaWarning)
-
-
 def image_metadata(path: Path) -> dg.MetadataValue:
     """A PNG inlined as markdown, so the plot shows in the Dagster UI itself."""
     return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})")
@@ -79,14 +74,18 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
             f"| {s} | {c['sessions']} | {c['frames']} | {c['labeled']} | {c['positive']} |"
             for s, c in counts.items() if isinstance(c, dict)
         )
-        return dg.Output(
-            ref,
-            data_version=dg.DataVersion(ref.snapshot_id),
-            metadata={
-                "snapshot_id": ref.snapshot_id, "sessions": counts["sessions"], "frames": counts["frames"],
-                "splits": dg.MetadataValue.md(table), "path": dg.MetadataValue.path(ref.path),
-            },
-        )
+        # The data version is the snapshot id: Dagster's staleness then means "the data changed".
+        # The parameter is still marked beta; we rely on it knowingly.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return dg.Output(
+                ref,
+                data_version=dg.DataVersion(ref.snapshot_id),
+                metadata={
+                    "snapshot_id": ref.snapshot_id, "sessions": counts["sessions"], "frames": counts["frames"],
+                    "splits": dg.MetadataValue.md(table), "path": dg.MetadataValue.path(ref.path),
+                },
+            )
 
     return [raw_sessions, labeled_frames, validated_dataset]
 
