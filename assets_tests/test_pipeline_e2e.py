@@ -51,8 +51,13 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert instance.get_materialized_partitions(dg.AssetKey(["sink", stage])) == sessions
     for key in defs.resolve_all_asset_keys():
         assert instance.get_latest_materialization_event(key) is not None, key
-    meta = instance.get_latest_materialization_event(dg.AssetKey(["sink", "validated_dataset"])).asset_materialization.metadata
-    assert meta["snapshot_id"].value == ref.snapshot_id
+    metadata = lambda stage: instance.get_latest_materialization_event(dg.AssetKey(["sink", stage])).asset_materialization.metadata  # noqa: E731
+    assert metadata("validated_dataset")["snapshot_id"].value == ref.snapshot_id
+    for model in SINK.models:  # key figures and plots show in the Dagster UI
+        assert {"training_curves", "mlflow_version", "val_loss"} <= set(metadata(f"{model.name}_model"))
+        assert {"threshold", "precision", "recall", "pr_curve", "score_histogram"} <= set(metadata(f"{model.name}_threshold"))
+        assert metadata(f"{model.name}_threshold")["pr_curve"].value.startswith(f"![{model.name}_pr_curve](data:image/png;base64,")
+        assert {"onnx_sha256", "parity_max_abs_diff", "test_f1"} <= set(metadata(f"{model.name}_release"))
 
     for model in SINK.models:
         name = f"sink.{model.name}"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from autosink_platform import plots
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
@@ -112,7 +113,10 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         result = lifecycle.train_model(spec, model, LoadedDataset.load(dataset), mlflow.get(), context.run.run_id)
         if result.reused:
             context.log.info(f"{result.registered_name} v{result.version} was trained on these inputs already: reused")
+        with tempfile.TemporaryDirectory() as tmp:
+            curves = image_metadata(plots.training_curves(result.history, Path(tmp) / "curves.png", f"{result.registered_name} v{result.version}"))
         return dg.Output(result, metadata={
+            "training_curves": curves,
             "mlflow_model": result.registered_name, "mlflow_version": result.version, "mlflow_run_id": result.run_id,
             "reused": result.reused, "warm_started_from": result.warm_started_from or "none", "best_epoch": result.best_epoch,
             **{k: float(v) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")},

@@ -45,7 +45,8 @@ class TrainedModel:
     reused: bool
     warm_started_from: str | None
     best_epoch: int
-    metrics: dict
+    metrics: dict  # at the best epoch
+    history: list[dict]  # per epoch: epoch, train_loss, val_loss
 
 
 @dataclass(frozen=True)
@@ -95,9 +96,11 @@ def train_model(
     existing = registry.find_version(name, "train_key", train_key)
     if existing is not None:
         run = registry.client.get_run(existing.run_id)
+        history = _history(registry, existing.run_id)
+        best = int(run.data.params["best_epoch"])
         return TrainedModel(
             name, str(existing.version), existing.run_id, train_key, True, existing.tags.get("warm_started_from") or None,
-            int(run.data.params.get("best_epoch", 0)), dict(run.data.metrics),
+            best, history[best - 1], history,
         )
 
     # Warm start from the champion's weights when it has the same architecture and config.
@@ -129,8 +132,17 @@ def train_model(
         "config": model.config_json(), "code_version": model.code_version, "validation_status": "pending",
         "warm_started_from": warm_from or "",
     })
-    last = fit.history[fit.best_epoch - 1]
-    return TrainedModel(name, version, run.info.run_id, train_key, False, warm_from, fit.best_epoch, last)
+    best = fit.history[fit.best_epoch - 1]
+    return TrainedModel(name, version, run.info.run_id, train_key, False, warm_from, fit.best_epoch, best, fit.history)
+
+
+def _history(registry: Registry, run_id: str) -> list[dict]:
+    """Per-epoch losses as logged to MLflow (step = epoch)."""
+    by_epoch: dict[int, dict] = {}
+    for key in ("train_loss", "val_loss"):
+        for m in registry.client.get_metric_history(run_id, key):
+            by_epoch.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:

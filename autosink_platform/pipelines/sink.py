@@ -120,7 +120,7 @@ SINK = PipelineSpec(
         ModelSpec(
             name="classifier",
             config=ClassifierConfig(),
-            code_version="1",
+            code_version="2",
             build=lambda cfg: ValveClassifier(cfg.arch),
             train=_classifier_train,
             operating_data=_classifier_operating_data,
