@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export AUTOSINK_HOME ?= $(CURDIR)/.autosink
 export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
-.PHONY: demo dev test install clean-home mlflow-ui
+.PHONY: demo dev test install clean-home mlflow-ui lint
 
 $(BIN)/autosink: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,3 +34,9 @@ clean-home:
 ## The MLflow UI over the embedded registry (http://127.0.0.1:5000).
 mlflow-ui: install
 	MLFLOW=$(CURDIR)/$(BIN)/mlflow mlflow/server.sh
+
+## Lint and format check (ruff, from the dev extra).
+lint: install
+	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
+	$(BIN)/ruff check autosink_platform assets_tests
+	$(BIN)/ruff format --check autosink_platform assets_tests

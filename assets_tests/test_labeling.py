@@ -1,7 +1,13 @@
 import numpy as np
 import pandas as pd
 
-from autosink_platform.labeling.propagation import IMPLICIT, OVERRIDE, LabelingConfig, agreement_report, propagate_labels
+from autosink_platform.labeling.propagation import (
+    IMPLICIT,
+    OVERRIDE,
+    LabelingConfig,
+    agreement_report,
+    propagate_labels,
+)
 from autosink_platform.lake.demo import read_truth
 from autosink_platform.lake.sessions import Event, Lake, read_session
 
@@ -30,13 +36,18 @@ def test_unchallenged_stretches_become_weak_labels_without_their_edges():
     margin = int(LabelingConfig().weak_margin_s * FPS)
     opened = labels.iloc[25 + margin : 50 - margin]
     assert (opened["label"] == 1).all() and (opened["label_source"] == IMPLICIT).all()
-    assert labels.loc[25:25 + margin - 1, "label"].isna().all()  # the model reacts late
+    assert labels.loc[25 : 25 + margin - 1, "label"].isna().all()  # the model reacts late
     assert (labels.iloc[: 25 - margin]["label"] == 0).all()
 
 
 def test_short_and_overridden_stretches_stay_unlabeled():
-    events = [Event(2.0, "valve_open", 0.6), Event(2.6, "valve_close", 0.4),  # 0.6 s: too short to trust
-              Event(6.0, "valve_open", 0.8), Event(7.0, "user_close"), Event(12.0, "valve_close", 0.3)]
+    events = [
+        Event(2.0, "valve_open", 0.6),
+        Event(2.6, "valve_close", 0.4),  # 0.6 s: too short to trust
+        Event(6.0, "valve_open", 0.8),
+        Event(7.0, "user_close"),
+        Event(12.0, "valve_close", 0.3),
+    ]
     labels = propagate_labels(events, 80, FPS)
     assert labels.loc[10:12, "label"].isna().all()
     overridden = labels.iloc[30:60]

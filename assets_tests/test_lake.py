@@ -7,7 +7,15 @@ from PIL import Image
 
 from autosink_platform.labeling.propagation import decisions_per_frame
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake, read_truth
-from autosink_platform.lake.sessions import COMMITTED, EVENT_TYPES, REQUIRED_FIELDS, Lake, SessionFormatError, content_hash, read_session
+from autosink_platform.lake.sessions import (
+    COMMITTED,
+    EVENT_TYPES,
+    REQUIRED_FIELDS,
+    Lake,
+    SessionFormatError,
+    content_hash,
+    read_session,
+)
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.sink import ingest_session
 
@@ -43,8 +51,10 @@ def test_generator_is_deterministic_for_a_seed(tmp_path, tiny_lake):
         assert strip(ours[sid]) == strip(theirs[sid]), sid
 
     other = tmp_path / "other"
-    generate_demo_lake(other, DemoLakeConfig(devices=1, sessions_per_device=1, frames_per_session=120, seed=8), progress=False)
-    (sid, first), = Lake(other).committed_sessions().items()
+    generate_demo_lake(
+        other, DemoLakeConfig(devices=1, sessions_per_device=1, frames_per_session=120, seed=8), progress=False
+    )
+    ((sid, first),) = Lake(other).committed_sessions().items()
     assert sid in ours  # ids depend on device and time only, so the same session with another seed ...
     assert content_hash(first) != content_hash(ours[sid])  # ... has other content
 
@@ -69,6 +79,7 @@ def test_truth_matches_events_and_has_realistic_errors(tiny_lake):
 
 # -- bad sessions are quarantined, raw files untouched, good ones proceed ----------------------
 
+
 def _edit_json(path, **changes):
     meta = json.loads(path.read_text())
     for k, v in changes.items():
@@ -89,7 +100,9 @@ BREAKAGES = {
     "bad_frame_name": lambda p: (p / "frames" / "000005.png").rename(p / "frames" / "000999.png"),
     "invalid_event": lambda p: (p / "events.jsonl").write_text('{"t": 1.0, "type": "valve_open"\n'),
     "unknown_event_type": lambda p: (p / "events.jsonl").write_text('{"t": 1.0, "type": "explode"}\n'),
-    "event_time_backwards": lambda p: (p / "events.jsonl").write_text('{"t": 2.0, "type": "user_open"}\n{"t": 1.0, "type": "user_close"}\n'),
+    "event_time_backwards": lambda p: (p / "events.jsonl").write_text(
+        '{"t": 2.0, "type": "user_open"}\n{"t": 1.0, "type": "user_close"}\n'
+    ),
     "event_out_of_range": lambda p: (p / "events.jsonl").write_text('{"t": 9999.0, "type": "user_open"}\n'),
 }
 

@@ -40,7 +40,9 @@ def test_backward_reaches_every_parameter(spec):
     torch.manual_seed(0)
     module = spec.build(spec.config).train()
     TRAINING_LOSS[spec.name](module, _frames(8)).backward()
-    missing = [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))]
+    missing = [
+        n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or not torch.any(p.grad != 0))
+    ]
     assert not missing
 
 

@@ -4,10 +4,10 @@
 import json
 
 import dagster as dg
-import mlflow
 import numpy as np
 import pytest
 
+import mlflow
 from autosink_platform.definitions import defs
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import materialize_pipeline
@@ -22,8 +22,20 @@ from autosink_platform.release.onnx_export import OnnxScorer, parity
 pytestmark = pytest.mark.slow
 
 MANIFEST_FIELDS = {
-    "registered_model", "mlflow_version", "mlflow_run_id", "onnx", "input", "outputs", "decision_output", "threshold",
-    "metrics", "dataset_snapshot_id", "dagster_run_id", "created_at", "smoke_test", "parity_max_abs_diff",
+    "registered_model",
+    "mlflow_version",
+    "mlflow_run_id",
+    "onnx",
+    "input",
+    "outputs",
+    "decision_output",
+    "threshold",
+    "metrics",
+    "dataset_snapshot_id",
+    "dagster_run_id",
+    "created_at",
+    "smoke_test",
+    "parity_max_abs_diff",
 }
 
 
@@ -51,12 +63,18 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert instance.get_materialized_partitions(dg.AssetKey(["sink", stage])) == sessions
     for key in defs.resolve_all_asset_keys():
         assert instance.get_latest_materialization_event(key) is not None, key
-    metadata = lambda stage: instance.get_latest_materialization_event(dg.AssetKey(["sink", stage])).asset_materialization.metadata  # noqa: E731
+    metadata = lambda stage: (
+        instance.get_latest_materialization_event(dg.AssetKey(["sink", stage])).asset_materialization.metadata
+    )  # noqa: E731
     assert metadata("validated_dataset")["snapshot_id"].value == ref.snapshot_id
     for model in SINK.models:  # key figures and plots show in the Dagster UI
         assert {"training_curves", "mlflow_version", "val_loss"} <= set(metadata(f"{model.name}_model"))
-        assert {"threshold", "precision", "recall", "pr_curve", "score_histogram"} <= set(metadata(f"{model.name}_threshold"))
-        assert metadata(f"{model.name}_threshold")["pr_curve"].value.startswith(f"![{model.name}_pr_curve](data:image/png;base64,")
+        assert {"threshold", "precision", "recall", "pr_curve", "score_histogram"} <= set(
+            metadata(f"{model.name}_threshold")
+        )
+        assert metadata(f"{model.name}_threshold")["pr_curve"].value.startswith(
+            f"![{model.name}_pr_curve](data:image/png;base64,"
+        )
         assert {"onnx_sha256", "parity_max_abs_diff", "test_f1"} <= set(metadata(f"{model.name}_release"))
 
     for model in SINK.models:
@@ -75,8 +93,16 @@ def test_sink_pipeline_end_to_end(home, instance):
         artifacts = {a.path for a in registry.client.list_artifacts(run.info.run_id)} | {
             a.path for a in registry.client.list_artifacts(run.info.run_id, "onnx")
         }
-        assert {"training_curves.png", "state_dict.pt", "threshold.json", "onnx/model.onnx", "onnx/manifest.json"} <= artifacts
-        assert any(a.endswith("_score_histogram.png") for a in artifacts) and any(a.endswith("_pr_curve.png") for a in artifacts)
+        assert {
+            "training_curves.png",
+            "state_dict.pt",
+            "threshold.json",
+            "onnx/model.onnx",
+            "onnx/manifest.json",
+        } <= artifacts
+        assert any(a.endswith("_score_histogram.png") for a in artifacts) and any(
+            a.endswith("_pr_curve.png") for a in artifacts
+        )
         info = mlflow.models.get_model_info(f"models:/{name}/1")
         assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"][1:]) == [3, 64, 64]
         assert info.saved_input_example_info is not None
@@ -93,7 +119,9 @@ def test_sink_pipeline_end_to_end(home, instance):
 
         # Parity, measured here independently of the release gate, on every validation frame.
         scorer = OnnxScorer(vdir / "model.onnx")
-        diffs = parity(load_module(model, out[f"{model.name}_model"], registry), scorer, data.images[data.mask("validation")])
+        diffs = parity(
+            load_module(model, out[f"{model.name}_model"], registry), scorer, data.images[data.mask("validation")]
+        )
         assert max(diffs.values()) <= 1e-4, diffs
         smoke = np.load(vdir / "smoke_frames.npy")
         for output, expected in manifest["smoke_test"]["expected"].items():
@@ -116,7 +144,13 @@ def test_sink_pipeline_end_to_end(home, instance):
     assert _run_count(registry) == runs
 
     # New sessions: new snapshot, new versions warm-started from the champion, which stays put.
-    generate_demo_lake(lake.root, DemoLakeConfig(devices=1, sessions_per_device=2, frames_per_session=120, seed=9, start="2026-11-20T08:00:00+00:00"), progress=False)
+    generate_demo_lake(
+        lake.root,
+        DemoLakeConfig(
+            devices=1, sessions_per_device=2, frames_per_session=120, seed=9, start="2026-11-20T08:00:00+00:00"
+        ),
+        progress=False,
+    )
     third = materialize_pipeline(defs, SINK, instance, lake, progress=False)
     assert len(third["ingested_now"]) == 2
     assert third["validated_dataset"].snapshot_id != ref.snapshot_id

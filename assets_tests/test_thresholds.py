@@ -34,13 +34,16 @@ def test_best_f1_known_case():
     assert op.threshold == 0.35 and op.f1 == pytest.approx(0.8) and op.recall == 1.0
 
 
-@pytest.mark.parametrize("scores,labels,match", [
-    ([0.1, np.nan], [0, 1], "NaN"),
-    ([0.1, 0.2], [1, 1], "both classes"),
-    ([0.1, 0.2], [0, 2], "0 or 1"),
-    ([0.1, 0.2, 0.3], [0, 1], "labels for"),
-    ([], [], "no scores"),
-])
+@pytest.mark.parametrize(
+    "scores,labels,match",
+    [
+        ([0.1, np.nan], [0, 1], "NaN"),
+        ([0.1, 0.2], [1, 1], "both classes"),
+        ([0.1, 0.2], [0, 2], "0 or 1"),
+        ([0.1, 0.2, 0.3], [0, 1], "labels for"),
+        ([], [], "no scores"),
+    ],
+)
 def test_degenerate_inputs_are_rejected(scores, labels, match):
     with pytest.raises(ValueError, match=match):
         best_f1(scores, labels)

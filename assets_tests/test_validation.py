@@ -65,8 +65,10 @@ def test_dataset_refuses_an_empty_split(tiny_lake, tmp_path):
 
 
 @settings(max_examples=50, deadline=None)
-@given(old=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30, unique=True),
-       new=st.lists(st.text(min_size=1, max_size=20), max_size=30))
+@given(
+    old=st.lists(st.text(min_size=1, max_size=20), min_size=1, max_size=30, unique=True),
+    new=st.lists(st.text(min_size=1, max_size=20), max_size=30),
+)
 def test_split_of_a_session_never_moves_when_sessions_are_added(old, new):
     before = {s: assign_split(s) for s in old}
     after = {s: assign_split(s) for s in old + new}

@@ -38,12 +38,14 @@ home_option = click.option("--home", default=None, help="Home directory (default
 
 
 def _lake_options(f):
-    for opt in reversed([
-        click.option("--devices", default=3, show_default=True, help="Simulated Pis."),
-        click.option("--sessions", default=8, show_default=True, help="Sessions per device."),
-        click.option("--frames", default=240, show_default=True, help="Frames per session (5 fps)."),
-        click.option("--seed", default=0, show_default=True),
-    ]):
+    for opt in reversed(
+        [
+            click.option("--devices", default=3, show_default=True, help="Simulated Pis."),
+            click.option("--sessions", default=8, show_default=True, help="Sessions per device."),
+            click.option("--frames", default=240, show_default=True, help="Frames per session (5 fps)."),
+            click.option("--seed", default=0, show_default=True),
+        ]
+    ):
         f = opt(f)
     return f
 
@@ -90,24 +92,37 @@ def demo(home, devices, sessions, frames, seed) -> None:
     quarantined = lake.quarantined()
     click.echo("\n== autosink demo: sink pipeline ==")
     click.echo(f"home                {h.root}")
-    click.echo(f"sessions            {ref.counts['sessions']} in dataset, {len(out['ingested_now'])} ingested this run, {len(quarantined)} quarantined")
-    click.echo(f"frames              {ref.counts['frames']}, label coverage {data.table['label'].notna().mean():.1%} "
-               f"(override {(data.table['label_source'] == 'override').sum()}, implicit {(data.table['label_source'] == 'implicit').sum()})")
-    click.echo(f"dataset snapshot    {ref.snapshot_id}  " + ", ".join(f"{s}: {ref.counts[s]['sessions']} sessions" for s in ("train", "validation", "test")))
+    click.echo(
+        f"sessions            {ref.counts['sessions']} in dataset, {len(out['ingested_now'])} ingested this run, {len(quarantined)} quarantined"
+    )
+    click.echo(
+        f"frames              {ref.counts['frames']}, label coverage {data.table['label'].notna().mean():.1%} "
+        f"(override {(data.table['label_source'] == 'override').sum()}, implicit {(data.table['label_source'] == 'implicit').sum()})"
+    )
+    click.echo(
+        f"dataset snapshot    {ref.snapshot_id}  "
+        + ", ".join(f"{s}: {ref.counts[s]['sessions']} sessions" for s in ("train", "validation", "test"))
+    )
     from autosink_platform.defs.resources import MlflowResource
 
     registry = MlflowResource().get()
     for model in SINK.models:
         trained, op, rel = out[f"{model.name}_model"], out[f"{model.name}_threshold"], out[f"{model.name}_release"]
         test = rel.manifest["metrics"]["test"]
-        click.echo(f"\n[{trained.registered_name}] MLflow v{trained.version} ({'reused' if trained.reused else 'trained'}"
-                   f"{', warm start from v' + trained.warm_started_from if trained.warm_started_from else ''}), aliases: {', '.join(rel.aliases) or '-'}")
-        click.echo(f"  threshold         {op.threshold:.4g} ({op.policy}): validation precision {op.precision:.3f} recall {op.recall:.3f} f1 {op.f1:.3f}")
+        click.echo(
+            f"\n[{trained.registered_name}] MLflow v{trained.version} ({'reused' if trained.reused else 'trained'}"
+            f"{', warm start from v' + trained.warm_started_from if trained.warm_started_from else ''}), aliases: {', '.join(rel.aliases) or '-'}"
+        )
+        click.echo(
+            f"  threshold         {op.threshold:.4g} ({op.policy}): validation precision {op.precision:.3f} recall {op.recall:.3f} f1 {op.f1:.3f}"
+        )
         click.echo("  test              " + "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "n"))
         if model.name == "classifier":
             truth = truth_metrics(h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold)
-            click.echo(f"  test vs truth     f1 {truth['f1']:.3f} precision {truth['precision']:.3f} recall {truth['recall']:.3f} "
-                       f"accuracy {truth['accuracy']:.3f}  (deployed on-device model: f1 {truth['deployed_model_f1']:.3f})")
+            click.echo(
+                f"  test vs truth     f1 {truth['f1']:.3f} precision {truth['precision']:.3f} recall {truth['recall']:.3f} "
+                f"accuracy {truth['accuracy']:.3f}  (deployed on-device model: f1 {truth['deployed_model_f1']:.3f})"
+            )
         click.echo(f"  release           {rel.path}")
     click.echo(f"\nMLflow              {registry.tracking_uri}")
     click.echo(f"Dagster             DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (make dev shows these runs)")

@@ -7,7 +7,6 @@ Asset bodies only move values between resources and the plain functions in
 ``pipelines/``; nothing below the Dagster layer imports Dagster.
 """
 
-
 import base64
 import tempfile
 import warnings
@@ -25,7 +24,9 @@ from autosink_platform.validation.dataset import DatasetRef, build_dataset
 
 def image_metadata(path: Path) -> dg.MetadataValue:
     """A PNG inlined as markdown, so the plot shows in the Dagster UI itself."""
-    return dg.MetadataValue.md(f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})")
+    return dg.MetadataValue.md(
+        f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
+    )
 
 
 def sessions_partitions(spec: PipelineSpec) -> dg.DynamicPartitionsDefinition:
@@ -36,10 +37,16 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
     prefix = [spec.name]
 
     @dg.asset(
-        name="raw_sessions", key_prefix=prefix, group_name=spec.name, partitions_def=partitions,
-        code_version=spec.code_versions["raw_sessions"], kinds={"python"},
+        name="raw_sessions",
+        key_prefix=prefix,
+        group_name=spec.name,
+        partitions_def=partitions,
+        code_version=spec.code_versions["raw_sessions"],
+        kinds={"python"},
     )
-    def raw_sessions(context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource) -> dg.MaterializeResult:
+    def raw_sessions(
+        context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
+    ) -> dg.MaterializeResult:
         """One Pi session from the lake, parsed and checked; a bad session is quarantined with its reason."""
         results = {pk: sink.ingest_session(lake.get(), store.get(spec.name), pk) for pk in context.partition_keys}
         for pk, r in results.items():
@@ -48,24 +55,39 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         return dg.MaterializeResult(metadata=_partition_metadata(results))
 
     @dg.asset(
-        name="labeled_frames", key_prefix=prefix, group_name=spec.name, partitions_def=partitions,
-        deps=[raw_sessions], code_version=spec.code_versions["labeled_frames"], kinds={"pandas"},
+        name="labeled_frames",
+        key_prefix=prefix,
+        group_name=spec.name,
+        partitions_def=partitions,
+        deps=[raw_sessions],
+        code_version=spec.code_versions["labeled_frames"],
+        kinds={"pandas"},
     )
-    def labeled_frames(context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource) -> dg.MaterializeResult:
+    def labeled_frames(
+        context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
+    ) -> dg.MaterializeResult:
         """Per-frame labels: user overrides propagated to neighbouring frames (strong), unchallenged
         model decisions (weak), each with its source and confidence."""
         quarantined = lake.get().quarantined()
         results = {
-            pk: {"status": "quarantined"} if pk in quarantined else sink.label_session(store.get(spec.name), pk, spec.labeling)
+            pk: {"status": "quarantined"}
+            if pk in quarantined
+            else sink.label_session(store.get(spec.name), pk, spec.labeling)
             for pk in context.partition_keys
         }
         return dg.MaterializeResult(metadata=_partition_metadata(results))
 
     @dg.asset(
-        name="validated_dataset", key_prefix=prefix, group_name=spec.name, deps=[labeled_frames],
-        code_version=spec.code_versions["validated_dataset"], kinds={"pandas", "numpy"},
+        name="validated_dataset",
+        key_prefix=prefix,
+        group_name=spec.name,
+        deps=[labeled_frames],
+        code_version=spec.code_versions["validated_dataset"],
+        kinds={"pandas", "numpy"},
     )
-    def validated_dataset(context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource) -> dg.Output[DatasetRef]:
+    def validated_dataset(
+        context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
+    ) -> dg.Output[DatasetRef]:
         """Every labeled session, pandera-validated, split by session, frozen as a content-hash snapshot."""
         fs, quarantined = store.get(spec.name), lake.get().quarantined()
         hashes = {s: fs.get_session(s)["content_sha256"] for s in fs.labeled_sessions() if s not in quarantined}
@@ -73,7 +95,8 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         counts = ref.counts
         table = "| split | sessions | frames | labeled | positive |\n|---|---|---|---|---|\n" + "\n".join(
             f"| {s} | {c['sessions']} | {c['frames']} | {c['labeled']} | {c['positive']} |"
-            for s, c in counts.items() if isinstance(c, dict)
+            for s, c in counts.items()
+            if isinstance(c, dict)
         )
         # The data version is the snapshot id: Dagster's staleness then means "the data changed".
         # The parameter is still marked beta; we rely on it knowingly.
@@ -83,8 +106,11 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
                 ref,
                 data_version=dg.DataVersion(ref.snapshot_id),
                 metadata={
-                    "snapshot_id": ref.snapshot_id, "sessions": counts["sessions"], "frames": counts["frames"],
-                    "splits": dg.MetadataValue.md(table), "path": dg.MetadataValue.path(ref.path),
+                    "snapshot_id": ref.snapshot_id,
+                    "sessions": counts["sessions"],
+                    "frames": counts["frames"],
+                    "splits": dg.MetadataValue.md(table),
+                    "path": dg.MetadataValue.path(ref.path),
                 },
             )
 
@@ -106,53 +132,103 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
     threshold_key = dg.AssetKey([spec.name, f"{model.name}_threshold"])
 
     @dg.asset(
-        name=f"{model.name}_model", key_prefix=prefix, group_name=spec.name, code_version=model.code_version,
-        ins={"dataset": dg.AssetIn(dataset_key)}, kinds={"pytorch", "mlflow"}, description=model.description,
+        name=f"{model.name}_model",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
+        ins={"dataset": dg.AssetIn(dataset_key)},
+        kinds={"pytorch", "mlflow"},
+        description=model.description,
     )
-    def trained(context: dg.AssetExecutionContext, dataset: DatasetRef, mlflow: MlflowResource) -> dg.Output[lifecycle.TrainedModel]:
+    def trained(
+        context: dg.AssetExecutionContext, dataset: DatasetRef, mlflow: MlflowResource
+    ) -> dg.Output[lifecycle.TrainedModel]:
         result = lifecycle.train_model(spec, model, LoadedDataset.load(dataset), mlflow.get(), context.run.run_id)
         if result.reused:
             context.log.info(f"{result.registered_name} v{result.version} was trained on these inputs already: reused")
         with tempfile.TemporaryDirectory() as tmp:
-            curves = image_metadata(plots.training_curves(result.history, Path(tmp) / "curves.png", f"{result.registered_name} v{result.version}"))
-        return dg.Output(result, metadata={
-            "training_curves": curves,
-            "mlflow_model": result.registered_name, "mlflow_version": result.version, "mlflow_run_id": result.run_id,
-            "reused": result.reused, "warm_started_from": result.warm_started_from or "none", "best_epoch": result.best_epoch,
-            **{k: float(v) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")},
-        })
+            curves = image_metadata(
+                plots.training_curves(
+                    result.history, Path(tmp) / "curves.png", f"{result.registered_name} v{result.version}"
+                )
+            )
+        return dg.Output(
+            result,
+            metadata={
+                "training_curves": curves,
+                "mlflow_model": result.registered_name,
+                "mlflow_version": result.version,
+                "mlflow_run_id": result.run_id,
+                "reused": result.reused,
+                "warm_started_from": result.warm_started_from or "none",
+                "best_epoch": result.best_epoch,
+                **{k: float(v) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")},
+            },
+        )
 
     @dg.asset(
-        name=f"{model.name}_threshold", key_prefix=prefix, group_name=spec.name, code_version=model.code_version,
-        ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)}, kinds={"mlflow"},
+        name=f"{model.name}_threshold",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
+        ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
+        kinds={"mlflow"},
     )
-    def threshold(context: dg.AssetExecutionContext, trained: lifecycle.TrainedModel, dataset: DatasetRef, mlflow: MlflowResource) -> dg.Output[OperatingPoint]:
+    def threshold(
+        context: dg.AssetExecutionContext, trained: lifecycle.TrainedModel, dataset: DatasetRef, mlflow: MlflowResource
+    ) -> dg.Output[OperatingPoint]:
         """The operating point chosen on the validation split, with the precision/recall it gives."""
         with tempfile.TemporaryDirectory() as tmp:
-            op, figures = lifecycle.choose_threshold(spec, model, trained, LoadedDataset.load(dataset), mlflow.get(), Path(tmp))
+            op, figures = lifecycle.choose_threshold(
+                spec, model, trained, LoadedDataset.load(dataset), mlflow.get(), Path(tmp)
+            )
             plots = {name: image_metadata(path) for name, path in figures.items()}
-        return dg.Output(op, metadata={
-            "policy": op.policy, "threshold": op.threshold, "precision": op.precision, "recall": op.recall,
-            "f1": op.f1, "fpr": op.fpr, **plots,
-        })
+        return dg.Output(
+            op,
+            metadata={
+                "policy": op.policy,
+                "threshold": op.threshold,
+                "precision": op.precision,
+                "recall": op.recall,
+                "f1": op.f1,
+                "fpr": op.fpr,
+                **plots,
+            },
+        )
 
     @dg.asset(
-        name=f"{model.name}_release", key_prefix=prefix, group_name=spec.name, code_version=model.code_version,
+        name=f"{model.name}_release",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
         ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
         kinds={"onnx", "mlflow"},
     )
     def release(
-        context: dg.AssetExecutionContext, trained: lifecycle.TrainedModel, op: OperatingPoint, dataset: DatasetRef,
-        mlflow: MlflowResource, fleet: FleetChannelResource,
+        context: dg.AssetExecutionContext,
+        trained: lifecycle.TrainedModel,
+        op: OperatingPoint,
+        dataset: DatasetRef,
+        mlflow: MlflowResource,
+        fleet: FleetChannelResource,
     ) -> dg.Output[lifecycle.Release]:
         """ONNX build checked against PyTorch, evaluated on test, published with its manifest."""
-        rel = lifecycle.release_model(spec, model, trained, op, LoadedDataset.load(dataset), mlflow.get(), fleet.get(), context.run.run_id)
+        rel = lifecycle.release_model(
+            spec, model, trained, op, LoadedDataset.load(dataset), mlflow.get(), fleet.get(), context.run.run_id
+        )
         test = rel.manifest["metrics"]["test"]
-        return dg.Output(rel, metadata={
-            "mlflow_version": rel.version, "aliases": ", ".join(rel.aliases), "path": dg.MetadataValue.path(rel.path),
-            "onnx_sha256": rel.manifest["onnx"]["sha256"], "parity_max_abs_diff": max(rel.manifest["parity_max_abs_diff"].values()),
-            "reused": rel.reused, **{f"test_{k}": float(v) for k, v in test.items()},
-        })
+        return dg.Output(
+            rel,
+            metadata={
+                "mlflow_version": rel.version,
+                "aliases": ", ".join(rel.aliases),
+                "path": dg.MetadataValue.path(rel.path),
+                "onnx_sha256": rel.manifest["onnx"]["sha256"],
+                "parity_max_abs_diff": max(rel.manifest["parity_max_abs_diff"].values()),
+                "reused": rel.reused,
+                **{f"test_{k}": float(v) for k, v in test.items()},
+            },
+        )
 
     return [trained, threshold, release]
 
@@ -161,7 +237,8 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     partitions = sessions_partitions(spec)
     assets = _session_assets(spec, partitions) + [a for m in spec.models for a in _model_assets(spec, m)]
     ingest = dg.define_asset_job(
-        f"{spec.name}_ingest", selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),
+        f"{spec.name}_ingest",
+        selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),
         description="Ingest and label sessions (one run per session partition).",
     )
     train = dg.define_asset_job(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from autosink_platform.files import atomic_write_bytes
 from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_tracking_uri, resolve_home
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
@@ -64,14 +65,12 @@ class RefIOManager(dg.ConfigurableIOManager):
         return base.joinpath(*key.path).with_suffix(".pkl")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:
-        path = self._path(context.asset_key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(pickle.dumps(obj))
-        tmp.replace(path)
+        atomic_write_bytes(self._path(context.asset_key), pickle.dumps(obj))
 
     def load_input(self, context: dg.InputContext):
         path = self._path(context.asset_key)
         if not path.exists():
-            raise FileNotFoundError(f"{path}: upstream asset {context.asset_key.to_user_string()} has not been materialized in this home")
+            raise FileNotFoundError(
+                f"{path}: upstream asset {context.asset_key.to_user_string()} has not been materialized in this home"
+            )
         return pickle.loads(path.read_bytes())

@@ -22,7 +22,9 @@ def register_sessions(instance: dg.DagsterInstance, spec: PipelineSpec, lake: La
     return new
 
 
-def materialize_pipeline(defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, lake: Lake, progress: bool = True) -> dict:
+def materialize_pipeline(
+    defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, lake: Lake, progress: bool = True
+) -> dict:
     """Ingest + label every session not yet labeled (a run per session), then run the train job.
 
     Returns the train job's outputs by asset name (dataset ref, models, thresholds, releases).
@@ -34,7 +36,11 @@ def materialize_pipeline(defs: dg.Definitions, spec: PipelineSpec, instance: dg.
     ingest = defs.resolve_job_def(f"{spec.name}_ingest")
     for session_id in tqdm(todo, desc=f"{spec.name}: ingest + label", unit="session", disable=not progress):
         ingest.execute_in_process(instance=instance, partition_key=session_id, run_config=QUIET, raise_on_error=True)
-    result = defs.resolve_job_def(f"{spec.name}_train").execute_in_process(instance=instance, run_config=QUIET, raise_on_error=True)
-    names = ["validated_dataset"] + [f"{m.name}_{stage}" for m in spec.models for stage in ("model", "threshold", "release")]
+    result = defs.resolve_job_def(f"{spec.name}_train").execute_in_process(
+        instance=instance, run_config=QUIET, raise_on_error=True
+    )
+    names = ["validated_dataset"] + [
+        f"{m.name}_{stage}" for m in spec.models for stage in ("model", "threshold", "release")
+    ]
     outputs = {name: result.asset_value(dg.AssetKey([spec.name, name])) for name in names}
     return outputs | {"ingested_now": todo, "run_id": result.run_id}

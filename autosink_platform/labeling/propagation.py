@@ -42,7 +42,9 @@ def decisions_per_frame(events: list[Event], n_frames: int, fps: float) -> np.nd
     return state
 
 
-def propagate_labels(events: list[Event], n_frames: int, fps: float, cfg: LabelingConfig = LabelingConfig()) -> pd.DataFrame:
+def propagate_labels(
+    events: list[Event], n_frames: int, fps: float, cfg: LabelingConfig = LabelingConfig()
+) -> pd.DataFrame:
     """One row per frame: ``label`` (nullable 0/1), ``label_source``, ``confidence``, ``model_decision``."""
     decision = decisions_per_frame(events, n_frames, fps)
     label = np.full(n_frames, -1, dtype=np.int8)
@@ -50,12 +52,14 @@ def propagate_labels(events: list[Event], n_frames: int, fps: float, cfg: Labeli
     confidence = np.zeros(n_frames, dtype=np.float32)
 
     # 1. Weak labels from unchallenged decision stretches.
-    overrides = [(int(round(e.t * fps)), 1 if e.type == "user_open" else 0) for e in events if e.type.startswith("user_")]
+    overrides = [
+        (int(round(e.t * fps)), 1 if e.type == "user_open" else 0) for e in events if e.type.startswith("user_")
+    ]
     override_frames = np.array([k for k, _ in overrides], dtype=int)
     change = np.flatnonzero(np.diff(decision)) + 1
     bounds = np.concatenate([[0], change, [n_frames]])
     margin = int(round(cfg.weak_margin_s * fps))
-    for start, stop in zip(bounds[:-1], bounds[1:]):
+    for start, stop in zip(bounds[:-1], bounds[1:], strict=True):
         challenged = np.any((override_frames >= start) & (override_frames < stop))
         if challenged or (stop - start) / fps < cfg.weak_min_stretch_s:
             continue
@@ -80,7 +84,11 @@ def propagate_labels(events: list[Event], n_frames: int, fps: float, cfg: Labeli
         strong[idx] = state
         strong_conf[idx] = np.maximum(strong_conf[idx], conf)
     has_strong = strong >= 0
-    label[has_strong], source[has_strong], confidence[has_strong] = strong[has_strong], OVERRIDE, strong_conf[has_strong]
+    label[has_strong], source[has_strong], confidence[has_strong] = (
+        strong[has_strong],
+        OVERRIDE,
+        strong_conf[has_strong],
+    )
     label[conflict], source[conflict], confidence[conflict] = -1, None, 0.0
 
     return pd.DataFrame(
@@ -101,5 +109,7 @@ def agreement_report(labels: pd.DataFrame, truth: np.ndarray) -> dict[str, float
     for src in (OVERRIDE, IMPLICIT):
         rows = (labels["label_source"] == src).fillna(False).to_numpy()
         out[f"{src}_frames"] = int(rows.sum())
-        out[f"{src}_agreement"] = float(np.mean(labels["label"].to_numpy()[rows].astype(int) == truth[rows])) if rows.any() else float("nan")
+        out[f"{src}_agreement"] = (
+            float(np.mean(labels["label"].to_numpy()[rows].astype(int) == truth[rows])) if rows.any() else float("nan")
+        )
     return out

@@ -36,7 +36,15 @@ SPOUT_TARGET = (0.5, 0.47)  # where the stream lands, in unit image coordinates
 OPEN_RADIUS = 0.11  # an object whose centre is this close to the target gets water
 
 SKIN_TONES = [(241, 194, 167), (224, 172, 105), (198, 134, 66), (141, 85, 36), (92, 59, 42), (255, 219, 190)]
-DISH_COLOURS = [(245, 245, 240), (200, 40, 40), (40, 90, 190), (250, 200, 40), (60, 150, 80), (30, 30, 30), (150, 80, 170)]
+DISH_COLOURS = [
+    (245, 245, 240),
+    (200, 40, 40),
+    (40, 90, 190),
+    (250, 200, 40),
+    (60, 150, 80),
+    (30, 30, 30),
+    (150, 80, 170),
+]
 COUNTERS = [(120, 85, 60), (210, 205, 195), (60, 60, 65), (170, 150, 120), (90, 110, 100)]
 
 
@@ -97,7 +105,9 @@ def _resting_spot(rng: np.random.Generator) -> tuple[float, float]:
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object, cx: float, cy: float, px: float) -> None:
     def ellipse(x, y, rx, ry, fill, outline=None, width=1):
-        draw.ellipse([(x - rx) * px, (y - ry) * px, (x + rx) * px, (y + ry) * px], fill=fill, outline=outline, width=width)
+        draw.ellipse(
+            [(x - rx) * px, (y - ry) * px, (x + rx) * px, (y + ry) * px], fill=fill, outline=outline, width=width
+        )
 
     s, c = obj.size, obj.colour
     darker = tuple(int(v * 0.7) for v in c)
@@ -116,7 +126,9 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: _Object, cx: float, cy: float, 
         ellipse(cx, cy, 0.11 * s, 0.11 * s, c, outline=darker, width=2)
         ellipse(cx, cy, 0.075 * s, 0.075 * s, darker)
     elif obj.kind == "mug":
-        draw.rectangle([(cx + 0.05 * s) * px, (cy - 0.012 * s) * px, (cx + 0.09 * s) * px, (cy + 0.012 * s) * px], fill=darker)
+        draw.rectangle(
+            [(cx + 0.05 * s) * px, (cy - 0.012 * s) * px, (cx + 0.09 * s) * px, (cy + 0.012 * s) * px], fill=darker
+        )
         ellipse(cx, cy, 0.06 * s, 0.06 * s, c, outline=darker, width=2)
         ellipse(cx, cy, 0.042 * s, 0.042 * s, (70, 45, 30))
     elif obj.kind == "pan":
@@ -139,8 +151,10 @@ def _render(
     img = Image.new("RGB", (px, px), device.counter)
     draw = ImageDraw.Draw(img)
     box = [(0.14 + ox) * px, (0.2 + oy) * px, (0.86 + ox) * px, (0.9 + oy) * px]
-    draw.rounded_rectangle(box, radius=0.12 * px, fill=device.basin, outline=tuple(v - 40 for v in device.basin), width=3)
-    inner = [b + d for b, d in zip(box, (0.03 * px, 0.03 * px, -0.03 * px, -0.03 * px))]
+    draw.rounded_rectangle(
+        box, radius=0.12 * px, fill=device.basin, outline=tuple(v - 40 for v in device.basin), width=3
+    )
+    inner = [b + d for b, d in zip(box, (0.03 * px, 0.03 * px, -0.03 * px, -0.03 * px), strict=True)]
     draw.rounded_rectangle(inner, radius=0.1 * px, fill=tuple(v - 18 for v in device.basin))
     dx, dy = 0.5 + ox, 0.68 + oy
     draw.ellipse([(dx - 0.04) * px, (dy - 0.04) * px, (dx + 0.04) * px, (dy + 0.04) * px], fill=(40, 40, 45))
@@ -148,8 +162,17 @@ def _render(
         _draw_object(draw, obj, x + ox, y + oy, px)
     # The faucet is closest to the camera, so it is drawn last: base on the back edge, arm, spout.
     fx = 0.5 + ox
-    draw.ellipse([(fx - 0.06) * px, (0.08 + oy) * px, (fx + 0.06) * px, (0.2 + oy) * px], fill=(200, 200, 210), outline=(120, 120, 130))
-    draw.rounded_rectangle([(fx - 0.025) * px, (0.12 + oy) * px, (fx + 0.025) * px, (0.42 + oy) * px], radius=0.02 * px, fill=(215, 215, 225), outline=(130, 130, 140))
+    draw.ellipse(
+        [(fx - 0.06) * px, (0.08 + oy) * px, (fx + 0.06) * px, (0.2 + oy) * px],
+        fill=(200, 200, 210),
+        outline=(120, 120, 130),
+    )
+    draw.rounded_rectangle(
+        [(fx - 0.025) * px, (0.12 + oy) * px, (fx + 0.025) * px, (0.42 + oy) * px],
+        radius=0.02 * px,
+        fill=(215, 215, 225),
+        outline=(130, 130, 140),
+    )
     draw.ellipse([(fx - 0.03) * px, (0.39 + oy) * px, (fx + 0.03) * px, (0.45 + oy) * px], fill=(170, 170, 180))
     return img.resize((size, size), Image.BOX)
 
@@ -165,7 +188,10 @@ def _episode_path(rng: np.random.Generator, fps: float, reaches_spout: bool) -> 
         dwell_frames = int(rng.uniform(1.0, 3.0) * fps)
     leave = (float(rng.uniform(0.2, 0.8)), 1.15)
     move_in, move_out = int(rng.uniform(0.6, 1.2) * fps), int(rng.uniform(0.6, 1.2) * fps)
-    path = [(enter[0] + (dwell_at[0] - enter[0]) * k / move_in, enter[1] + (dwell_at[1] - enter[1]) * k / move_in) for k in range(move_in)]
+    path = [
+        (enter[0] + (dwell_at[0] - enter[0]) * k / move_in, enter[1] + (dwell_at[1] - enter[1]) * k / move_in)
+        for k in range(move_in)
+    ]
     x, y = dwell_at
     for _ in range(dwell_frames):  # hands scrub and dishes get turned: a small bounded random walk
         x = float(np.clip(x + rng.normal(0, 0.008), dwell_at[0] - 0.05, dwell_at[0] + 0.05))
@@ -190,7 +216,7 @@ def _simulate_model(rng: np.random.Generator, truth: np.ndarray, error_rate: flo
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """(start, stop) of each run of True."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
-    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True))
 
 
 def _session(rng: np.random.Generator, cfg: DemoLakeConfig, device: _Device, started: datetime):
@@ -233,7 +259,11 @@ def _session(rng: np.random.Generator, cfg: DemoLakeConfig, device: _Device, sta
     frames, brightness = [], []
     for k in range(n):
         img = np.asarray(_render(device, shift, frame_resting[k], frame_active[k], cfg.image_size), dtype=np.float32)
-        light = level * (1 + 0.12 * math.sin(2 * math.pi * k / n + phase)) * (switch_factor if switch_at is not None and k >= switch_at else 1.0)
+        light = (
+            level
+            * (1 + 0.12 * math.sin(2 * math.pi * k / n + phase))
+            * (switch_factor if switch_at is not None and k >= switch_at else 1.0)
+        )
         img = img * light * tint + rng.normal(0, noise_sigma, img.shape)
         img = np.clip(img, 0, 255).astype(np.uint8)
         buf = io.BytesIO()
@@ -245,7 +275,9 @@ def _session(rng: np.random.Generator, cfg: DemoLakeConfig, device: _Device, sta
     for k in np.flatnonzero(np.diff(np.concatenate([[0], decision])) != 0):
         opened = bool(decision[k])
         score = rng.uniform(0.55, 0.99) if opened else rng.uniform(0.01, 0.45)
-        events.append({"t": round(k / fps, 3), "type": "valve_open" if opened else "valve_close", "score": round(float(score), 4)})
+        events.append(
+            {"t": round(k / fps, 3), "type": "valve_open" if opened else "valve_close", "score": round(float(score), 4)}
+        )
     for start, stop in _runs(decision != truth):
         react = int(round(rng.uniform(0.4, 1.2) * fps))
         if stop - start > react and rng.random() < cfg.override_prob:
@@ -278,7 +310,9 @@ def _session(rng: np.random.Generator, cfg: DemoLakeConfig, device: _Device, sta
     return meta, frames, events, truth_table
 
 
-def generate_demo_lake(lake_root: str | Path, cfg: DemoLakeConfig = DemoLakeConfig(), progress: bool = True) -> list[Path]:
+def generate_demo_lake(
+    lake_root: str | Path, cfg: DemoLakeConfig = DemoLakeConfig(), progress: bool = True
+) -> list[Path]:
     """Write ``devices x sessions_per_device`` committed sessions; return their folders.
 
     Deterministic: the same config gives byte-identical frames, events and truth.

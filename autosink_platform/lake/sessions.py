@@ -16,10 +16,12 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from PIL import Image
+
+from autosink_platform.files import atomic_write_text
 
 SCHEMA_VERSIONS = {1}
 COMMITTED = "_COMMITTED"
@@ -89,7 +91,7 @@ def _parse_time(path: Path, name: str, value: str) -> datetime:
         parsed = datetime.fromisoformat(value)
     except ValueError as e:
         raise SessionFormatError(path, "bad_field_value", f"session.json '{name}' is not ISO 8601: {value!r}") from e
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def _read_meta(path: Path) -> dict:
@@ -112,7 +114,9 @@ def _read_meta(path: Path) -> dict:
             )
     if meta["schema_version"] not in SCHEMA_VERSIONS:
         raise SessionFormatError(
-            path, "unknown_schema_version", f"schema_version {meta['schema_version']} (known: {sorted(SCHEMA_VERSIONS)})"
+            path,
+            "unknown_schema_version",
+            f"schema_version {meta['schema_version']} (known: {sorted(SCHEMA_VERSIONS)})",
         )
     if not (0 < meta["fps"] <= 120):
         raise SessionFormatError(path, "bad_field_value", f"fps {meta['fps']} outside (0, 120]")
@@ -214,7 +218,7 @@ class QuarantineRecord:
     path: str
     reason: str
     detail: str
-    quarantined_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+    quarantined_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
 class Lake:
@@ -244,7 +248,7 @@ class Lake:
     def quarantine(self, session_id: str, error: SessionFormatError) -> QuarantineRecord:
         record = QuarantineRecord(session_id, str(error.path), error.reason, error.detail)
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
+        atomic_write_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
         return record
 
     def quarantined(self) -> dict[str, QuarantineRecord]:
@@ -270,11 +274,5 @@ class Lake:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        (final / COMMITTED).write_text(datetime.now(timezone.utc).isoformat())
+        (final / COMMITTED).write_text(datetime.now(UTC).isoformat())
         return final
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)

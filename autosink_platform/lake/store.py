@@ -1,8 +1,8 @@
 """The labeled feature store: per-session ingestion records and label tables, and dataset snapshots.
 
-    <store>/<pipeline>/sessions/<session_id>.json        parsed session (meta, events, frames, hash)
-    <store>/<pipeline>/labeled_frames/<session_id>.parquet
-    <store>/<pipeline>/datasets/<snapshot_id>/           table.parquet, images.npy, manifest.json
+<store>/<pipeline>/sessions/<session_id>.json        parsed session (meta, events, frames, hash)
+<store>/<pipeline>/labeled_frames/<session_id>.parquet
+<store>/<pipeline>/datasets/<snapshot_id>/           table.parquet, images.npy, manifest.json
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from autosink_platform.files import atomic_write, atomic_write_text
 from autosink_platform.lake.sessions import Event, Session
 
 
@@ -34,10 +35,7 @@ class FeatureStore:
             "frame_size": list(session.frame_size),
             "content_sha256": session.content_sha256,
         }
-        path = self._path("sessions", f"{session.session_id}.json")
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(self._path("sessions", f"{session.session_id}.json"), json.dumps(record, indent=1))
 
     def get_session(self, session_id: str) -> dict:
         path = self.root / "sessions" / f"{session_id}.json"
@@ -48,17 +46,17 @@ class FeatureStore:
         return record
 
     def put_labels(self, session_id: str, table: pd.DataFrame) -> Path:
-        path = self._path("labeled_frames", f"{session_id}.parquet")
-        tmp = path.with_name(f".{path.name}.tmp")
-        table.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(
+            self._path("labeled_frames", f"{session_id}.parquet"), lambda tmp: table.to_parquet(tmp, index=False)
+        )
 
     def labeled_sessions(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "labeled_frames").glob("*.parquet"))
 
     def get_labels(self, session_ids: list[str]) -> pd.DataFrame:
-        return pd.concat([pd.read_parquet(self.root / "labeled_frames" / f"{s}.parquet") for s in session_ids], ignore_index=True)
+        return pd.concat(
+            [pd.read_parquet(self.root / "labeled_frames" / f"{s}.parquet") for s in session_ids], ignore_index=True
+        )
 
     def dataset_dir(self, snapshot_id: str) -> Path:
         return self.root / "datasets" / snapshot_id

@@ -67,8 +67,13 @@ class ConvAutoencoder(nn.Module):
             _down(3, w), _down(w, 2 * w), _down(2 * w, 4 * w), nn.Flatten(), nn.Linear(64 * w, code_dim)
         )
         self.decoder = nn.Sequential(  # (B, code) -> (B, 4w, 4, 4) -> (B, 3, 32, 32)
-            nn.Linear(code_dim, 64 * w), nn.ReLU(), nn.Unflatten(1, (4 * w, 4, 4)),
-            _up(4 * w, 2 * w), _up(2 * w, w), _up(w, w), nn.Conv2d(w, 3, 3, padding=1),
+            nn.Linear(code_dim, 64 * w),
+            nn.ReLU(),
+            nn.Unflatten(1, (4 * w, 4, 4)),
+            _up(4 * w, 2 * w),
+            _up(2 * w, w),
+            _up(w, w),
+            nn.Conv2d(w, 3, 3, padding=1),
         )
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,13 +127,19 @@ class FrameGuard(nn.Module):
     def calibrate(self, frames: torch.Tensor, batch_size: int = 256) -> None:
         """Fit the reference statistics on training frames (after the autoencoder is trained)."""
         self.eval()
-        errors, codes = zip(*(self._raw_novelty(frames[i : i + batch_size])[:2] for i in range(0, len(frames), batch_size)))
+        errors, codes = zip(
+            *(self._raw_novelty(frames[i : i + batch_size])[:2] for i in range(0, len(frames), batch_size)), strict=True
+        )
         errors, codes = torch.cat(errors), torch.cat(codes).double()
         self.code_mean.copy_(codes.mean(0).float())
-        cov = torch.cov(codes.T) + 1e-3 * torch.eye(codes.shape[1], dtype=torch.float64)  # ridge: codes can be collinear
+        cov = torch.cov(codes.T) + 1e-3 * torch.eye(
+            codes.shape[1], dtype=torch.float64
+        )  # ridge: codes can be collinear
         self.code_precision.copy_(torch.linalg.inv(cov).float())
         self.recon_median.copy_(errors.median())
-        novelty = torch.cat([self._raw_novelty(frames[i : i + batch_size])[2] for i in range(0, len(frames), batch_size)])
+        novelty = torch.cat(
+            [self._raw_novelty(frames[i : i + batch_size])[2] for i in range(0, len(frames), batch_size)]
+        )
         self.novelty_q99.copy_(torch.quantile(novelty, 0.99))
         self.contrast_q01.copy_(torch.quantile(contrast(frames), 0.01))
 
@@ -156,6 +167,14 @@ def train_frame_guard(
         for i in range(0, len(x["validation"]), 256):
             yield (x["validation"][i : i + 256],)
 
-    result = fit(model, lambda m, b: m.reconstruction_loss(b[0]), train_batches, val_batches, cfg.fit, on_epoch, desc="frame guard")
+    result = fit(
+        model,
+        lambda m, b: m.reconstruction_loss(b[0]),
+        train_batches,
+        val_batches,
+        cfg.fit,
+        on_epoch,
+        desc="frame guard",
+    )
     model.calibrate(x["train"])
     return model, result

@@ -86,5 +86,7 @@ def to_float_tensor(images: np.ndarray) -> torch.Tensor:
 def predict(module: nn.Module, images: np.ndarray, field: str, batch_size: int = 256) -> np.ndarray:
     """Run ``module`` over uint8 images in batches and return one output field as float64."""
     module.eval()
-    outs = [getattr(module(to_float_tensor(images[i : i + batch_size])), field) for i in range(0, len(images), batch_size)]
+    outs = [
+        getattr(module(to_float_tensor(images[i : i + batch_size])), field) for i in range(0, len(images), batch_size)
+    ]
     return torch.cat(outs).double().numpy()

@@ -7,15 +7,15 @@ import hashlib
 import json
 import tempfile
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import torch
 from mlflow.models import infer_signature
 from torch import nn
 
+import mlflow
 from autosink_platform import plots
 from autosink_platform.models.training import to_float_tensor
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
@@ -92,15 +92,24 @@ def train_model(
     pipeline: PipelineSpec, model: ModelSpec, dataset: LoadedDataset, registry: Registry, dagster_run_id: str
 ) -> TrainedModel:
     name = registered_name(pipeline, model)
-    train_key = hashlib.sha256(f"{dataset.ref.snapshot_id}|{model.code_version}|{model.config_json()}".encode()).hexdigest()[:16]
+    train_key = hashlib.sha256(
+        f"{dataset.ref.snapshot_id}|{model.code_version}|{model.config_json()}".encode()
+    ).hexdigest()[:16]
     existing = registry.find_version(name, "train_key", train_key)
     if existing is not None:
         run = registry.client.get_run(existing.run_id)
         history = _history(registry, existing.run_id)
         best = int(run.data.params["best_epoch"])
         return TrainedModel(
-            name, str(existing.version), existing.run_id, train_key, True, existing.tags.get("warm_started_from") or None,
-            best, history[best - 1], history,
+            name,
+            str(existing.version),
+            existing.run_id,
+            train_key,
+            True,
+            existing.tags.get("warm_started_from") or None,
+            best,
+            history[best - 1],
+            history,
         )
 
     # Warm start from the champion's weights when it has the same architecture and config.
@@ -109,29 +118,58 @@ def train_model(
     warm_state = registry.load_state_dict(warm) if warm is not None else None
     warm_from = str(warm.version) if warm is not None else None
 
-    with mlflow.start_run(experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{dataset.ref.snapshot_id}") as run:
-        mlflow.set_tags({"dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key})
-        mlflow.log_params({"config": model.config_json(), "code_version": model.code_version, "warm_started_from": warm_from or "none"})
-        module, fit = model.train(dataset, model.config, warm_state, lambda m: mlflow.log_metrics(_flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]))
+    with mlflow.start_run(
+        experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{dataset.ref.snapshot_id}"
+    ) as run:
+        mlflow.set_tags(
+            {"dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key}
+        )
+        mlflow.log_params(
+            {
+                "config": model.config_json(),
+                "code_version": model.code_version,
+                "warm_started_from": warm_from or "none",
+            }
+        )
+        module, fit = model.train(
+            dataset,
+            model.config,
+            warm_state,
+            lambda m: mlflow.log_metrics(_flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]),
+        )
         mlflow.log_params({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early})
         with tempfile.TemporaryDirectory() as tmp:
             torch.save(module.state_dict(), Path(tmp) / "state_dict.pt")
             mlflow.log_artifact(str(Path(tmp) / "state_dict.pt"))
-            mlflow.log_artifact(str(plots.training_curves(fit.history, Path(tmp) / "training_curves.png", f"{name} training")))
+            mlflow.log_artifact(
+                str(plots.training_curves(fit.history, Path(tmp) / "training_curves.png", f"{name} training"))
+            )
         example = to_float_tensor(dataset.images[dataset.mask("validation")][:SMOKE_FRAMES])
         serving = _PrimaryOutput(module, model.decision_output).eval()
         with torch.no_grad():
             signature = infer_signature(example.numpy(), serving(example).numpy())
         info = mlflow.pytorch.log_model(
-            serving, name="model", signature=signature, input_example=example.numpy(),
-            registered_model_name=name, pip_requirements=PIP_REQUIREMENTS,
+            serving,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=name,
+            pip_requirements=PIP_REQUIREMENTS,
         )
     version = str(info.registered_model_version)
-    registry.set_tags(name, version, {
-        "train_key": train_key, "dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id,
-        "config": model.config_json(), "code_version": model.code_version, "validation_status": "pending",
-        "warm_started_from": warm_from or "",
-    })
+    registry.set_tags(
+        name,
+        version,
+        {
+            "train_key": train_key,
+            "dataset_snapshot_id": dataset.ref.snapshot_id,
+            "dagster_run_id": dagster_run_id,
+            "config": model.config_json(),
+            "code_version": model.code_version,
+            "validation_status": "pending",
+            "warm_started_from": warm_from or "",
+        },
+    )
     best = fit.history[fit.best_epoch - 1]
     return TrainedModel(name, version, run.info.run_id, train_key, False, warm_from, fit.best_epoch, best, fit.history)
 
@@ -147,33 +185,62 @@ def _history(registry: Registry, run_id: str) -> list[dict]:
 
 def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:
     module = model.build(model.config)
-    module.load_state_dict(registry.load_state_dict(registry.client.get_model_version(trained.registered_name, trained.version)))
+    module.load_state_dict(
+        registry.load_state_dict(registry.client.get_model_version(trained.registered_name, trained.version))
+    )
     return module.eval()
 
 
 def choose_threshold(
-    pipeline: PipelineSpec, model: ModelSpec, trained: TrainedModel, dataset: LoadedDataset, registry: Registry, plot_dir: Path
+    pipeline: PipelineSpec,
+    model: ModelSpec,
+    trained: TrainedModel,
+    dataset: LoadedDataset,
+    registry: Registry,
+    plot_dir: Path,
 ) -> tuple[OperatingPoint, dict[str, Path]]:
     """Operating point on the validation split; logged to the version's run with its plots."""
     module = load_module(model, trained, registry)
     data = model.operating_data(dataset, "validation", torch_scorer(module))
     op = model.choose_threshold(data.scores, data.labels)
     figures = {
-        "score_histogram": plots.score_histogram(data.groups, op.threshold, plot_dir / f"{model.name}_score_histogram.png", f"{trained.registered_name} v{trained.version}: validation scores"),
-        "pr_curve": plots.pr_curve(data.scores, data.labels, (op.recall, op.precision), plot_dir / f"{model.name}_pr_curve.png", f"{trained.registered_name} v{trained.version}"),
+        "score_histogram": plots.score_histogram(
+            data.groups,
+            op.threshold,
+            plot_dir / f"{model.name}_score_histogram.png",
+            f"{trained.registered_name} v{trained.version}: validation scores",
+        ),
+        "pr_curve": plots.pr_curve(
+            data.scores,
+            data.labels,
+            (op.recall, op.precision),
+            plot_dir / f"{model.name}_pr_curve.png",
+            f"{trained.registered_name} v{trained.version}",
+        ),
     }
     with mlflow.start_run(run_id=trained.run_id):
         mlflow.log_dict(json.loads(op.to_json()), "threshold.json")
         for path in figures.values():
             mlflow.log_artifact(str(path))
-        mlflow.log_metrics(_flat("val_", {"threshold": op.threshold, "precision": op.precision, "recall": op.recall, "f1": op.f1, "fpr": op.fpr}))
+        mlflow.log_metrics(
+            _flat(
+                "val_",
+                {"threshold": op.threshold, "precision": op.precision, "recall": op.recall, "f1": op.f1, "fpr": op.fpr},
+            )
+        )
     registry.set_tags(trained.registered_name, trained.version, {"threshold": json.loads(op.to_json())})
     return op, figures
 
 
 def release_model(
-    pipeline: PipelineSpec, model: ModelSpec, trained: TrainedModel, op: OperatingPoint, dataset: LoadedDataset,
-    registry: Registry, channel: FleetChannel, dagster_run_id: str,
+    pipeline: PipelineSpec,
+    model: ModelSpec,
+    trained: TrainedModel,
+    op: OperatingPoint,
+    dataset: LoadedDataset,
+    registry: Registry,
+    channel: FleetChannel,
+    dagster_run_id: str,
 ) -> Release:
     """Export, gate on ONNX parity, evaluate on test, publish to the fleet layout and set aliases."""
     name, version = trained.registered_name, trained.version
@@ -182,17 +249,23 @@ def release_model(
         manifest = json.loads(existing.read_text())
         if manifest["threshold"] == asdict(op):
             return Release(name, version, str(existing.parent), manifest, _aliases(registry, name, version), True)
-        raise ReleaseRejected(f"{name} v{version} is already published with a different threshold; versions are immutable")
+        raise ReleaseRejected(
+            f"{name} v{version} is already published with a different threshold; versions are immutable"
+        )
 
     module = load_module(model, trained, registry)
     val_images = dataset.images[dataset.mask("validation")]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx_path = export_onnx(module, to_float_tensor(val_images[:SMOKE_FRAMES]), tmp / "model.onnx", list(model.output_names))
+        onnx_path = export_onnx(
+            module, to_float_tensor(val_images[:SMOKE_FRAMES]), tmp / "model.onnx", list(model.output_names)
+        )
         scorer = OnnxScorer(onnx_path)
         diffs = parity(module, scorer, val_images)
         if max(diffs.values()) > PARITY_ATOL:
-            raise ReleaseRejected(f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames")
+            raise ReleaseRejected(
+                f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames"
+            )
         test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
         smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
         np.save(tmp / "smoke_frames.npy", smoke)
@@ -204,23 +277,42 @@ def release_model(
             "registered_model": name,
             "mlflow_version": version,
             "mlflow_run_id": trained.run_id,
-            "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx_path), "size": onnx_path.stat().st_size, "opset": OPSET},
+            "onnx": {
+                "file": "model.onnx",
+                "sha256": sha256_file(onnx_path),
+                "size": onnx_path.stat().st_size,
+                "opset": OPSET,
+            },
             "input": {
                 "name": INPUT_NAME,
                 "shape": ["batch", 3, model.input_size, model.input_size],
                 "dtype": "float32",
-                "preprocessing": {"color": "RGB", "resize": [model.input_size, model.input_size], "resample": "bilinear", "scale": "1/255", "layout": "NCHW"},
+                "preprocessing": {
+                    "color": "RGB",
+                    "resize": [model.input_size, model.input_size],
+                    "resample": "bilinear",
+                    "scale": "1/255",
+                    "layout": "NCHW",
+                },
             },
             "outputs": list(model.output_names),
             "decision_output": model.decision_output,
             "threshold": asdict(op),
-            "metrics": {"validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")}, "test": test_metrics},
+            "metrics": {
+                "validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")},
+                "test": test_metrics,
+            },
             "parity_max_abs_diff": diffs,
             "dataset_snapshot_id": dataset.ref.snapshot_id,
             "dagster_run_id": dagster_run_id,
             "code_version": model.code_version,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-            "smoke_test": {"file": "smoke_frames.npy", "sha256": sha256_file(tmp / "smoke_frames.npy"), "expected": expected, "atol": PARITY_ATOL},
+            "created_at": datetime.now(UTC).isoformat(),
+            "smoke_test": {
+                "file": "smoke_frames.npy",
+                "sha256": sha256_file(tmp / "smoke_frames.npy"),
+                "expected": expected,
+                "atol": PARITY_ATOL,
+            },
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         files = {f: tmp / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
@@ -230,9 +322,15 @@ def release_model(
             mlflow.log_metrics(_flat("test_", test_metrics))
         published = channel.put_version(pipeline.name, model.name, version, files)
 
-    registry.set_tags(name, version, {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)})
+    registry.set_tags(
+        name,
+        version,
+        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)},
+    )
     registry.set_alias(name, CHALLENGER, version)
-    if registry.alias_version(name, CHAMPION) is None:  # the first release becomes champion; later ones wait for promotion
+    if (
+        registry.alias_version(name, CHAMPION) is None
+    ):  # the first release becomes champion; later ones wait for promotion
         registry.set_alias(name, CHAMPION, version)
         channel.set_pointer(pipeline.name, model.name, STABLE, version)
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)

@@ -24,6 +24,7 @@ FAULT_SEEDS = {"validation": 101, "test": 202}  # validation and test get differ
 
 # -- raw sessions and labels ----------------------------------------------------------------
 
+
 def ingest_session(lake: Lake, store: FeatureStore, session_id: str) -> dict:
     """Parse one committed session into the store, or quarantine it with the reason."""
     path = lake.session_path(session_id)
@@ -63,13 +64,16 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
 
 # -- valve classifier -----------------------------------------------------------------------
 
+
 def _classifier_train(data: LoadedDataset, cfg: ClassifierConfig, warm, on_epoch):
     split = {s: data.mask(s, labeled=True) for s in ("train", "validation")}
     return train_classifier(
         {s: data.images[m] for s, m in split.items()},
         {s: data.table["label"].to_numpy()[m].astype(np.int64) for s, m in split.items()},
         {s: data.table["confidence"].to_numpy()[m] for s, m in split.items()},
-        cfg, warm, on_epoch,
+        cfg,
+        warm,
+        on_epoch,
     )
 
 
@@ -87,6 +91,7 @@ def _classifier_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) 
 
 # -- frame guard ----------------------------------------------------------------------------
 
+
 def _guard_train(data: LoadedDataset, cfg: FrameGuardConfig, warm, on_epoch):
     return train_frame_guard({s: data.images[data.mask(s)] for s in ("train", "validation")}, cfg, warm, on_epoch)
 
@@ -98,7 +103,9 @@ def _guard_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> Op
     for k, fault in enumerate(FAULTS):
         groups[fault] = score(corrupt(frames, fault, FAULT_SEEDS[split] + k))["score"]
     scores = np.concatenate(list(groups.values()))
-    labels = np.concatenate([np.zeros(len(groups["ordinary"]))] + [np.ones(len(groups[f])) for f in FAULTS]).astype(np.int64)
+    labels = np.concatenate([np.zeros(len(groups["ordinary"]))] + [np.ones(len(groups[f])) for f in FAULTS]).astype(
+        np.int64
+    )
     return OperatingData(scores, labels, groups)
 
 
@@ -149,13 +156,17 @@ SINK = PipelineSpec(
 )
 
 
-def truth_metrics(lake_root: str | Path, data: LoadedDataset, score: ScoreFn, threshold: float, split: str = "test") -> dict[str, float]:
+def truth_metrics(
+    lake_root: str | Path, data: LoadedDataset, score: ScoreFn, threshold: float, split: str = "test"
+) -> dict[str, float]:
     """Demo lakes only: the classifier on every frame of a split against the generator's truth,
     next to the on-device model's own decisions on the same frames."""
     m = data.mask(split)
     rows = data.table[m]
     truth = pd.concat([read_truth(lake_root, s).assign(session_id=s) for s in rows["session_id"].unique()])
-    merged = rows[["session_id", "frame_index"]].merge(truth, on=["session_id", "frame_index"], how="left", validate="one_to_one")
+    merged = rows[["session_id", "frame_index"]].merge(
+        truth, on=["session_id", "frame_index"], how="left", validate="one_to_one"
+    )
     y = merged["valve_should_open"].to_numpy()
     out = metrics_at(score(data.images[m])["valve_open_prob"], y, threshold)
     out["deployed_model_f1"] = metrics_at(merged["model_decision"].to_numpy(), y, 0.5)["f1"]

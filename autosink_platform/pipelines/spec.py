@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from typing import Any, NamedTuple
 
-import json
 import numpy as np
 import pandas as pd
 from torch import nn
@@ -27,7 +27,7 @@ class LoadedDataset:
     images: np.ndarray  # uint8 (N, H, W, 3), table order
 
     @classmethod
-    def load(cls, ref: DatasetRef) -> "LoadedDataset":
+    def load(cls, ref: DatasetRef) -> LoadedDataset:
         return cls(ref, *ref.load())
 
     def mask(self, split: str, labeled: bool = False) -> np.ndarray:

@@ -12,11 +12,12 @@ import json
 import tempfile
 from pathlib import Path
 
-import mlflow
 import torch
-from mlflow import MlflowClient
 from mlflow.entities.model_registry import ModelVersion
 from mlflow.exceptions import MlflowException
+
+import mlflow
+from mlflow import MlflowClient
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -70,4 +71,8 @@ class Registry:
             return torch.load(path, map_location="cpu", weights_only=True)
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
-        return Path(mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=self.tracking_uri))
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
+        )

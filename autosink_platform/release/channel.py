@@ -13,8 +13,10 @@ import hashlib
 import json
 import os
 import shutil
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+from autosink_platform.files import atomic_write_text
 
 
 def sha256_file(path: str | Path) -> str:
@@ -53,7 +55,13 @@ class FleetChannel:
         return json.loads(path.read_text()) if path.exists() else None
 
     def set_pointer(
-        self, pipeline: str, model: str, channel: str, version: str | int, rollout_percent: int = 100, valid_days: int = 30
+        self,
+        pipeline: str,
+        model: str,
+        channel: str,
+        version: str | int,
+        rollout_percent: int = 100,
+        valid_days: int = 30,
     ) -> dict:
         """Point ``channel`` at a published version. Re-pointing at the same version is a no-op."""
         manifest = self.version_dir(pipeline, model, version) / "manifest.json"
@@ -63,7 +71,7 @@ class FleetChannel:
         digest = sha256_file(manifest)
         if current and current["version"] == str(version) and current["manifest_sha256"] == digest:
             return current
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         pointer = {
             "pipeline": pipeline,
             "model": model,
@@ -75,9 +83,5 @@ class FleetChannel:
             "published_at": now.isoformat(),
             "expires_at": (now + timedelta(days=valid_days)).isoformat(),
         }
-        path = self.pointer_path(pipeline, model, channel)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(pointer, indent=1))
-        os.replace(tmp, path)
+        atomic_write_text(self.pointer_path(pipeline, model, channel), json.dumps(pointer, indent=1))
         return pointer

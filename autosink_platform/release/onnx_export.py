@@ -48,7 +48,9 @@ class OnnxScorer:
             self.session.run(None, {INPUT_NAME: to_float_tensor(images[i : i + batch_size]).numpy()})
             for i in range(0, len(images), batch_size)
         ]
-        return {name: np.concatenate([o[k] for o in outs]).astype(np.float64) for k, name in enumerate(self.output_names)}
+        return {
+            name: np.concatenate([o[k] for o in outs]).astype(np.float64) for k, name in enumerate(self.output_names)
+        }
 
 
 @torch.no_grad()

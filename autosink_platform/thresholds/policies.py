@@ -56,7 +56,9 @@ def _point(policy, thr, tp, fp, n_pos, n_neg, params) -> OperatingPoint:
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / n_pos
     f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
-    return OperatingPoint(policy, float(thr), float(precision), float(recall), float(f1), float(fp / n_neg), n_pos, n_neg, params)
+    return OperatingPoint(
+        policy, float(thr), float(precision), float(recall), float(f1), float(fp / n_neg), n_pos, n_neg, params
+    )
 
 
 def best_f1(scores, labels) -> OperatingPoint:
@@ -78,7 +80,9 @@ def target_fpr(scores, labels, fpr: float) -> OperatingPoint:
     n_pos, n_neg = int(labels.sum()), len(labels) - int(labels.sum())
     ok = np.flatnonzero(fp / n_neg <= fpr)
     if ok.size == 0:  # even the highest score is a false positive: flag nothing
-        return OperatingPoint("target_fpr", float(np.nextafter(thr[0], np.inf)), 0.0, 0.0, 0.0, 0.0, n_pos, n_neg, {"fpr": fpr})
+        return OperatingPoint(
+            "target_fpr", float(np.nextafter(thr[0], np.inf)), 0.0, 0.0, 0.0, 0.0, n_pos, n_neg, {"fpr": fpr}
+        )
     i = int(ok[-1])
     return _point("target_fpr", thr[i], tp[i], fp[i], n_pos, n_neg, {"fpr": fpr})
 
@@ -87,7 +91,9 @@ def k_sigma(normal_scores, k: float = 3.0) -> OperatingPoint:
     """mean + k * std of scores on normal data (no labels needed)."""
     scores, _ = _check(normal_scores)
     thr = scores.mean() + k * scores.std()
-    return OperatingPoint("k_sigma", float(thr), None, None, None, float(np.mean(scores >= thr)), 0, len(scores), {"k": k})
+    return OperatingPoint(
+        "k_sigma", float(thr), None, None, None, float(np.mean(scores >= thr)), 0, len(scores), {"k": k}
+    )
 
 
 def quantile(normal_scores, q: float = 0.99) -> OperatingPoint:

@@ -86,7 +86,9 @@ def build_dataset(
     staging.mkdir(parents=True)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "images.npy", images)
-    (staging / "manifest.json").write_text(json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1))
+    (staging / "manifest.json").write_text(
+        json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1)
+    )
     (staging / COMPLETE).write_text(sid)
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)
