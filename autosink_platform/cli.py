@@ -156,3 +156,65 @@ def show_release(home, pipeline, model, channel) -> None:
         raise click.ClickException(f"no {channel!r} pointer for {pipeline}/{model} under {fleet.root}")
     manifest = json.loads((fleet.version_dir(pipeline, model, pointer["version"]) / "manifest.json").read_text())
     click.echo(json.dumps({"pointer": pointer, "manifest": manifest}, indent=1))
+
+
+@main.group()
+def fleet() -> None:
+    """The fleet API and its device tokens."""
+
+
+@fleet.command("serve")
+@home_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True)
+@click.option("--max-archive-mb", default=512, show_default=True, help="Largest accepted upload (compressed).")
+@click.option("--max-files", default=20_000, show_default=True, help="Most files in one session archive.")
+@click.option("--max-unpacked-mb", default=2048, show_default=True, help="Most bytes one archive may unpack to.")
+def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) -> None:
+    """Serve the fleet API (uploads) with uvicorn."""
+    import uvicorn
+
+    from autosink_platform.fleet.api import create_app
+    from autosink_platform.fleet.uploads import UploadLimits
+
+    limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
+    uvicorn.run(create_app(_use_home(home), limits), host=host, port=port)
+
+
+@fleet.command("add-device")
+@home_option
+@click.argument("device_id")
+def fleet_add_device(home, device_id) -> None:
+    """Register a device and print its token (shown only this once)."""
+    from autosink_platform.fleet.devices import DeviceRegistry
+
+    try:
+        click.echo(DeviceRegistry(_use_home(home).devices_db).add(device_id))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@fleet.command("revoke-device")
+@home_option
+@click.argument("device_id")
+def fleet_revoke_device(home, device_id) -> None:
+    """Revoke a device's token: its uploads are refused from now on."""
+    from autosink_platform.fleet.devices import DeviceRegistry
+
+    try:
+        DeviceRegistry(_use_home(home).devices_db).revoke(device_id)
+    except KeyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"revoked {device_id}")
+
+
+@fleet.command("devices")
+@home_option
+def fleet_devices(home) -> None:
+    """List registered devices."""
+    from autosink_platform.fleet.devices import DeviceRegistry
+
+    for d in DeviceRegistry(_use_home(home).devices_db).list():
+        click.echo(
+            f"{d['device_id']:20} created {d['created_at']}  {'revoked ' + d['revoked_at'] if d['revoked_at'] else 'active'}"
+        )

@@ -34,6 +34,11 @@ class Home:
     def dagster(self) -> Path:
         return self.root / "dagster"
 
+    @property
+    def devices_db(self) -> Path:
+        """Device tokens of the fleet API (hashed)."""
+        return self.root / "fleet_api" / "devices.sqlite"
+
 
 def resolve_home(explicit: str | os.PathLike | None = None) -> Home:
     """Explicit value, else ``$AUTOSINK_HOME``, else ``.autosink/`` in the project."""

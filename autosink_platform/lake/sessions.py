@@ -9,6 +9,7 @@ a session that fails to parse gets a quarantine record under ``quarantine/`` ins
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -43,6 +44,14 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
 # Sanity limits: a Pi session is seconds to an hour of small frames.
 MAX_FRAMES = 100_000
 MIN_SIDE, MAX_SIDE = 16, 4096
+
+
+class SessionExists(FileExistsError):
+    """The lake already holds this session: raw sessions are append-only."""
+
+    def __init__(self, path: Path):
+        super().__init__(f"{path} exists: raw sessions are append-only")
+        self.path = Path(path)
 
 
 class SessionFormatError(ValueError):
@@ -193,9 +202,10 @@ def _read_events(path: Path, duration: float, fps: float) -> tuple[Event, ...]:
 
 
 def content_hash(path: Path) -> str:
-    """sha256 over every file's relative path and bytes: the session's identity."""
+    """sha256 over every file's relative path and bytes, the commit marker aside (it holds the
+    commit time): the session's identity, the same wherever and whenever it was committed."""
     digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() != COMMITTED):
         digest.update(f.relative_to(path).as_posix().encode() + b"\0")
         digest.update(f.read_bytes())
     return digest.hexdigest()
@@ -256,23 +266,76 @@ class Lake:
             p.stem: QuarantineRecord(**json.loads(p.read_text())) for p in sorted(self.quarantine_dir.glob("*.json"))
         }
 
-    def write_session(self, meta: dict, frames: list[bytes], events: list[dict], frame_suffix: str = ".png") -> Path:
-        """Write a session atomically: staged in a temp folder, moved in, ``_COMMITTED`` last."""
+    @property
+    def commit_log(self) -> Path:
+        return self.root / "_index" / "commits.jsonl"
+
+    def staging_dir(self) -> Path:
+        """A fresh folder outside ``raw/`` to assemble a session in before it is committed."""
+        (self.root / "_staging").mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(dir=self.root / "_staging"))
+
+    def final_path(self, meta: dict) -> Path:
         day = datetime.fromisoformat(meta["started_at"]).date().isoformat()
-        final = self.raw / meta["device_id"] / day / meta["session_id"]
+        return self.raw / meta["device_id"] / day / meta["session_id"]
+
+    def commit(self, staging: Path, meta: dict) -> Path:
+        """Move a complete staged session into ``raw/``: ``_COMMITTED`` is written last, inside the
+        staging folder, and one rename makes the whole session visible at once. The commit is then
+        appended to the commit log, which is what the new-session sensor reads.
+        Raises SessionExists if the session is already in the lake (append-only)."""
+        final = self.final_path(meta)
         if final.exists():
-            raise FileExistsError(f"{final} exists: raw sessions are append-only")
+            raise SessionExists(final)
+        (staging / COMMITTED).write_text(datetime.now(UTC).isoformat())
         final.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{meta['session_id']}.", dir=final.parent))
+        try:
+            os.rename(staging, final)  # atomic; fails if a concurrent commit got there first
+        except OSError as e:
+            if final.exists():
+                raise SessionExists(final) from e
+            raise
+        self._log_commit(meta["session_id"], final)
+        return final
+
+    def _log_commit(self, session_id: str, path: Path) -> None:
+        line = json.dumps({"session_id": session_id, "path": path.relative_to(self.root).as_posix()}) + "\n"
+        self.commit_log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.commit_log, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)  # one whole line per writer, even across processes
+            f.write(line)
+
+    def read_commits(self, offset: int = 0) -> tuple[list[tuple[str, Path]], int]:
+        """Commits logged after byte ``offset``: ([(session_id, path)], new offset). Cost grows with
+        the number of new commits, not with the size of the lake."""
+        if not self.commit_log.exists():
+            return [], offset
+        with open(self.commit_log, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being appended right now is left for later
+        entries = [json.loads(line) for line in complete.splitlines() if line.strip()]
+        return [(e["session_id"], self.root / e["path"]) for e in entries], offset + len(complete)
+
+    def reindex(self) -> list[str]:
+        """Log committed sessions that are missing from the commit log (e.g. copied in by hand)."""
+        logged = {sid for sid, _ in self.read_commits(0)[0]}
+        missing = [(sid, p) for sid, p in self.committed_sessions().items() if sid not in logged]
+        for sid, path in missing:
+            self._log_commit(sid, path)
+        return [sid for sid, _ in missing]
+
+    def write_session(self, meta: dict, frames: list[bytes], events: list[dict], frame_suffix: str = ".png") -> Path:
+        """Write and commit a session (the demo generator's path into the lake)."""
+        if self.final_path(meta).exists():
+            raise SessionExists(self.final_path(meta))
+        staging = self.staging_dir()
         try:
             (staging / "frames").mkdir()
             for i, data in enumerate(frames):
                 (staging / "frames" / f"{i:06d}{frame_suffix}").write_bytes(data)
             (staging / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
             (staging / "session.json").write_text(json.dumps(meta, indent=2))
-            staging.rename(final)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        (final / COMMITTED).write_text(datetime.now(UTC).isoformat())
-        return final
+            return self.commit(staging, meta)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone after a successful commit; cleanup otherwise

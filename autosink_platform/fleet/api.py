@@ -1,0 +1,68 @@
+"""The fleet HTTP API (FastAPI): devices upload sessions here.
+
+POST /v1/sessions   Authorization: Bearer <device token>, body: .tar.gz of one session folder
+    201 {"session_id", "status": "created"}      stored and committed
+    200 {"session_id", "status": "exists", "conflict": bool}   already stored (first copy wins)
+    4xx {"error": <code>, "detail": <what was wrong>}
+GET /v1/health
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+
+from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
+from autosink_platform.fleet.uploads import UploadLimits, UploadRejected, store_upload
+from autosink_platform.home import Home
+from autosink_platform.lake.sessions import Lake
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def create_app(home: Home, limits: UploadLimits = UploadLimits()) -> FastAPI:
+    app = FastAPI(title="autosink fleet API", version="1")
+    lake, devices = Lake(home.lake), DeviceRegistry(home.devices_db)
+
+    @app.get("/v1/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/v1/sessions")
+    async def upload_session(request: Request) -> JSONResponse:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return _error(401, "missing_token", "send 'Authorization: Bearer <device token>'")
+        try:
+            device_id = await run_in_threadpool(devices.authenticate, auth[7:].strip())
+        except UnknownToken as e:
+            return _error(401, "unknown_token", str(e))
+        except RevokedToken as e:
+            return _error(403, "revoked_token", str(e))
+        declared = request.headers.get("content-length")
+        if declared is not None and int(declared) > limits.max_archive_bytes:
+            return _error(413, "too_large", f"archive larger than {limits.max_archive_bytes} bytes")
+        with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as body:
+            size = 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limits.max_archive_bytes:
+                    return _error(413, "too_large", f"archive larger than {limits.max_archive_bytes} bytes")
+                body.write(chunk)
+            body.seek(0)
+            try:
+                result = await run_in_threadpool(store_upload, lake, body, device_id, limits)
+            except UploadRejected as e:
+                return _error(e.status, e.code, e.detail)
+        if result.created:
+            return JSONResponse({"session_id": result.session_id, "status": "created"}, status_code=201)
+        return JSONResponse(
+            {"session_id": result.session_id, "status": "exists", "conflict": result.conflict}, status_code=200
+        )
+
+    return app

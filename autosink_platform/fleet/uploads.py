@@ -1,0 +1,190 @@
+"""Unpack a device's session upload (``.tar.gz`` of one session folder) into the lake, safely.
+
+The archive is checked member by member before anything is written: no absolute paths, no
+``..``, no links or device files, and limits on the number of files and on the unpacked bytes
+(counted while extracting, so a lying header cannot get past them). Files are written only
+inside a staging folder under the lake. The session is committed (moved into ``raw/``,
+``_COMMITTED`` last) only when it is complete. Content problems (a corrupt frame, bad events)
+do not refuse an upload: the session is stored, and the pipeline quarantines it with a reason,
+so nothing a device sends is lost.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import tarfile
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+from typing import BinaryIO
+
+from autosink_platform.files import atomic_write_text
+from autosink_platform.lake.sessions import Lake, SessionExists, content_hash
+
+
+@dataclass(frozen=True)
+class UploadLimits:
+    max_archive_bytes: int = 512 * 2**20  # compressed body
+    max_files: int = 20_000  # a 1-hour session at 5 fps is 18,000 frames
+    max_unpacked_bytes: int = 2 * 2**30  # decompression-bomb guard
+
+
+class UploadRejected(ValueError):
+    """The upload is refused. ``status`` is the HTTP status, ``code`` a machine-readable reason."""
+
+    def __init__(self, status: int, code: str, detail: str):
+        super().__init__(f"{code}: {detail}")
+        self.status, self.code, self.detail = status, code, detail
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    session_id: str
+    created: bool  # False: the session was already in the lake
+    conflict: bool  # the re-upload's content differed from the stored copy (recorded, first copy kept)
+    path: Path
+
+
+def _members(
+    archive: tarfile.TarFile, limits: UploadLimits
+) -> tuple[list[tuple[tarfile.TarInfo, PurePosixPath]], str | None]:
+    """Check every member; return (member, path relative to the session folder) and the folder name."""
+    members, count = [], 0
+    for m in archive:
+        name = PurePosixPath(m.name)
+        if name.is_absolute() or ".." in name.parts:
+            raise UploadRejected(400, "unsafe_path", f"archive member {m.name!r} is absolute or contains '..'")
+        if not (m.isfile() or m.isdir()):
+            raise UploadRejected(400, "unsafe_member", f"archive member {m.name!r} is a link or a device file")
+        count += 1
+        if count > limits.max_files:
+            raise UploadRejected(413, "too_many_files", f"more than {limits.max_files} archive members")
+        parts = [p for p in name.parts if p != "."]
+        if parts:
+            members.append((m, PurePosixPath(*parts)))
+    tops = {p.parts[0] for _, p in members}
+    # Either one top-level folder (the session) or the session's files at the root.
+    if len(tops) == 1 and all(len(p.parts) > 1 or m.isdir() for m, p in members):
+        top = tops.pop()
+        return [(m, PurePosixPath(*p.parts[1:])) for m, p in members if len(p.parts) > 1], top
+    return members, None
+
+
+def _extract(archive: tarfile.TarFile, members, staging: Path, limits: UploadLimits) -> None:
+    written = 0
+    for member, rel in members:
+        target = staging / rel
+        if member.isdir():
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        source = archive.extractfile(member)
+        with open(target, "xb") as out:  # "x": a duplicate member name cannot overwrite
+            while chunk := source.read(1 << 20):
+                written += len(chunk)
+                if written > limits.max_unpacked_bytes:
+                    raise UploadRejected(413, "too_large", f"unpacks to more than {limits.max_unpacked_bytes} bytes")
+                out.write(chunk)
+
+
+def _meta(staging: Path) -> dict:
+    try:
+        meta = json.loads((staging / "session.json").read_text())
+    except FileNotFoundError:
+        raise UploadRejected(400, "missing_session_json", "the archive has no session.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UploadRejected(400, "invalid_session_json", f"session.json: {e}") from None
+    for field in ("device_id", "session_id", "started_at"):
+        if not isinstance(meta, dict) or not isinstance(meta.get(field), str):
+            raise UploadRejected(
+                400, "invalid_session_json", f"session.json needs a string {field!r} to place the session"
+            )
+    try:
+        datetime.fromisoformat(meta["started_at"])
+    except ValueError:
+        raise UploadRejected(
+            400, "invalid_session_json", f"started_at {meta['started_at']!r} is not ISO 8601"
+        ) from None
+    if not all(c.isalnum() or c in "-_." for c in meta["session_id"]) or meta["session_id"].startswith("."):
+        raise UploadRejected(
+            400, "invalid_session_json", f"session_id {meta['session_id']!r} is not a safe folder name"
+        )
+    return meta
+
+
+def pack_session(folder: str | Path) -> bytes:
+    """The upload body for a session folder: a .tar.gz with the folder at its root."""
+    folder = Path(folder)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as archive:
+        for f in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "_COMMITTED"):
+            archive.add(f, arcname=f"{folder.name}/{f.relative_to(folder).as_posix()}")
+    return buf.getvalue()
+
+
+def store_upload(lake: Lake, body: BinaryIO, device_id: str, limits: UploadLimits = UploadLimits()) -> UploadResult:
+    """Unpack, check and commit one uploaded session for the authenticated ``device_id``."""
+    staging = lake.staging_dir()
+    archive_path = staging.with_suffix(".tar.gz")
+    try:
+        size = 0
+        with open(archive_path, "wb") as out:
+            while chunk := body.read(1 << 20):
+                size += len(chunk)
+                if size > limits.max_archive_bytes:
+                    raise UploadRejected(413, "too_large", f"archive larger than {limits.max_archive_bytes} bytes")
+                out.write(chunk)
+        try:
+            with tarfile.open(archive_path, "r:gz") as archive:
+                members, top = _members(archive, limits)
+                _extract(archive, members, staging, limits)
+        except (tarfile.TarError, EOFError, OSError) as e:
+            if isinstance(e, UploadRejected):
+                raise
+            raise UploadRejected(400, "invalid_archive", f"not a readable .tar.gz: {e}") from None
+        meta = _meta(staging)
+        if meta["device_id"] != device_id:
+            raise UploadRejected(
+                403, "device_mismatch", f"session.json says device {meta['device_id']!r}, the token is {device_id!r}'s"
+            )
+        if top is not None and top != meta["session_id"]:
+            raise UploadRejected(
+                400, "session_id_mismatch", f"archive folder {top!r} != session_id {meta['session_id']!r}"
+            )
+        try:
+            path = lake.commit(staging, meta)
+            return UploadResult(meta["session_id"], True, False, path)
+        except SessionExists as e:
+            return _already_stored(lake, staging, archive_path, meta, e.path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        archive_path.unlink(missing_ok=True)
+
+
+def _already_stored(lake: Lake, staging: Path, archive_path: Path, meta: dict, stored: Path) -> UploadResult:
+    """Idempotent re-upload: the first complete copy wins; a differing copy is kept aside and recorded."""
+    ours, theirs = content_hash(stored), content_hash(staging)
+    conflict = ours != theirs
+    if conflict:
+        now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        folder = lake.root / "conflicts" / meta["session_id"]
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(archive_path, folder / f"{now}.tar.gz")
+        atomic_write_text(
+            folder / f"{now}.json",
+            json.dumps(
+                {
+                    "session_id": meta["session_id"],
+                    "device_id": meta["device_id"],
+                    "received_at": now,
+                    "stored_sha256": ours,
+                    "uploaded_sha256": theirs,
+                    "kept": str(stored),
+                    "archive": f"{now}.tar.gz",
+                },
+                indent=1,
+            ),
+        )
+    return UploadResult(meta["session_id"], False, conflict, stored)
