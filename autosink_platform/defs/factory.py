@@ -16,6 +16,7 @@ import dagster as dg
 
 from autosink_platform import plots
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
+from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor
 from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
 from autosink_platform.thresholds import OperatingPoint
@@ -84,6 +85,8 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         deps=[labeled_frames],
         code_version=spec.code_versions["validated_dataset"],
         kinds={"pandas", "numpy"},
+        # Nightly when anything changed that day; the retrain sensor adds "enough new labels".
+        automation_condition=dg.AutomationCondition.on_cron(spec.retrain.cron) if spec.retrain.cron else None,
     )
     def validated_dataset(
         context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
@@ -133,6 +136,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_model",
+        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -168,6 +172,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_threshold",
+        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -198,6 +203,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_release",
+        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -246,4 +252,5 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets([spec.name, "validated_dataset"]).downstream(),
         description="Dataset snapshot, models, thresholds and releases.",
     )
-    return dg.Definitions(assets=assets, jobs=[ingest, train])
+    sensors = [new_sessions_sensor(spec, partitions, ingest), retrain_sensor(spec, train)]
+    return dg.Definitions(assets=assets, jobs=[ingest, train], sensors=sensors)

@@ -55,6 +55,7 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
     by_source = table["label_source"].value_counts().to_dict()
     return {
         "frames": len(table),
+        "labeled": int(table["label"].notna().sum()),
         "coverage": float(table["label"].notna().mean()),
         "override_labels": int(by_source.get("override", 0)),
         "implicit_labels": int(by_source.get("implicit", 0)),

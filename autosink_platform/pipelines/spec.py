@@ -61,6 +61,14 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class RetrainPolicy:
+    """When new feedback becomes a new dataset and models (either condition suffices)."""
+
+    min_new_labeled_frames: int | None = 2000  # a retrain sensor fires once this many accumulated
+    cron: str | None = "0 3 * * *"  # and a nightly rebuild when anything changed that day
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     description: str
@@ -68,3 +76,4 @@ class PipelineSpec:
     split: SplitConfig
     models: tuple[ModelSpec, ...]
     code_versions: dict[str, str] = field(default_factory=dict)  # per data stage: raw, labels, dataset
+    retrain: RetrainPolicy = RetrainPolicy()

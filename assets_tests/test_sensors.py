@@ -1,0 +1,128 @@
+"""Sensors evaluated with build_sensor_context against a real (temporary SQLite) instance."""
+
+import shutil
+
+import dagster as dg
+import pytest
+
+from autosink_platform.definitions import defs
+from autosink_platform.defs.resources import LakeResource
+from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+from autosink_platform.lake.sessions import Lake
+from autosink_platform.pipelines.sink import SINK
+
+PARTITIONS = "sink_sessions"
+
+
+@pytest.fixture
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as inst:
+        yield inst
+
+
+def _tick(instance, lake_root, cursor=None) -> dg.SensorResult:
+    sensor = defs.resolve_sensor_def("sink_new_sessions")
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake_root))}
+    )
+    result = sensor(context)
+    # What the daemon does with a SensorResult: apply the partition additions.
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def test_new_sessions_become_partitions_and_runs_exactly_once(instance, tiny_lake):
+    lake = Lake(tiny_lake)
+    sessions = sorted(lake.committed_sessions())
+
+    first = _tick(instance, tiny_lake)
+    assert sorted(r.partition_key for r in first.run_requests) == sessions
+    assert all(r.run_key == r.partition_key for r in first.run_requests)
+    assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == sessions
+
+    # Later ticks with the cursor: nothing new, nothing requested.
+    second = _tick(instance, tiny_lake, first.cursor)
+    assert second.run_requests == [] and second.cursor == first.cursor
+
+    # A restart that lost its cursor re-reads the log, and still adds nothing twice.
+    restarted = _tick(instance, tiny_lake, None)
+    assert restarted.run_requests == [] and not restarted.dynamic_partitions_requests
+    assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == sessions
+
+    # A new upload: exactly one partition and one run.
+    generate_demo_lake(
+        tiny_lake,
+        DemoLakeConfig(
+            devices=1, sessions_per_device=1, frames_per_session=60, seed=3, start="2026-11-21T08:00:00+00:00"
+        ),
+        progress=False,
+    )
+    third = _tick(instance, tiny_lake, first.cursor)
+    (new,) = set(Lake(tiny_lake).committed_sessions()) - set(sessions)
+    assert [r.partition_key for r in third.run_requests] == [new]
+    assert int(third.cursor) > int(first.cursor)
+
+
+def test_reindexed_and_duplicate_log_lines_do_not_duplicate(instance, tiny_lake):
+    lake = Lake(tiny_lake)
+    first = _tick(instance, tiny_lake)
+    # A session copied into raw/ by hand is not in the commit log until reindexed ...
+    src = next(iter(lake.committed_sessions().values()))
+    copy = src.parent.parent / "2026-11-30" / "pi-001-20261130T080000"
+    shutil.copytree(src, copy)
+    assert _tick(instance, tiny_lake, first.cursor).run_requests == []
+    assert lake.reindex() == [copy.name]
+    # ... and a log line written twice (two reindexes racing) yields one run.
+    lake._log_commit(copy.name, copy)
+    result = _tick(instance, tiny_lake, first.cursor)
+    assert [r.partition_key for r in result.run_requests] == [copy.name]
+
+
+def test_tick_reads_only_new_commits(tiny_lake):
+    lake = Lake(tiny_lake)
+    all_commits, offset = lake.read_commits(0)
+    assert len(all_commits) == len(lake.committed_sessions())
+    assert lake.read_commits(offset) == ([], offset)
+    with open(lake.commit_log, "a") as f:
+        f.write('{"session_id": "half-written')  # a line still being appended is left for later
+    assert lake.read_commits(offset) == ([], offset)
+
+
+def test_retrain_sensor_waits_for_enough_new_labeled_frames(instance):
+    sensor = defs.resolve_sensor_def("sink_retrain")
+    labeled = dg.AssetKey(["sink", "labeled_frames"])
+    need = SINK.retrain.min_new_labeled_frames
+    instance.add_dynamic_partitions(PARTITIONS, ["a", "b", "c"])
+
+    def report(partition, labeled_count):
+        instance.report_runless_asset_event(
+            dg.AssetMaterialization(
+                labeled, partition=partition, metadata={"labeled": labeled_count, "frames": labeled_count}
+            )
+        )
+
+    report("a", need // 2)
+    skipped = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(skipped, dg.SkipReason) and str(need // 2) in skipped.skip_message
+    report("b", need // 2 + 1)
+    request = sensor(dg.build_sensor_context(instance=instance))
+    assert isinstance(request, dg.RunRequest) and request.tags["autosink/new_labeled_frames"] == str(need + 1)
+
+    # After a dataset build, the count starts again from zero.
+    instance.report_runless_asset_event(dg.AssetMaterialization(dg.AssetKey(["sink", "validated_dataset"])))
+    assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.SkipReason)
+    report("c", need)
+    assert isinstance(sensor(dg.build_sensor_context(instance=instance)), dg.RunRequest)
+
+
+def test_downstream_stages_follow_by_declarative_automation():
+    graph = defs.resolve_asset_graph()
+    condition = lambda name: graph.get(dg.AssetKey(["sink", name])).automation_condition  # noqa: E731
+    assert condition("validated_dataset") == dg.AutomationCondition.on_cron(SINK.retrain.cron)
+    for model in SINK.models:
+        for stage in ("model", "threshold", "release"):
+            assert condition(f"{model.name}_{stage}") == dg.AutomationCondition.eager()
+    # Session stages run from the new-sessions sensor, not from automation.
+    assert condition("raw_sessions") is None and condition("labeled_frames") is None

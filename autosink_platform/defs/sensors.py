@@ -1,0 +1,71 @@
+"""Sensors: new sessions in the lake start their ingest runs, and enough newly labeled frames
+start a retrain."""
+
+import dagster as dg
+
+from autosink_platform.defs.resources import LakeResource
+from autosink_platform.pipelines.spec import PipelineSpec
+
+
+def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition, job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_new_sessions",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Adds a partition per newly committed session and requests its ingest run.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+        # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
+        # only what was committed since the last one, however large the lake grows.
+        commits, offset = lake.get().read_commits(int(context.cursor or 0))
+        new: list[str] = []
+        for session_id, _ in commits:
+            # A reset cursor, a re-indexed log or a duplicate line must not add a partition twice.
+            if session_id not in new and not context.instance.has_dynamic_partition(partitions.name, session_id):
+                new.append(session_id)
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(partition_key=s, run_key=s) for s in new],
+            dynamic_partitions_requests=[partitions.build_add_request(new)] if new else [],
+            cursor=str(offset),
+        )
+
+    return sensor
+
+
+def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
+    labeled_key = dg.AssetKey([spec.name, "labeled_frames"])
+    dataset_key = dg.AssetKey([spec.name, "validated_dataset"])
+    threshold = spec.retrain.min_new_labeled_frames
+
+    @dg.sensor(
+        name=f"{spec.name}_retrain",
+        job=job,
+        minimum_interval_seconds=300,
+        default_status=dg.DefaultSensorStatus.RUNNING if threshold else dg.DefaultSensorStatus.STOPPED,
+        description=f"Rebuilds the dataset and retrains once {threshold} new labeled frames have accumulated.",
+    )
+    def sensor(context: dg.SensorEvaluationContext):
+        if not threshold:
+            return dg.SkipReason("no frame-count retrain policy for this pipeline")
+        last = context.instance.fetch_materializations(dataset_key, limit=1).records
+        after = last[0].storage_id if last else None
+        # Only materializations since the last dataset build, and only until the threshold is
+        # reached: the cost grows with new sessions, not with the lake.
+        new_labels, newest, cursor = 0, None, None
+        while new_labels < threshold:
+            page = context.instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=labeled_key, after_storage_id=after), limit=1000, cursor=cursor
+            )
+            for record in page.records:
+                metadata = record.asset_materialization.metadata
+                new_labels += int(metadata["labeled"].value) if "labeled" in metadata else 0  # quarantined: none
+                newest = max(newest or 0, record.storage_id)
+            if not page.has_more:
+                break
+            cursor = page.cursor
+        if new_labels < threshold:
+            return dg.SkipReason(f"{new_labels} new labeled frames since the last dataset build (< {threshold})")
+        return dg.RunRequest(run_key=f"retrain-after-{newest}", tags={"autosink/new_labeled_frames": str(new_labels)})
+
+    return sensor
