@@ -129,16 +129,36 @@ def demo(home, devices, sessions, frames, seed) -> None:
     click.echo(f"wall time           {time.perf_counter() - started:.1f} s")
 
 
-@main.command("lake-status")
+@main.group()
+def lake() -> None:
+    """The raw data lake."""
+
+
+@lake.command("status")
 @home_option
 def lake_status(home) -> None:
-    """Committed and quarantined sessions in the lake."""
+    """Committed sessions, and every quarantined session with its reason."""
     from autosink_platform.lake.sessions import Lake
 
-    lake = Lake(_use_home(home).lake)
-    click.echo(f"committed sessions: {len(lake.committed_sessions())}")
-    for sid, rec in lake.quarantined().items():
-        click.echo(f"quarantined {sid}: {rec.reason}: {rec.detail}")
+    lk = Lake(_use_home(home).lake)
+    committed, quarantined = lk.committed_sessions(), lk.quarantined()
+    click.echo(f"lake: {lk.root}")
+    click.echo(f"committed sessions: {len(committed)}  quarantined: {len(quarantined)}")
+    for sid, rec in quarantined.items():
+        click.echo(f"  quarantined {sid}: {rec.reason}: {rec.detail}  ({rec.quarantined_at})")
+    conflicts = sorted((lk.root / "conflicts").glob("*/*.json"))
+    if conflicts:
+        click.echo(f"re-uploads that differed from the stored copy (kept aside): {len(conflicts)}")
+
+
+@lake.command("reindex")
+@home_option
+def lake_reindex(home) -> None:
+    """Log committed sessions missing from the commit log (e.g. copied into raw/ by hand)."""
+    from autosink_platform.lake.sessions import Lake
+
+    added = Lake(_use_home(home).lake).reindex()
+    click.echo(f"indexed {len(added)} sessions" + (": " + ", ".join(added) if added else ""))
 
 
 @main.command("show-release")

@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from PIL import Image
@@ -44,6 +44,8 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
 # Sanity limits: a Pi session is seconds to an hour of small frames.
 MAX_FRAMES = 100_000
 MIN_SIDE, MAX_SIDE = 16, 4096
+EARLIEST = datetime(2020, 1, 1, tzinfo=UTC)  # before the fleet existed: a Pi with an unset clock
+FRAME_COUNT_TOLERANCE = 0.1  # frames vs (ended_at - started_at) x fps; a Pi drops a few frames
 
 
 class SessionExists(FileExistsError):
@@ -135,6 +137,11 @@ def _read_meta(path: Path) -> dict:
     end = _parse_time(path, "ended_at", meta["ended_at"])
     if end < start:
         raise SessionFormatError(path, "bad_field_value", "ended_at is before started_at")
+    latest = datetime.now(UTC) + timedelta(days=1)
+    if not (EARLIEST <= start <= latest):
+        raise SessionFormatError(
+            path, "timestamp_out_of_range", f"started_at {meta['started_at']} outside [{EARLIEST.date()}, now + 1 day]"
+        )
     return meta
 
 
@@ -189,8 +196,12 @@ def _read_events(path: Path, duration: float, fps: float) -> tuple[Event, ...]:
             raise SessionFormatError(path, "invalid_event", f"{where}: t={t!r} is not a finite number")
         if kind not in EVENT_TYPES:
             raise SessionFormatError(path, "unknown_event_type", f"{where}: type {kind!r}")
-        if t < 0 or t > duration + 1.0 / fps:
-            raise SessionFormatError(path, "event_out_of_range", f"{where}: t={t} outside [0, {duration:.3f}]")
+        if t < 0:
+            raise SessionFormatError(path, "event_out_of_range", f"{where}: t={t} is negative")
+        if t > duration + 1.0 / fps:
+            raise SessionFormatError(
+                path, "event_after_session_end", f"{where}: t={t} s after the session's end ({duration:.3f} s)"
+            )
         if t < last_t:
             raise SessionFormatError(path, "event_time_backwards", f"{where}: t={t} < previous {last_t}")
         score = obj.get("score")
@@ -218,7 +229,16 @@ def read_session(path: str | os.PathLike) -> Session:
         raise SessionFormatError(path, "not_committed", f"{COMMITTED} is missing: the session is incomplete")
     meta = _read_meta(path)
     frames, size = _read_frames(path)
-    events = _read_events(path, len(frames) / float(meta["fps"]), float(meta["fps"]))
+    fps = float(meta["fps"])
+    duration = (
+        _parse_time(path, "ended_at", meta["ended_at"]) - _parse_time(path, "started_at", meta["started_at"])
+    ).total_seconds()
+    expected = duration * fps
+    if abs(len(frames) - expected) > FRAME_COUNT_TOLERANCE * expected + 2:
+        raise SessionFormatError(
+            path, "frame_count_mismatch", f"{len(frames)} frames, but {duration:.1f} s at {fps} fps is {expected:.0f}"
+        )
+    events = _read_events(path, duration, fps)
     return Session(path, meta, frames, events, size, content_hash(path))
 
 
