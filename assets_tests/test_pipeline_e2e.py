@@ -5,6 +5,7 @@ import json
 
 import dagster as dg
 import numpy as np
+import pandas as pd
 import pytest
 
 import mlflow
@@ -128,6 +129,12 @@ def test_sink_pipeline_end_to_end(home, instance):
             np.testing.assert_allclose(scorer(smoke)[output], expected, atol=manifest["smoke_test"]["atol"])
         for v in manifest["metrics"]["test"].values():
             assert np.isfinite(v)
+
+    # The review queue is ranked by the champion classifier's scores.
+    queue = pd.read_parquet(home / "store" / "sink" / "review_queue.parquet")
+    assert 0 < len(queue) <= 200 and queue["value"].is_monotonic_decreasing
+    assert queue["champion_prob"].between(0, 1).all() and queue["champion_prob"].nunique() > 10
+    assert metadata("review_queue")["champion"].value == "sink.classifier@champion"
 
     # The classifier learned something even from nine short sessions.
     assert out["classifier_threshold"].f1 > 0.7

@@ -13,12 +13,14 @@ import warnings
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
 from autosink_platform import plots
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
-from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor
+from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
+from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 
@@ -28,6 +30,14 @@ def image_metadata(path: Path) -> dg.MetadataValue:
     return dg.MetadataValue.md(
         f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
     )
+
+
+def markdown_table(df) -> dg.MetadataValue:
+    """A small DataFrame as a markdown table for asset metadata."""
+    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return dg.MetadataValue.md("\n".join(lines))
 
 
 def sessions_partitions(spec: PipelineSpec) -> dg.DynamicPartitionsDefinition:
@@ -96,11 +106,7 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         hashes = {s: fs.get_session(s)["content_sha256"] for s in fs.labeled_sessions() if s not in quarantined}
         ref = build_dataset(fs, lake.get().root, hashes, spec.split, asset=context.asset_key.to_user_string())
         counts = ref.counts
-        table = "| split | sessions | frames | labeled | positive |\n|---|---|---|---|---|\n" + "\n".join(
-            f"| {s} | {c['sessions']} | {c['frames']} | {c['labeled']} | {c['positive']} |"
-            for s, c in counts.items()
-            if isinstance(c, dict)
-        )
+        splits = pd.DataFrame([{"split": s, **c} for s, c in counts.items() if isinstance(c, dict)])
         # The data version is the snapshot id: Dagster's staleness then means "the data changed".
         # The parameter is still marked beta; we rely on it knowingly.
         with warnings.catch_warnings():
@@ -112,7 +118,7 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
                     "snapshot_id": ref.snapshot_id,
                     "sessions": counts["sessions"],
                     "frames": counts["frames"],
-                    "splits": dg.MetadataValue.md(table),
+                    "splits": markdown_table(splits),
                     "path": dg.MetadataValue.path(ref.path),
                 },
             )
@@ -239,6 +245,39 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
     return [trained, threshold, release]
 
 
+def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
+    model = next(m for m in spec.models if m.name == spec.review_model)
+    name = lifecycle.registered_name(spec, model)
+
+    @dg.asset(
+        name="review_queue",
+        key_prefix=[spec.name],
+        group_name=spec.name,
+        code_version="1",
+        ins={"dataset": dg.AssetIn(dg.AssetKey([spec.name, "validated_dataset"]))},
+        deps=[dg.AssetKey([spec.name, f"{model.name}_release"])],
+        kinds={"pandas"},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def review_queue(
+        context: dg.AssetExecutionContext, dataset: DatasetRef, store: FeatureStoreResource, mlflow: MlflowResource
+    ) -> dg.MaterializeResult:
+        """Frames most worth a human look: weak or low-confidence labels the champion contradicts,
+        and unlabeled frames it is unsure of. Reviewed at /review on the fleet API."""
+        champion = lifecycle.load_alias_module(model, name, CHAMPION, mlflow.get())
+        queue = sink.build_review_queue(model, champion, LoadedDataset.load(dataset), store.get(spec.name))
+        top = queue.head(10)[["session_id", "frame_index", "label", "label_source", "champion_prob", "value", "reason"]]
+        return dg.MaterializeResult(
+            metadata={
+                "frames": len(queue),
+                "champion": f"{name}@{CHAMPION}",
+                "top": markdown_table(top),
+            }
+        )
+
+    return review_queue
+
+
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     partitions = sessions_partitions(spec)
     assets = _session_assets(spec, partitions) + [a for m in spec.models for a in _model_assets(spec, m)]
@@ -252,5 +291,16 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets([spec.name, "validated_dataset"]).downstream(),
         description="Dataset snapshot, models, thresholds and releases.",
     )
-    sensors = [new_sessions_sensor(spec, partitions, ingest), retrain_sensor(spec, train)]
-    return dg.Definitions(assets=assets, jobs=[ingest, train], sensors=sensors)
+    relabel = dg.define_asset_job(
+        f"{spec.name}_relabel",
+        selection=dg.AssetSelection.assets([spec.name, "labeled_frames"]),
+        description="Re-label sessions whose frames a reviewer corrected.",
+    )
+    sensors = [
+        new_sessions_sensor(spec, partitions, ingest),
+        retrain_sensor(spec, train),
+        review_sensor(spec, partitions, relabel),
+    ]
+    if spec.review_model:
+        assets.append(_review_queue_asset(spec))
+    return dg.Definitions(assets=assets, jobs=[ingest, train, relabel], sensors=sensors)

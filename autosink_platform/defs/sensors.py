@@ -3,7 +3,8 @@ start a retrain."""
 
 import dagster as dg
 
-from autosink_platform.defs.resources import LakeResource
+from autosink_platform.defs.resources import FeatureStoreResource, LakeResource
+from autosink_platform.labeling.review import ReviewLog
 from autosink_platform.pipelines.spec import PipelineSpec
 
 
@@ -67,5 +68,26 @@ def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
         if new_labels < threshold:
             return dg.SkipReason(f"{new_labels} new labeled frames since the last dataset build (< {threshold})")
         return dg.RunRequest(run_key=f"retrain-after-{newest}", tags={"autosink/new_labeled_frames": str(new_labels)})
+
+    return sensor
+
+
+def review_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition, job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_reviews",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Re-labels exactly the sessions a reviewer corrected.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, store: FeatureStoreResource) -> dg.SensorResult:
+        offset = int(context.cursor or 0)
+        sessions, new_offset = ReviewLog(store.get(spec.name).root).reviewed_sessions_since(offset)
+        known = [s for s in sessions if context.instance.has_dynamic_partition(partitions.name, s)]
+        return dg.SensorResult(
+            # One run per corrected session per batch of corrections: the log offset makes the key unique.
+            run_requests=[dg.RunRequest(partition_key=s, run_key=f"review:{s}:{new_offset}") for s in known],
+            cursor=str(new_offset),
+        )
 
     return sensor

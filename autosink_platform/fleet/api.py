@@ -16,18 +16,21 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
+from autosink_platform.fleet.review_page import review_router
 from autosink_platform.fleet.uploads import UploadLimits, UploadRejected, store_upload
 from autosink_platform.home import Home
 from autosink_platform.lake.sessions import Lake
+from autosink_platform.lake.store import FeatureStore
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-def create_app(home: Home, limits: UploadLimits = UploadLimits()) -> FastAPI:
+def create_app(home: Home, limits: UploadLimits = UploadLimits(), review_pipeline: str = "sink") -> FastAPI:
     app = FastAPI(title="autosink fleet API", version="1")
     lake, devices = Lake(home.lake), DeviceRegistry(home.devices_db)
+    app.include_router(review_router(FeatureStore(home.store, review_pipeline), lake.root))
 
     @app.get("/v1/health")
     def health() -> dict:

@@ -9,7 +9,6 @@ a session that fails to parse gets a quarantine record under ``quarantine/`` ins
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import math
@@ -22,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from autosink_platform.files import atomic_write_text
+from autosink_platform.files import append_jsonl, atomic_write_text, read_jsonl_from
 
 SCHEMA_VERSIONS = {1}
 COMMITTED = "_COMMITTED"
@@ -319,23 +318,13 @@ class Lake:
         return final
 
     def _log_commit(self, session_id: str, path: Path) -> None:
-        line = json.dumps({"session_id": session_id, "path": path.relative_to(self.root).as_posix()}) + "\n"
-        self.commit_log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.commit_log, "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # one whole line per writer, even across processes
-            f.write(line)
+        append_jsonl(self.commit_log, {"session_id": session_id, "path": path.relative_to(self.root).as_posix()})
 
     def read_commits(self, offset: int = 0) -> tuple[list[tuple[str, Path]], int]:
         """Commits logged after byte ``offset``: ([(session_id, path)], new offset). Cost grows with
         the number of new commits, not with the size of the lake."""
-        if not self.commit_log.exists():
-            return [], offset
-        with open(self.commit_log, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line being appended right now is left for later
-        entries = [json.loads(line) for line in complete.splitlines() if line.strip()]
-        return [(e["session_id"], self.root / e["path"]) for e in entries], offset + len(complete)
+        entries, offset = read_jsonl_from(self.commit_log, offset)
+        return [(e["session_id"], self.root / e["path"]) for e in entries], offset
 
     def reindex(self) -> list[str]:
         """Log committed sessions that are missing from the commit log (e.g. copied in by hand)."""

@@ -191,6 +191,20 @@ def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> 
     return module.eval()
 
 
+def load_alias_module(model: ModelSpec, name: str, alias: str, registry: Registry) -> nn.Module:
+    """The module of the version an alias points at (e.g. the champion)."""
+    version = registry.alias_version(name, alias)
+    if version is None:
+        raise LookupError(f"{name} has no {alias!r} alias yet: release a version first")
+    if version.tags.get("config") != model.config_json():
+        raise LookupError(
+            f"{name} v{version.version} ({alias}) was trained with another config than the current code builds"
+        )
+    module = model.build(model.config)
+    module.load_state_dict(registry.load_state_dict(version))
+    return module.eval()
+
+
 def choose_threshold(
     pipeline: PipelineSpec,
     model: ModelSpec,

@@ -7,13 +7,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from autosink_platform.files import atomic_write
 from autosink_platform.labeling.propagation import LabelingConfig, propagate_labels
+from autosink_platform.labeling.review import ReviewLog, apply_reviews, review_queue
 from autosink_platform.lake.demo import read_truth
 from autosink_platform.lake.sessions import Lake, SessionFormatError, read_session
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
 from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
+from autosink_platform.pipelines.lifecycle import torch_scorer
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
 from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
 from autosink_platform.validation.splits import SplitConfig
@@ -51,6 +54,8 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
     table.insert(0, "session_id", session_id)
     table.insert(1, "device_id", meta["device_id"])
     table.insert(4, "frame_path", record["frames"])
+    corrections = ReviewLog(store.root).for_session(session_id)
+    table = apply_reviews(table, corrections)  # a reviewer's label beats any automatic one
     store.put_labels(session_id, table)
     by_source = table["label_source"].value_counts().to_dict()
     return {
@@ -59,6 +64,7 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
         "coverage": float(table["label"].notna().mean()),
         "override_labels": int(by_source.get("override", 0)),
         "implicit_labels": int(by_source.get("implicit", 0)),
+        "review_labels": int(by_source.get("review", 0)),
         "positive_share": float((table["label"] == 1).sum() / max(table["label"].notna().sum(), 1)),
     }
 
@@ -120,6 +126,7 @@ def _guard_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) -> di
 
 SINK = PipelineSpec(
     name="sink",
+    review_model="classifier",
     description="Kitchen-sink cameras: should the faucet valve be open?",
     labeling=LabelingConfig(),
     split=SplitConfig(validation=0.2, test=0.2),
@@ -155,6 +162,16 @@ SINK = PipelineSpec(
         ),
     ),
 )
+
+
+def build_review_queue(
+    model: ModelSpec, champion, data: LoadedDataset, store: FeatureStore, limit: int = 200
+) -> pd.DataFrame:
+    """Rank the dataset's frames for human review with the champion's scores; written to the store."""
+    probs = torch_scorer(champion)(data.images)[model.decision_output]
+    queue = review_queue(data.table, probs, ReviewLog(store.root).reviewed_frames(), limit)
+    atomic_write(store.root / "review_queue.parquet", lambda tmp: queue.to_parquet(tmp, index=False))
+    return queue
 
 
 def truth_metrics(

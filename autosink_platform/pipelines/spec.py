@@ -77,3 +77,4 @@ class PipelineSpec:
     models: tuple[ModelSpec, ...]
     code_versions: dict[str, str] = field(default_factory=dict)  # per data stage: raw, labels, dataset
     retrain: RetrainPolicy = RetrainPolicy()
+    review_model: str | None = None  # the model whose champion ranks the human review queue

@@ -1,0 +1,132 @@
+"""The human review page, served by the fleet API at /review: one frame at a time, with its
+neighbours for context, its current label and the champion's opinion; the reviewer sets
+the right label. Plain HTML forms, so it works in any browser and with no JavaScript."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from urllib.parse import quote
+
+import pandas as pd
+from fastapi import APIRouter, Form, HTTPException
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+
+from autosink_platform.labeling.review import Correction, ReviewLog
+from autosink_platform.lake.store import FeatureStore
+
+CONTEXT = 2  # frames shown before and after the one under review
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>autosink review: {pipeline}</title>
+<style>
+ body {{ font-family: system-ui, sans-serif; margin: 2rem; max-width: 56rem; }}
+ img.frame {{ image-rendering: pixelated; border: 3px solid #333; }}
+ .context img {{ image-rendering: pixelated; margin-right: .3rem; border: 1px solid #aaa; opacity: .8; }}
+ .context img.current {{ border: 2px solid #c00; opacity: 1; }}
+ table td {{ padding: .2rem .8rem .2rem 0; }}
+ button {{ font-size: 1.05rem; padding: .5rem 1rem; margin: .5rem .5rem 0 0; }}
+</style></head><body>
+<h1>Label review: {pipeline}</h1>
+{body}
+</body></html>"""
+
+
+def _label_text(label) -> str:
+    return "unlabeled" if pd.isna(label) else ("open" if int(label) == 1 else "closed")
+
+
+def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
+    router = APIRouter()
+    reviews = ReviewLog(store.root)
+
+    def queue() -> pd.DataFrame:
+        path = store.root / "review_queue.parquet"
+        if not path.exists():
+            return pd.DataFrame(columns=["session_id", "frame_index"])
+        q = pd.read_parquet(path)
+        done = reviews.reviewed_frames()
+        keep = [(s, int(f)) not in done for s, f in zip(q["session_id"], q["frame_index"], strict=True)]
+        return q[keep].reset_index(drop=True)
+
+    def current_label(session_id: str, frame_index: int) -> pd.Series:
+        labels = store.get_labels([session_id])
+        row = labels[labels["frame_index"] == frame_index]
+        if row.empty:
+            raise HTTPException(404, f"session {session_id!r} has no frame {frame_index}")
+        return row.iloc[0]
+
+    @router.get("/review", response_class=HTMLResponse)
+    def review_page(skip: int = 0, reviewer: str = "") -> str:
+        q = queue()
+        if skip >= len(q):
+            body = f"<p id='empty'>Nothing left to review ({len(q)} frames queued, {skip} skipped).</p>"
+            return PAGE.format(pipeline=html.escape(store.root.name), body=body)
+        item = q.iloc[skip]
+        sid, idx = str(item["session_id"]), int(item["frame_index"])
+        now = current_label(sid, idx)
+        n = len(store.get_session(sid)["frames"])
+        context = "".join(
+            f"<img src='/review/frames/{quote(sid)}/{k}.png' width='96' alt='frame {k}'"
+            f"{' class=current' if k == idx else ''}>"
+            for k in range(max(0, idx - CONTEXT), min(n, idx + CONTEXT + 1))
+        )
+        body = f"""
+<p>{len(q) - skip} frames to review. Session <b id="session">{html.escape(sid)}</b>
+ (device {html.escape(str(item["device_id"]))}), frame <b id="frame-index">{idx}</b> of {n}.</p>
+<img class="frame" src="/review/frames/{quote(sid)}/{idx}.png" width="320" alt="frame under review">
+<div class="context"><p>Before and after:</p>{context}</div>
+<table>
+ <tr><td>current label</td><td id="current-label">{_label_text(now["label"])}</td></tr>
+ <tr><td>source</td><td id="current-source">{html.escape(str(now["label_source"]) if pd.notna(now["label_source"]) else "none")}
+   (confidence {float(now["confidence"]):.2f})</td></tr>
+ <tr><td>champion model</td><td>{float(item["champion_prob"]):.2f} probability the valve should be open</td></tr>
+ <tr><td>why it is here</td><td>{html.escape(str(item["reason"]))}</td></tr>
+</table>
+<form method="post" action="/review">
+ <input type="hidden" name="session_id" value="{html.escape(sid)}">
+ <input type="hidden" name="frame_index" value="{idx}">
+ <input type="hidden" name="skip" value="{skip}">
+ <p><label>Reviewer <input id="reviewer" name="reviewer" required value="{html.escape(reviewer)}"></label></p>
+ <button id="label-open" name="label" value="1">Open: hands or dishes under the spout</button>
+ <button id="label-closed" name="label" value="0">Closed: nothing under the spout</button>
+</form>
+<p><a id="skip" href="/review?skip={skip + 1}&reviewer={quote(reviewer)}">Skip this frame</a></p>"""
+        return PAGE.format(pipeline=html.escape(store.root.name), body=body)
+
+    @router.get("/review/frames/{session_id}/{frame_index}.png")
+    def frame(session_id: str, frame_index: int) -> FileResponse:
+        try:
+            frames = store.get_session(session_id)["frames"]
+        except KeyError:
+            raise HTTPException(404, f"no ingested session {session_id!r}") from None
+        if not 0 <= frame_index < len(frames):
+            raise HTTPException(404, f"session {session_id!r} has no frame {frame_index}")
+        return FileResponse(lake_root / frames[frame_index], media_type="image/png")
+
+    @router.post("/review")
+    def correct(
+        session_id: str = Form(...),
+        frame_index: int = Form(...),
+        label: int = Form(...),
+        reviewer: str = Form(...),
+        skip: int = Form(0),
+    ) -> RedirectResponse:
+        if label not in (0, 1):
+            raise HTTPException(422, f"label must be 0 or 1, got {label}")
+        if not reviewer.strip():
+            raise HTTPException(422, "the reviewer's name is required")
+        now = current_label(session_id, frame_index)
+        reviews.append(
+            Correction(
+                session_id,
+                frame_index,
+                label,
+                reviewer.strip(),
+                None if pd.isna(now["label"]) else int(now["label"]),
+                None if pd.isna(now["label_source"]) else str(now["label_source"]),
+            )
+        )
+        return RedirectResponse(f"/review?skip={skip}&reviewer={quote(reviewer.strip())}", status_code=303)
+
+    return router
