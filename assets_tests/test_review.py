@@ -136,6 +136,8 @@ def browser():
 
 def test_reviewer_corrects_a_label_in_the_browser(served, browser):
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.expected_conditions import staleness_of
+    from selenium.webdriver.support.ui import WebDriverWait
 
     url, home, instance, store = served
     browser.get(f"{url}/review")
@@ -154,7 +156,9 @@ def test_reviewer_corrects_a_label_in_the_browser(served, browser):
     }
     new_label = 0 if shown == "open" else 1
     browser.find_element(By.ID, "reviewer").send_keys("ana")
+    old_page = browser.find_element(By.ID, "session")
     browser.find_element(By.ID, "label-closed" if new_label == 0 else "label-open").click()
+    WebDriverWait(browser, 20).until(staleness_of(old_page))  # the POST, its redirect and the next page
 
     # The page moves on to the next frame, and keeps the reviewer's name.
     assert (browser.find_element(By.ID, "session").text, int(browser.find_element(By.ID, "frame-index").text)) != (

@@ -79,7 +79,9 @@ def fit(
 
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (N, H, W, 3) -> float32 (N, 3, H, W) in [0, 1]: the input convention of every model."""
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    # Dataset images are memory-mapped read-only; torch wants memory it could write to.
+    images = np.ascontiguousarray(images) if images.flags.writeable else np.array(images)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
 
 
 @torch.no_grad()
