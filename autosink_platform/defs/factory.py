@@ -79,10 +79,10 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
     ) -> dg.MaterializeResult:
         """Per-frame labels: user overrides propagated to neighbouring frames (strong), unchallenged
         model decisions (weak), each with its source and confidence."""
-        quarantined = lake.get().quarantined()
+        lk = lake.get()
         results = {
             pk: {"status": "quarantined"}
-            if pk in quarantined
+            if lk.is_quarantined(pk)
             else sink.label_session(store.get(spec.name), pk, spec.labeling)
             for pk in context.partition_keys
         }

@@ -269,7 +269,11 @@ class Lake:
         return {p.parent.name: p.parent for p in sorted(self.raw.glob(f"*/*/*/{COMMITTED}"))}
 
     def session_path(self, session_id: str) -> Path:
-        matches = list(self.raw.glob(f"*/*/{session_id}/{COMMITTED}"))
+        """The committed folder of a session: one index lookup, whatever the size of the lake."""
+        indexed = self.root / "_index" / "sessions" / session_id
+        if indexed.exists():
+            return self.root / indexed.read_text()
+        matches = list(self.raw.glob(f"*/*/{session_id}/{COMMITTED}"))  # committed by hand: not indexed yet
         if len(matches) != 1:
             raise KeyError(f"session {session_id!r}: {len(matches)} committed folders in {self.raw}")
         return matches[0].parent
@@ -279,6 +283,9 @@ class Lake:
         self.quarantine_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
         return record
+
+    def is_quarantined(self, session_id: str) -> bool:
+        return (self.quarantine_dir / f"{session_id}.json").exists()
 
     def quarantined(self) -> dict[str, QuarantineRecord]:
         return {
@@ -318,7 +325,9 @@ class Lake:
         return final
 
     def _log_commit(self, session_id: str, path: Path) -> None:
-        append_jsonl(self.commit_log, {"session_id": session_id, "path": path.relative_to(self.root).as_posix()})
+        relative = path.relative_to(self.root).as_posix()
+        atomic_write_text(self.root / "_index" / "sessions" / session_id, relative)
+        append_jsonl(self.commit_log, {"session_id": session_id, "path": relative})
 
     def read_commits(self, offset: int = 0) -> tuple[list[tuple[str, Path]], int]:
         """Commits logged after byte ``offset``: ([(session_id, path)], new offset). Cost grows with
