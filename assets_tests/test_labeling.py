@@ -1,5 +1,7 @@
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from autosink_platform.labeling.propagation import (
     IMPLICIT,
@@ -81,3 +83,49 @@ def test_agreement_with_generator_truth(tiny_lake):
     assert report["override_agreement"] >= 0.95, report
     assert report["implicit_agreement"] >= 0.95, report
     assert report["coverage"] >= 0.5, report
+
+
+# -- properties over random sessions ----------------------------------------------------------
+
+
+@st.composite
+def sessions(draw):
+    n = draw(st.integers(20, 200))
+    times = sorted(set(draw(st.lists(st.integers(0, n - 1), max_size=12))))
+    events, state = [], 0
+    for k in times:  # model decisions alternate, as the device emits them
+        state = 1 - state
+        events.append(Event(k / FPS, "valve_open" if state else "valve_close", 0.8 if state else 0.2))
+    for k in draw(st.lists(st.integers(0, n - 1), max_size=4)):
+        events.append(Event(k / FPS, draw(st.sampled_from(["user_open", "user_close"]))))
+    return sorted(events, key=lambda e: e.t), n
+
+
+@settings(max_examples=150, deadline=None)
+@given(sessions())
+def test_label_rules_hold_for_any_session(session):
+    events, n = session
+    cfg = LabelingConfig()
+    labels = propagate_labels(events, n, FPS, cfg)
+    label, source = labels["label"], labels["label_source"].fillna("none")
+    # provenance: a label always has a source and a confidence, and only then
+    assert ((label.notna()) == (source != "none")).all() and ((label.notna()) == (labels["confidence"] > 0)).all()
+    # weak labels repeat the model's decision, at the weak confidence
+    implicit = source == IMPLICIT
+    assert (label[implicit] == labels["model_decision"][implicit]).all()
+    assert (labels["confidence"][implicit] == cfg.weak_confidence).all()
+    # strong labels come from an override close enough that says the same state
+    overrides = [(round(e.t * FPS), int(e.type == "user_open")) for e in events if e.type.startswith("user_")]
+    before, after = round(cfg.override_before_s * FPS), round(cfg.override_after_s * FPS)
+    for i in np.flatnonzero(source == OVERRIDE):
+        assert any(k - before <= i <= k + after and s == label[i] for k, s in overrides), i
+        assert cfg.strong_edge_confidence <= labels["confidence"][i] <= cfg.strong_confidence
+    # an overridden decision stretch gives no weak labels
+    decision = labels["model_decision"].to_numpy()
+    for k, _ in overrides:
+        lo, hi = k, k
+        while lo > 0 and decision[lo - 1] == decision[k]:
+            lo -= 1
+        while hi < n - 1 and decision[hi + 1] == decision[k]:
+            hi += 1
+        assert not implicit[lo : hi + 1].any()
