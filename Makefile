@@ -7,10 +7,10 @@ export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
 .PHONY: demo dev test install clean-home mlflow-ui lint
 
-$(BIN)/autosink: pyproject.toml
+$(BIN)/autosink: pyproject.toml pi_client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[test]"
+	$(BIN)/uv pip install --python $(BIN)/python -e ./pi_client -e ".[test]"
 	touch $@
 
 install: $(BIN)/autosink

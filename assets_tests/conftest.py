@@ -35,6 +35,7 @@ def home(tmp_path, monkeypatch, tiny_lake) -> Path:
     monkeypatch.setenv("AUTOSINK_HOME", str(root))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    monkeypatch.setenv("AUTOSINK_SIGNING_KEY", str(tmp_path / "keys" / "signing.pem"))  # never the user's key
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     return root
 

@@ -2,6 +2,7 @@
 (SQLite + local artifacts) and onnxruntime, exactly as ``make demo`` runs it."""
 
 import json
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -19,6 +20,7 @@ from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import LoadedDataset
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
+from autosink_platform.release.signing import default_key_path, verify
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +118,13 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
         assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
         assert manifest["outputs"] == list(model.output_names)
-        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
+        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"  # read_pointer verifies
+        verify(
+            fleet.signing_key.public_key(),
+            (vdir / "manifest.json").read_bytes(),
+            (vdir / "manifest.json.sig").read_text(),
+        )
+        assert manifest["signing_key_id"] == fleet.key_id
 
         # Parity, measured here independently of the release gate, on every validation frame.
         scorer = OnnxScorer(vdir / "model.onnx")
@@ -139,6 +147,11 @@ def test_sink_pipeline_end_to_end(home, instance):
     # The classifier learned something even from nine short sessions.
     assert out["classifier_threshold"].f1 > 0.7
     assert manifest["metrics"]["test"]["detection_covered"] > 0.9  # frame guard, last in SINK.models
+
+    # The private key is nowhere near the lake, the home or MLflow.
+    private = default_key_path().read_bytes()
+    for root in (home, Path(registry.tracking_uri.removeprefix("sqlite:///")).parent):
+        assert not any(f.is_file() and f.read_bytes() == private for f in root.rglob("*")), root
 
     # Re-materializing with unchanged code and inputs does not retrain or republish.
     runs = _run_count(registry)

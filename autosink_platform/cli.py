@@ -168,9 +168,10 @@ def lake_reindex(home) -> None:
 @click.option("--channel", default="stable", show_default=True)
 def show_release(home, pipeline, model, channel) -> None:
     """Print a channel pointer and the manifest it points at."""
-    from autosink_platform.release.channel import FleetChannel
+    from autosink_platform.defs.resources import FleetChannelResource
 
-    fleet = FleetChannel(_use_home(home).fleet)
+    _use_home(home)
+    fleet = FleetChannelResource().get()
     pointer = fleet.read_pointer(pipeline, model, channel)
     if pointer is None:
         raise click.ClickException(f"no {channel!r} pointer for {pipeline}/{model} under {fleet.root}")
@@ -199,6 +200,25 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
 
     limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
     uvicorn.run(create_app(_use_home(home), limits), host=host, port=port)
+
+
+@fleet.command("keygen")
+@click.option(
+    "--out",
+    default=None,
+    help="Private key path (default: $AUTOSINK_SIGNING_KEY or ~/.config/autosink/fleet-signing-key.pem).",
+)
+def fleet_keygen(out) -> None:
+    """Write a new Ed25519 release-signing key pair (private key mode 0600; never in the repo)."""
+    from autosink_platform.release.signing import default_key_path, generate_keypair, key_id, load_public_key
+
+    try:
+        private, public = generate_keypair(out or default_key_path())
+    except FileExistsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"private key {private}\npublic key  {public}  (key id {key_id(load_public_key(public))}: provision devices with it)"
+    )
 
 
 @fleet.command("add-device")

@@ -14,6 +14,7 @@ from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.release.channel import FleetChannel
+from autosink_platform.release.signing import default_key_path, generate_keypair, load_private_key
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -35,12 +36,20 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
 
 class FleetChannelResource(dg.ConfigurableResource):
-    """The release channel the fleet pulls from (default: ``$AUTOSINK_HOME/fleet``)."""
+    """The release channel the fleet pulls from (default: ``$AUTOSINK_HOME/fleet``), and the
+    Ed25519 key that signs it (default: ``$AUTOSINK_SIGNING_KEY``, else
+    ``~/.config/autosink/fleet-signing-key.pem``, created on first use)."""
 
     root: str = ""
+    signing_key: str = ""
 
     def get(self) -> FleetChannel:
-        return FleetChannel(self.root or resolve_home().fleet)
+        path = Path(self.signing_key).expanduser() if self.signing_key else default_key_path()
+        if not path.exists():
+            if self.signing_key:  # configured explicitly: a missing key is an error, never replaced
+                raise FileNotFoundError(f"signing key {path} does not exist (autosink fleet keygen --out {path})")
+            generate_keypair(path)
+        return FleetChannel(self.root or resolve_home().fleet, load_private_key(path))
 
 
 class MlflowResource(dg.ConfigurableResource):

@@ -320,6 +320,7 @@ def release_model(
             "dataset_snapshot_id": dataset.ref.snapshot_id,
             "dagster_run_id": dagster_run_id,
             "code_version": model.code_version,
+            "signing_key_id": channel.key_id,
             "created_at": datetime.now(UTC).isoformat(),
             "smoke_test": {
                 "file": "smoke_frames.npy",

@@ -1,7 +1,8 @@
 """The fleet channel the Pis pull from (public layout):
 
-    <fleet>/<pipeline>/<model>/versions/<version>/model.onnx, manifest.json, smoke_frames.npy
-    <fleet>/<pipeline>/<model>/channels/<channel>.json   pointer: version, manifest sha256, sequence, rollout, expiry
+    <fleet>/<pipeline>/<model>/versions/<version>/model.onnx, manifest.json (+ .sig), smoke_frames.npy
+    <fleet>/<pipeline>/<model>/channels/<channel>.json   signed pointer: version, manifest sha256, sequence, rollout, expiry
+    <fleet>/keys/<key_id>.pem                            the public key, for provisioning devices
 
 Files of a version are staged and moved in whole; the pointer is written last and atomically,
 so a reader never sees a half-published release.
@@ -16,7 +17,10 @@ import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from autosink_platform.files import atomic_write_text
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from autosink_platform.files import atomic_write_bytes, atomic_write_text
+from autosink_platform.release.signing import key_id, public_pem, sign, sign_pointer, verify_pointer
 
 
 def sha256_file(path: str | Path) -> str:
@@ -28,8 +32,15 @@ def sha256_file(path: str | Path) -> str:
 
 
 class FleetChannel:
-    def __init__(self, root: str | os.PathLike):
+    """``signing_key`` signs every manifest and pointer it publishes; readers verify with the public key."""
+
+    def __init__(self, root: str | os.PathLike, signing_key: Ed25519PrivateKey):
         self.root = Path(root)
+        self.signing_key = signing_key
+        self.key_id = key_id(signing_key.public_key())
+        keys = self.root / "keys"
+        if not (keys / f"{self.key_id}.pem").exists():  # for provisioning devices; they never trust it from here
+            atomic_write_bytes(keys / f"{self.key_id}.pem", public_pem(signing_key.public_key()))
 
     def version_dir(self, pipeline: str, model: str, version: str | int) -> Path:
         return self.root / pipeline / model / "versions" / str(version)
@@ -47,12 +58,14 @@ class FleetChannel:
         staging.mkdir(parents=True)
         for name, src in files.items():
             shutil.copyfile(src, staging / name)
+        (staging / "manifest.json.sig").write_text(sign(self.signing_key, (staging / "manifest.json").read_bytes()))
         staging.rename(final)
         return final
 
     def read_pointer(self, pipeline: str, model: str, channel: str) -> dict | None:
+        """The pointer's fields, verified against this channel's own key (None if not published)."""
         path = self.pointer_path(pipeline, model, channel)
-        return json.loads(path.read_text()) if path.exists() else None
+        return verify_pointer(self.signing_key.public_key(), json.loads(path.read_text())) if path.exists() else None
 
     def set_pointer(
         self,
@@ -82,6 +95,8 @@ class FleetChannel:
             "rollout_percent": rollout_percent,
             "published_at": now.isoformat(),
             "expires_at": (now + timedelta(days=valid_days)).isoformat(),
+            "key_id": self.key_id,
         }
-        atomic_write_text(self.pointer_path(pipeline, model, channel), json.dumps(pointer, indent=1))
+        signed = sign_pointer(self.signing_key, pointer)
+        atomic_write_text(self.pointer_path(pipeline, model, channel), json.dumps(signed, indent=1))
         return pointer

@@ -1,0 +1,296 @@
+"""Pull, verify, activate and run a model release on a device.
+
+State directory layout (``state_dir``):
+
+    models/<version>/model.onnx, manifest.json     every accepted release
+    state.json                                     current / previous version, channel sequence, last sync
+    staging/                                       downloads in progress (resumable ``.part`` files)
+
+``sync`` accepts a release only if the pointer's signature verifies with the provisioned public
+key, the pointer is not expired, its sequence does not go backwards, the manifest's signature
+and sha256 match, the model's size and sha256 match the manifest, and a smoke inference
+reproduces the manifest's expected output. On any failure the current model stays active.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from PIL import Image
+
+from autosink_pi.verify import SignatureError, load_public_key, verify, verify_pointer
+
+
+class SyncRefused(RuntimeError):
+    """The offered release was refused; ``reason`` is machine-readable. The current model stays."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(frozen=True)
+class PiConfig:
+    device_id: str
+    channel_url: str  # the fleet root: http(s)://host/v1/fleet or a local folder
+    public_key: str  # PEM path, from provisioning (never taken from the channel)
+    state_dir: str
+    pipeline: str = "sink"
+    model: str = "classifier"
+    channel: str = "stable"
+    retries: int = 4
+    timeout_s: float = 30.0
+
+    @classmethod
+    def load(cls, path: str | Path) -> "PiConfig":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass
+class SyncResult:
+    status: str  # "updated", "up_to_date", "not_in_rollout"
+    version: str | None
+    previous: str | None = None
+    detail: dict = field(default_factory=dict)
+
+
+# -- transport --------------------------------------------------------------------------------
+
+def _url(cfg: PiConfig, rel: str) -> str:
+    return cfg.channel_url.rstrip("/") + "/" + rel
+
+
+def _is_http(cfg: PiConfig) -> bool:
+    return cfg.channel_url.startswith(("http://", "https://"))
+
+
+def fetch(cfg: PiConfig, rel: str, max_bytes: int = 4 * 2**20) -> bytes:
+    """A small file (pointer, manifest, signature) from the channel."""
+    if not _is_http(cfg):
+        path = Path(cfg.channel_url) / rel
+        if not path.exists():
+            raise SyncRefused("not_published", f"{path} does not exist")
+        return path.read_bytes()
+    try:
+        with urllib.request.urlopen(_url(cfg, rel), timeout=cfg.timeout_s) as r:
+            data = r.read(max_bytes + 1)
+    except urllib.error.HTTPError as e:
+        raise SyncRefused("not_published" if e.code == 404 else "http_error", f"{rel}: HTTP {e.code}") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise SyncRefused("unreachable", f"{rel}: {e}") from None
+    if len(data) > max_bytes:
+        raise SyncRefused("too_large", f"{rel} is larger than {max_bytes} bytes")
+    return data
+
+
+def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Path:
+    """Download with retries, resuming a partial file (HTTP Range); check size and sha256."""
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    last_error = ""
+    for attempt in range(cfg.retries + 1):
+        try:
+            have = part.stat().st_size if part.exists() else 0
+            if have > size:  # cannot be a prefix of the right file
+                part.unlink()
+                have = 0
+            if have < size:
+                if _is_http(cfg):
+                    request = urllib.request.Request(_url(cfg, rel), headers={"Range": f"bytes={have}-"} if have else {})
+                    with urllib.request.urlopen(request, timeout=cfg.timeout_s) as r, open(part, "ab" if have else "wb") as out:
+                        if have and r.status != 206:  # the server ignored the range: start over
+                            out.truncate(0)
+                        while chunk := r.read(1 << 16):
+                            out.write(chunk)
+                else:
+                    shutil.copyfile(Path(cfg.channel_url) / rel, part)
+            got = part.stat().st_size
+            if got != size:
+                last_error = f"{rel}: got {got} of {size} bytes"
+                continue  # resume on the next attempt
+            digest = _sha256(part)
+            if digest != sha256:
+                part.unlink()
+                raise SyncRefused("checksum_mismatch", f"{rel}: sha256 {digest[:12]}... != manifest {sha256[:12]}...")
+            os.replace(part, dest)
+            return dest
+        except (urllib.error.URLError, OSError) as e:
+            last_error = f"{rel}: {e}"
+        time.sleep(min(2.0, 0.1 * 2**attempt))
+    raise SyncRefused("download_failed", f"{last_error} after {cfg.retries + 1} attempts")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# -- state ------------------------------------------------------------------------------------
+
+def read_state(cfg: PiConfig) -> dict:
+    path = Path(cfg.state_dir) / "state.json"
+    return json.loads(path.read_text()) if path.exists() else {"current": None, "previous": None, "sequence": 0}
+
+
+def _write_state(cfg: PiConfig, state: dict) -> None:
+    path = Path(cfg.state_dir) / "state.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".state.json.tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)  # the switch to a new model is this one atomic rename
+
+
+def in_rollout(device_id: str, cfg: PiConfig, percent: int) -> bool:
+    """A stable bucket 0-99 per device and model: the same devices stay in a growing canary."""
+    bucket = int(hashlib.sha256(f"{cfg.pipeline}/{cfg.model}:{device_id}".encode()).hexdigest()[:8], 16) % 100
+    return bucket < percent
+
+
+# -- sync -------------------------------------------------------------------------------------
+
+def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
+    """Fetch the channel pointer and, if it offers a newer release for this device, activate it."""
+    now = now or datetime.now(timezone.utc)
+    public = load_public_key(cfg.public_key)
+    state = read_state(cfg)
+    try:
+        result = _sync(cfg, public, state, now)
+        state["last_error"] = None
+        return result
+    except SyncRefused as e:
+        state["last_error"] = {"reason": e.reason, "detail": e.detail, "at": now.isoformat()}
+        raise
+    finally:
+        state["last_sync"] = now.isoformat()
+        _write_state(cfg, state)
+        shutil.rmtree(Path(cfg.state_dir) / "staging", ignore_errors=True) if state.get("last_error") is None else None
+
+
+def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
+    base = f"{cfg.pipeline}/{cfg.model}"
+    try:
+        pointer = verify_pointer(public, json.loads(fetch(cfg, f"{base}/channels/{cfg.channel}.json")))
+    except SignatureError as e:
+        raise SyncRefused("bad_signature", f"channel pointer: {e}") from None
+    except json.JSONDecodeError as e:
+        raise SyncRefused("bad_pointer", f"channel pointer is not JSON: {e}") from None
+    if datetime.fromisoformat(pointer["expires_at"]) <= now:
+        raise SyncRefused("expired", f"pointer expired at {pointer['expires_at']}")
+    if pointer["sequence"] < state["sequence"]:
+        raise SyncRefused("replayed_pointer", f"sequence {pointer['sequence']} < {state['sequence']} already seen")
+    version = str(pointer["version"])
+    if version == state["current"] and pointer["sequence"] == state["sequence"]:
+        return SyncResult("up_to_date", version, state["previous"])
+    if not in_rollout(cfg.device_id, cfg, int(pointer["rollout_percent"])):
+        state["sequence"] = pointer["sequence"]
+        return SyncResult("not_in_rollout", state["current"], state["previous"], {"offered": version})
+    if version == state["current"]:  # re-pointed at what we run (e.g. a rollout change)
+        state["sequence"] = pointer["sequence"]
+        return SyncResult("up_to_date", version, state["previous"])
+
+    vbase = f"{base}/versions/{version}"
+    manifest_bytes = fetch(cfg, f"{vbase}/manifest.json")
+    try:
+        verify(public, manifest_bytes, fetch(cfg, f"{vbase}/manifest.json.sig").decode().strip())
+    except SignatureError as e:
+        raise SyncRefused("bad_signature", f"manifest of v{version}: {e}") from None
+    if hashlib.sha256(manifest_bytes).hexdigest() != pointer["manifest_sha256"]:
+        raise SyncRefused("checksum_mismatch", f"manifest of v{version} does not match the pointer's sha256")
+    manifest = json.loads(manifest_bytes)
+
+    staging = Path(cfg.state_dir) / "staging" / version
+    model = download(cfg, f"{vbase}/{manifest['onnx']['file']}", staging / "model.onnx", manifest["onnx"]["size"], manifest["onnx"]["sha256"])
+    smoke_spec = manifest["smoke_test"]
+    smoke_data = fetch(cfg, f"{vbase}/{smoke_spec['file']}", max_bytes=64 * 2**20)
+    if hashlib.sha256(smoke_data).hexdigest() != smoke_spec["sha256"]:
+        raise SyncRefused("checksum_mismatch", "smoke frames do not match the manifest")
+    _smoke_test(model, manifest, np.load(io.BytesIO(smoke_data)))
+
+    final = Path(cfg.state_dir) / "models" / version
+    shutil.rmtree(final, ignore_errors=True)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    (staging / "manifest.json").write_bytes(manifest_bytes)
+    os.replace(staging, final)
+    previous = state["current"]
+    state.update(current=version, previous=previous, sequence=pointer["sequence"], activated_at=now.isoformat())
+    return SyncResult("updated", version, previous)
+
+
+def _smoke_test(model: Path, manifest: dict, frames: np.ndarray) -> None:
+    try:
+        outputs = Scorer(model, manifest).run_uint8(frames)
+    except Exception as e:  # onnxruntime raises several types for a broken graph
+        raise SyncRefused("smoke_test_failed", f"the model does not run: {e}") from None
+    atol = manifest["smoke_test"]["atol"]
+    for name, expected in manifest["smoke_test"]["expected"].items():
+        diff = float(np.max(np.abs(outputs[name] - np.asarray(expected))))
+        if not diff <= atol:
+            raise SyncRefused("smoke_test_failed", f"output {name!r} differs from the manifest by {diff:.3g} (> {atol})")
+
+
+def rollback(cfg: PiConfig) -> str:
+    """Activate the previous model again."""
+    state = read_state(cfg)
+    if not state.get("previous"):
+        raise SyncRefused("no_previous", "there is no previous model to roll back to")
+    state["current"], state["previous"] = state["previous"], state["current"]
+    _write_state(cfg, state)
+    return state["current"]
+
+
+# -- inference --------------------------------------------------------------------------------
+
+class Scorer:
+    """The active model with the manifest's preprocessing and threshold."""
+
+    def __init__(self, model: Path, manifest: dict):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 1  # a Pi core per model: predictable latency
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
+        self.manifest = manifest
+        self.input_name = manifest["input"]["name"]
+        self.size = tuple(manifest["input"]["preprocessing"]["resize"])
+
+    @classmethod
+    def active(cls, cfg: PiConfig) -> "Scorer":
+        state = read_state(cfg)
+        if not state["current"]:
+            raise SyncRefused("no_model", "no model is active yet: run sync first")
+        folder = Path(cfg.state_dir) / "models" / state["current"]
+        return cls(folder / "model.onnx", json.loads((folder / "manifest.json").read_text()))
+
+    def run_uint8(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+        x = np.ascontiguousarray(frames, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0  # (N,H,W,3) -> (N,3,H,W)
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, {self.input_name: x}), strict=True))
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.manifest["input"]["preprocessing"]["resample"]]
+        img = image.convert("RGB")
+        if img.size != self.size:
+            img = img.resize(self.size, resample)
+        return np.asarray(img, dtype=np.uint8)
+
+    def decide(self, images: list[Image.Image]) -> list[dict]:
+        out = self.run_uint8(np.stack([self.preprocess(i) for i in images]))
+        key, threshold = self.manifest["decision_output"], self.manifest["threshold"]["threshold"]
+        return [
+            {"score": float(s), "decision": bool(s >= threshold), "threshold": threshold, "version": self.manifest["mlflow_version"]}
+            for s in out[key]
+        ]
