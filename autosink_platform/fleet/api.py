@@ -10,11 +10,14 @@ GET /v1/health
 from __future__ import annotations
 
 import tempfile
+from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
+from autosink_platform.files import append_jsonl
 from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
 from autosink_platform.fleet.review_page import review_router
 from autosink_platform.fleet.uploads import UploadLimits, UploadRejected, store_upload
@@ -31,6 +34,46 @@ def create_app(home: Home, limits: UploadLimits = UploadLimits(), review_pipelin
     app = FastAPI(title="autosink fleet API", version="1")
     lake, devices = Lake(home.lake), DeviceRegistry(home.devices_db)
     app.include_router(review_router(FeatureStore(home.store, review_pipeline), lake.root))
+    # The release channel, as devices pull it (Range requests let them resume downloads).
+    home.fleet.mkdir(parents=True, exist_ok=True)
+    app.mount("/v1/fleet", StaticFiles(directory=home.fleet), name="fleet")
+    heartbeats = home.root / "fleet_api" / "heartbeats.jsonl"
+
+    def _device(request: Request) -> str | JSONResponse:
+        auth = request.headers.get("authorization", "")
+        if not auth.lower().startswith("bearer "):
+            return _error(401, "missing_token", "send 'Authorization: Bearer <device token>'")
+        try:
+            return devices.authenticate(auth[7:].strip())
+        except UnknownToken as e:
+            return _error(401, "unknown_token", str(e))
+        except RevokedToken as e:
+            return _error(403, "revoked_token", str(e))
+
+    @app.post("/v1/heartbeats")
+    async def heartbeat(request: Request) -> JSONResponse:
+        device_id = await run_in_threadpool(_device, request)
+        if isinstance(device_id, JSONResponse):
+            return device_id
+        try:
+            beat = await request.json()
+        except ValueError:
+            return _error(400, "invalid_json", "the body must be a JSON object")
+        missing = [k for k in ("pipeline", "model", "version") if k not in beat] if isinstance(beat, dict) else ["body"]
+        if missing:
+            return _error(400, "missing_field", f"heartbeat needs {missing}")
+        if beat.get("device_id", device_id) != device_id:
+            return _error(403, "device_mismatch", f"heartbeat for {beat['device_id']!r} with {device_id!r}'s token")
+        record = {
+            "device_id": device_id,
+            "pipeline": str(beat["pipeline"]),
+            "model": str(beat["model"]),
+            "version": None if beat["version"] is None else str(beat["version"]),
+            "sequence": beat.get("sequence"),
+            "received_at": datetime.now(UTC).isoformat(),
+        }
+        await run_in_threadpool(append_jsonl, heartbeats, record)
+        return JSONResponse({"recorded": True})
 
     @app.get("/v1/health")
     def health() -> dict:
@@ -38,15 +81,9 @@ def create_app(home: Home, limits: UploadLimits = UploadLimits(), review_pipelin
 
     @app.post("/v1/sessions")
     async def upload_session(request: Request) -> JSONResponse:
-        auth = request.headers.get("authorization", "")
-        if not auth.lower().startswith("bearer "):
-            return _error(401, "missing_token", "send 'Authorization: Bearer <device token>'")
-        try:
-            device_id = await run_in_threadpool(devices.authenticate, auth[7:].strip())
-        except UnknownToken as e:
-            return _error(401, "unknown_token", str(e))
-        except RevokedToken as e:
-            return _error(403, "revoked_token", str(e))
+        device_id = await run_in_threadpool(_device, request)
+        if isinstance(device_id, JSONResponse):
+            return device_id
         declared = request.headers.get("content-length")
         if declared is not None and int(declared) > limits.max_archive_bytes:
             return _error(413, "too_large", f"archive larger than {limits.max_archive_bytes} bytes")

@@ -10,6 +10,7 @@ so a reader never sees a half-published release.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -80,9 +81,18 @@ class FleetChannel:
         manifest = self.version_dir(pipeline, model, version) / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: publish the version before pointing a channel at it")
+        lock_path = self.pointer_path(pipeline, model, channel).with_suffix(".lock")
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock_path, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # racing promotions: each gets its own, higher sequence
+            return self._set_pointer_locked(pipeline, model, channel, version, manifest, rollout_percent, valid_days)
+
+    def _set_pointer_locked(
+        self, pipeline, model, channel, version, manifest: Path, rollout_percent: int, valid_days: int
+    ) -> dict:
         current = self.read_pointer(pipeline, model, channel)
         digest = sha256_file(manifest)
-        if current and current["version"] == str(version) and current["manifest_sha256"] == digest:
+        if current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (str(version), digest, rollout_percent):
             return current
         now = datetime.now(UTC)
         pointer = {

@@ -21,8 +21,17 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 __all__ = [  # verification is the device package's, so the platform checks exactly what devices check
-    "SignatureError", "canonical", "generate_keypair", "key_id", "load_private_key", "load_public_key",
-    "public_pem", "sign", "sign_pointer", "verify", "verify_pointer",
+    "SignatureError",
+    "canonical",
+    "generate_keypair",
+    "key_id",
+    "load_private_key",
+    "load_public_key",
+    "public_pem",
+    "sign",
+    "sign_pointer",
+    "verify",
+    "verify_pointer",
 ]
 
 DEFAULT_KEY = Path("~/.config/autosink/fleet-signing-key.pem")

@@ -54,7 +54,7 @@ class PiConfig:
     timeout_s: float = 30.0
 
     @classmethod
-    def load(cls, path: str | Path) -> "PiConfig":
+    def load(cls, path: str | Path) -> PiConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 
@@ -67,6 +67,7 @@ class SyncResult:
 
 
 # -- transport --------------------------------------------------------------------------------
+
 
 def _url(cfg: PiConfig, rel: str) -> str:
     return cfg.channel_url.rstrip("/") + "/" + rel
@@ -108,8 +109,13 @@ def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Pat
                 have = 0
             if have < size:
                 if _is_http(cfg):
-                    request = urllib.request.Request(_url(cfg, rel), headers={"Range": f"bytes={have}-"} if have else {})
-                    with urllib.request.urlopen(request, timeout=cfg.timeout_s) as r, open(part, "ab" if have else "wb") as out:
+                    request = urllib.request.Request(
+                        _url(cfg, rel), headers={"Range": f"bytes={have}-"} if have else {}
+                    )
+                    with (
+                        urllib.request.urlopen(request, timeout=cfg.timeout_s) as r,
+                        open(part, "ab" if have else "wb") as out,
+                    ):
                         if have and r.status != 206:  # the server ignored the range: start over
                             out.truncate(0)
                         while chunk := r.read(1 << 16):
@@ -142,6 +148,7 @@ def _sha256(path: Path) -> str:
 
 # -- state ------------------------------------------------------------------------------------
 
+
 def read_state(cfg: PiConfig) -> dict:
     path = Path(cfg.state_dir) / "state.json"
     return json.loads(path.read_text()) if path.exists() else {"current": None, "previous": None, "sequence": 0}
@@ -163,6 +170,7 @@ def in_rollout(device_id: str, cfg: PiConfig, percent: int) -> bool:
 
 # -- sync -------------------------------------------------------------------------------------
 
+
 def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
     """Fetch the channel pointer and, if it offers a newer release for this device, activate it."""
     now = now or datetime.now(timezone.utc)
@@ -178,7 +186,6 @@ def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
     finally:
         state["last_sync"] = now.isoformat()
         _write_state(cfg, state)
-        shutil.rmtree(Path(cfg.state_dir) / "staging", ignore_errors=True) if state.get("last_error") is None else None
 
 
 def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
@@ -214,7 +221,13 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
     manifest = json.loads(manifest_bytes)
 
     staging = Path(cfg.state_dir) / "staging" / version
-    model = download(cfg, f"{vbase}/{manifest['onnx']['file']}", staging / "model.onnx", manifest["onnx"]["size"], manifest["onnx"]["sha256"])
+    model = download(
+        cfg,
+        f"{vbase}/{manifest['onnx']['file']}",
+        staging / "model.onnx",
+        manifest["onnx"]["size"],
+        manifest["onnx"]["sha256"],
+    )
     smoke_spec = manifest["smoke_test"]
     smoke_data = fetch(cfg, f"{vbase}/{smoke_spec['file']}", max_bytes=64 * 2**20)
     if hashlib.sha256(smoke_data).hexdigest() != smoke_spec["sha256"]:
@@ -226,6 +239,7 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
     final.parent.mkdir(parents=True, exist_ok=True)
     (staging / "manifest.json").write_bytes(manifest_bytes)
     os.replace(staging, final)
+    shutil.rmtree(staging.parent, ignore_errors=True)  # partial downloads of other versions are stale now
     previous = state["current"]
     state.update(current=version, previous=previous, sequence=pointer["sequence"], activated_at=now.isoformat())
     return SyncResult("updated", version, previous)
@@ -240,7 +254,9 @@ def _smoke_test(model: Path, manifest: dict, frames: np.ndarray) -> None:
     for name, expected in manifest["smoke_test"]["expected"].items():
         diff = float(np.max(np.abs(outputs[name] - np.asarray(expected))))
         if not diff <= atol:
-            raise SyncRefused("smoke_test_failed", f"output {name!r} differs from the manifest by {diff:.3g} (> {atol})")
+            raise SyncRefused(
+                "smoke_test_failed", f"output {name!r} differs from the manifest by {diff:.3g} (> {atol})"
+            )
 
 
 def rollback(cfg: PiConfig) -> str:
@@ -255,6 +271,7 @@ def rollback(cfg: PiConfig) -> str:
 
 # -- inference --------------------------------------------------------------------------------
 
+
 class Scorer:
     """The active model with the manifest's preprocessing and threshold."""
 
@@ -268,7 +285,7 @@ class Scorer:
         self.size = tuple(manifest["input"]["preprocessing"]["resize"])
 
     @classmethod
-    def active(cls, cfg: PiConfig) -> "Scorer":
+    def active(cls, cfg: PiConfig) -> Scorer:
         state = read_state(cfg)
         if not state["current"]:
             raise SyncRefused("no_model", "no model is active yet: run sync first")
@@ -281,7 +298,9 @@ class Scorer:
         return dict(zip(names, self.session.run(None, {self.input_name: x}), strict=True))
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
-        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[self.manifest["input"]["preprocessing"]["resample"]]
+        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[
+            self.manifest["input"]["preprocessing"]["resample"]
+        ]
         img = image.convert("RGB")
         if img.size != self.size:
             img = img.resize(self.size, resample)
@@ -291,6 +310,11 @@ class Scorer:
         out = self.run_uint8(np.stack([self.preprocess(i) for i in images]))
         key, threshold = self.manifest["decision_output"], self.manifest["threshold"]["threshold"]
         return [
-            {"score": float(s), "decision": bool(s >= threshold), "threshold": threshold, "version": self.manifest["mlflow_version"]}
+            {
+                "score": float(s),
+                "decision": bool(s >= threshold),
+                "threshold": threshold,
+                "version": self.manifest["mlflow_version"],
+            }
             for s in out[key]
         ]

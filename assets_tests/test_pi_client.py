@@ -1,0 +1,225 @@
+"""The device client against a real signed channel: happy path over HTTP, then every way a
+release can be tampered with or broken in transit. The device keeps its model each time."""
+
+import http.server
+import json
+import shutil
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autosink_pi.client import PiConfig, Scorer, SyncRefused, in_rollout, read_state, rollback, sync
+from PIL import Image
+
+from autosink_platform.models.classifier import ValveClassifier
+from autosink_platform.release.channel import FleetChannel, sha256_file
+from autosink_platform.release.onnx_export import OnnxScorer, export_onnx
+from autosink_platform.release.signing import generate_keypair, load_private_key, sign, sign_pointer
+
+OUTPUTS = ["logit", "valve_open_prob"]
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tmp_path_factory):
+    torch.manual_seed(0)
+    module = ValveClassifier("shufflenet_v2_x0_5").eval()
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    return export_onnx(module, torch.rand(2, 3, 64, 64), path, OUTPUTS)
+
+
+def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path) -> dict:
+    """A release folder as the release stage writes it (manifest with smoke test), then signed."""
+    smoke = (np.random.default_rng(int(version)).random((3, 64, 64, 3)) * 255).astype(np.uint8)
+    src = tmp / f"src{version}"
+    src.mkdir()
+    np.save(src / "smoke_frames.npy", smoke)
+    shutil.copyfile(onnx, src / "model.onnx")
+    expected = {k: v.tolist() for k, v in OnnxScorer(src / "model.onnx")(smoke).items()}
+    manifest = {
+        "mlflow_version": version,
+        "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx), "size": onnx.stat().st_size},
+        "input": {"name": "frames", "preprocessing": {"resize": [64, 64], "resample": "bilinear"}},
+        "decision_output": "valve_open_prob",
+        "threshold": {"threshold": 0.5},
+        "smoke_test": {
+            "file": "smoke_frames.npy",
+            "sha256": sha256_file(src / "smoke_frames.npy"),
+            "expected": expected,
+            "atol": 1e-4,
+        },
+    }
+    (src / "manifest.json").write_text(json.dumps(manifest))
+    channel.put_version(
+        "sink", "classifier", version, {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+    )
+    return manifest
+
+
+class _Handler(http.server.SimpleHTTPRequestHandler):
+    """Serves the fleet folder; ``faults`` lets a test make the server misbehave."""
+
+    faults: dict = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):  # noqa: N802
+        path = Path(self.directory) / self.path.lstrip("/")
+        data = path.read_bytes() if path.is_file() else None
+        if data is None:
+            self.send_error(404)
+            return
+        if path.name == "model.onnx" and self.faults.get("die_once"):
+            self.faults["die_once"] = False  # send half, then drop the connection
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.connection.close()
+            return
+        if path.name == "model.onnx" and self.faults.get("truncate"):
+            data = data[:-100]
+        start = 0
+        if (rng := self.headers.get("Range")) and rng.startswith("bytes="):
+            start = int(rng[6:].split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        self.wfile.write(data[start:])
+
+
+@pytest.fixture
+def world(tmp_path, onnx_model):
+    key_path, pub_path = generate_keypair(tmp_path / "keys" / "signing.pem")
+    channel = FleetChannel(tmp_path / "fleet", load_private_key(key_path))
+    publish(channel, "1", onnx_model, tmp_path)
+    channel.set_pointer("sink", "classifier", "stable", "1")
+    handler = type("H", (_Handler,), {"faults": {}})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), lambda *a: handler(*a, directory=str(channel.root)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    cfg = PiConfig(
+        device_id="pi-001",
+        channel_url=f"http://127.0.0.1:{server.server_address[1]}",
+        public_key=str(pub_path),
+        state_dir=str(tmp_path / "device"),
+        retries=2,
+    )
+    yield {"cfg": cfg, "channel": channel, "faults": handler.faults, "tmp": tmp_path, "onnx": onnx_model}
+    server.shutdown()
+
+
+def _refused(cfg, reason, **kw):
+    with pytest.raises(SyncRefused) as e:
+        sync(cfg, **kw)
+    assert e.value.reason == reason, e.value
+    return e.value
+
+
+def test_sync_verifies_activates_and_infers(world, tmp_path):
+    cfg = world["cfg"]
+    result = sync(cfg)
+    assert (result.status, result.version, result.previous) == ("updated", "1", None)
+    assert sync(cfg).status == "up_to_date"
+    frame = tmp_path / "frame.png"
+    Image.fromarray((np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)).save(frame)
+    (decision,) = Scorer.active(cfg).decide([Image.open(frame)])
+    resized = np.asarray(Image.open(frame).convert("RGB").resize((64, 64), Image.BILINEAR))
+    prob = OnnxScorer(world["onnx"])(resized[None])["valve_open_prob"][0]
+    assert decision["score"] == pytest.approx(prob, abs=1e-6) and decision["decision"] == (prob >= 0.5)
+
+
+def test_tampered_model_is_refused_and_the_device_keeps_its_model(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    model = channel.version_dir("sink", "classifier", "2") / "model.onnx"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte
+    model.write_bytes(bytes(data))
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    _refused(cfg, "checksum_mismatch")
+    assert read_state(cfg)["current"] == "1" and read_state(cfg)["last_error"]["reason"] == "checksum_mismatch"
+
+
+def test_manifest_signed_with_another_key_is_refused(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    other, _ = generate_keypair(world["tmp"] / "attacker.pem")
+    vdir = channel.version_dir("sink", "classifier", "2")
+    (vdir / "manifest.json.sig").write_text(sign(load_private_key(other), (vdir / "manifest.json").read_bytes()))
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    _refused(cfg, "bad_signature")
+    # A pointer signed by another key is refused the same way.
+    path = channel.pointer_path("sink", "classifier", "stable")
+    forged = json.loads(path.read_text()) | {"version": "1", "sequence": 99}
+    path.write_text(json.dumps(sign_pointer(load_private_key(other), forged)))
+    _refused(cfg, "bad_signature")
+    assert read_state(cfg)["current"] == "1"
+
+
+def test_replayed_older_pointer_and_expired_pointer_are_refused(world):
+    cfg, channel = world["cfg"], world["channel"]
+    pointer_path = channel.pointer_path("sink", "classifier", "stable")
+    old_pointer = pointer_path.read_bytes()
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    assert sync(cfg).version == "2"
+    pointer_path.write_bytes(old_pointer)  # an attacker (or a stale mirror) serves sequence 1 again
+    _refused(cfg, "replayed_pointer")
+    channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=100, valid_days=1)
+    _refused(cfg, "expired", now=datetime.now(UTC) + timedelta(days=2))
+    assert read_state(cfg)["current"] == "2"
+
+
+def test_truncated_download_is_refused_and_a_dropped_connection_resumes(world):
+    cfg, faults = world["cfg"], world["faults"]
+    faults["truncate"] = True
+    _refused(cfg, "download_failed")
+    assert read_state(cfg)["current"] is None
+    faults["truncate"] = False
+    faults["die_once"] = True  # the server dies halfway through the model; the next attempt resumes
+    assert sync(cfg).status == "updated"
+    assert faults["die_once"] is False
+
+
+def test_rollout_and_rollback(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=0)
+    assert sync(cfg).status == "not_in_rollout" and read_state(cfg)["current"] == "1"
+    channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=100)
+    assert sync(cfg).version == "2"
+    assert rollback(cfg) == "1" and read_state(cfg)["previous"] == "2"
+    share = np.mean([in_rollout(f"pi-{i:04d}", cfg, 25) for i in range(4000)])
+    assert 0.22 < share < 0.28  # a stable hash, so the canary is the same devices every time
+    assert in_rollout("pi-0001", cfg, 25) == in_rollout("pi-0001", cfg, 25)
+
+
+def test_racing_promotions_get_distinct_sequences(world):
+    channel = world["channel"]
+    publish(channel, "2", world["onnx"], world["tmp"])
+    results = []
+
+    def promote(version, rollout):
+        results.append(channel.set_pointer("sink", "classifier", "stable", version, rollout_percent=rollout))
+
+    threads = [threading.Thread(target=promote, args=(str(1 + i % 2), 50 + i)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    sequences = sorted(r["sequence"] for r in results)
+    assert sequences == list(range(2, 14))  # no two promotions share a sequence
+    final = channel.read_pointer("sink", "classifier", "stable")  # verifies: never half-written
+    assert final["sequence"] == 13
