@@ -2,12 +2,15 @@
 (SQLite + local artifacts) and onnxruntime, exactly as ``make demo`` runs it."""
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 import pytest
+import uvicorn
 
 import mlflow
 from autosink_platform.definitions import defs
@@ -148,6 +151,9 @@ def test_sink_pipeline_end_to_end(home, instance):
     assert out["classifier_threshold"].f1 > 0.7
     assert manifest["metrics"]["test"]["detection_covered"] > 0.9  # frame guard, last in SINK.models
 
+    # A device syncs the champion from the fleet API over loopback, runs it, and reports back.
+    _device_syncs_and_infers(home, fleet, lake, out["classifier_threshold"].threshold)
+
     # The private key is nowhere near the lake, the home or MLflow.
     private = default_key_path().read_bytes()
     for root in (home, Path(registry.tracking_uri.removeprefix("sqlite:///")).parent):
@@ -180,3 +186,43 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert str(registry.alias_version(f"sink.{model.name}", "champion").version) == "1"
         assert str(registry.alias_version(f"sink.{model.name}", "challenger").version) == "2"
         assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
+
+
+def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) -> None:
+    from autosink_pi.cli import heartbeat
+    from autosink_pi.client import PiConfig, Scorer, read_state, sync
+    from PIL import Image
+
+    from autosink_platform.fleet.api import create_app
+    from autosink_platform.fleet.devices import DeviceRegistry
+    from autosink_platform.home import Home
+
+    app_home = Home(home)
+    token = DeviceRegistry(app_home.devices_db).add("pi-001")
+    srv = uvicorn.Server(uvicorn.Config(create_app(app_home), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    try:
+        public = home / "device-key.pem"
+        public.write_bytes((fleet.root / "keys" / f"{fleet.key_id}.pem").read_bytes())  # provisioning
+        cfg = PiConfig("pi-001", f"{url}/v1/fleet", str(public), str(home / "device"))
+        assert sync(cfg).version == "1"
+        frames = sorted(next(iter(lake.committed_sessions().values())).glob("frames/*.png"))[:5]
+        decisions = Scorer.active(cfg).decide([Image.open(f) for f in frames])
+        assert all(d["threshold"] == threshold and d["decision"] == (d["score"] >= threshold) for d in decisions)
+        assert heartbeat(cfg, url, token) == {"recorded": True}
+        beats = [json.loads(line) for line in (home / "fleet_api" / "heartbeats.jsonl").read_text().splitlines()]
+        assert beats[-1] | {"received_at": None} == {
+            "device_id": "pi-001",
+            "pipeline": "sink",
+            "model": "classifier",
+            "version": read_state(cfg)["current"],
+            "sequence": 1,
+            "received_at": None,
+        }
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
