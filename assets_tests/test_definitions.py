@@ -10,7 +10,7 @@ STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
 def test_definitions_load_with_every_sink_stage():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {f"sink/{s}" for s in STAGES} | {"sink/review_queue"}
+    assert keys == {f"sink/{s}" for s in STAGES} | {"sink/review_queue", "sink/fleet_channel"}
 
 
 def test_session_stages_are_dynamically_partitioned_and_the_rest_are_not():
@@ -33,5 +33,5 @@ def test_dependencies_follow_the_six_stage_shape():
 
 
 def test_jobs_and_sensors_exist():
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"sink_ingest", "sink_train", "sink_relabel"}
-    assert {s.name for s in defs.sensors} == {"sink_new_sessions", "sink_retrain", "sink_reviews"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {"sink_ingest", "sink_train", "sink_relabel", "sink_publish"}
+    assert {s.name for s in defs.sensors} == {"sink_new_sessions", "sink_retrain", "sink_reviews", "sink_champion_moved"}

@@ -11,11 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import uvicorn
+from click.testing import CliRunner
 
 import mlflow
+from autosink_platform.cli import main
 from autosink_platform.definitions import defs
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
-from autosink_platform.defs.runner import materialize_pipeline
+from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines.lifecycle import load_module
@@ -186,6 +188,57 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert str(registry.alias_version(f"sink.{model.name}", "champion").version) == "1"
         assert str(registry.alias_version(f"sink.{model.name}", "challenger").version) == "2"
         assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
+
+    _promotion_is_the_registrys(instance, registry, fleet)
+
+
+def _promotion_is_the_registrys(instance, registry, fleet) -> None:
+    runner, name = CliRunner(), "sink.classifier"
+    promoted = runner.invoke(main, ["promote", name, "--version", "2", "--reason", "better on the new sessions"])
+    assert promoted.exit_code == 0, promoted.output
+    assert str(registry.alias_version(name, "champion").version) == "2"
+    assert fleet.read_pointer("sink", "classifier", "stable")["version"] == "2"
+
+    rolled = runner.invoke(main, ["rollback", name, "--reason", "valve chatter reported"])
+    assert rolled.exit_code == 0, rolled.output
+    assert str(registry.alias_version(name, "champion").version) == "1"
+    assert fleet.read_pointer("sink", "classifier", "stable")["version"] == "1"
+
+    # Moving the alias any other way (here the MLflow client) has the same effect, via the sensor.
+    registry.set_alias(name, "champion", "2")
+    sensor = defs.resolve_sensor_def("sink_champion_moved")
+    context = lambda: dg.build_sensor_context(
+        instance=instance, resources={"mlflow": MlflowResource(), "fleet": FleetChannelResource()}
+    )  # noqa: E731
+    request = sensor(context())
+    assert isinstance(request, dg.RunRequest) and "sink.classifier:v2" in request.run_key
+    assert (
+        defs.resolve_job_def("sink_publish")
+        .execute_in_process(instance=instance, run_config=QUIET, tags=request.tags)
+        .success
+    )
+    assert fleet.read_pointer("sink", "classifier", "stable")["version"] == "2"
+    assert isinstance(sensor(context()), dg.SkipReason)
+
+    log = FleetChannelResource().audit().entries(name)
+    assert [(e["action"], e["from"], e["to"]) for e in log] == [
+        ("promote", None, "1"),
+        ("promote", "1", "2"),
+        ("rollback", "2", "1"),
+        ("publish", "1", "2"),
+    ]
+    assert log[0]["who"] == "release stage" and log[1]["reason"] == "better on the new sessions"
+    assert log[1]["evidence"]["test"]["f1"] > 0 and log[1]["evidence"]["dataset_snapshot_id"]
+    assert len(CliRunner().invoke(main, ["audit", "--model", name]).output.strip().splitlines()) == 4
+
+    table = runner.invoke(main, ["status"]).output
+    row = next(line for line in table.splitlines() if line.startswith(name))
+    assert (
+        row.split()[1:5] == ["2", "2", "2", "4"] and "v1: 1" in row
+    )  # champion, challenger, stable, sequence; adoption
+
+    refused = runner.invoke(main, ["promote", name, "--version", "99", "--reason", "typo"])
+    assert refused.exit_code != 0 and "does not exist" in refused.output
 
 
 def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) -> None:

@@ -161,6 +161,82 @@ def lake_reindex(home) -> None:
     click.echo(f"indexed {len(added)} sessions" + (": " + ", ".join(added) if added else ""))
 
 
+def _registry_and_channel(home):
+    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+
+    h = _use_home(home)
+    fleet = FleetChannelResource()
+    return h, MlflowResource().get(), fleet.get(), fleet.audit()
+
+
+def _model_names() -> list[str]:
+    from autosink_platform.definitions import PIPELINES
+
+    return [f"{p.name}.{m.name}" for p in PIPELINES for m in p.models]
+
+
+@main.command()
+@home_option
+@click.argument("model")
+@click.option("--version", required=True, help="The MLflow version to make champion.")
+@click.option("--reason", required=True, help="Why: recorded in the audit log.")
+def promote(home, model, version, reason) -> None:
+    """Make a validated version the champion (MLflow alias) and publish it to the fleet."""
+    from autosink_platform.registry.promotion import PromotionRefused
+    from autosink_platform.registry.promotion import promote as do_promote
+
+    _, registry, channel, audit = _registry_and_channel(home)
+    try:
+        entry = do_promote(registry, channel, audit, model, version, reason)
+    except PromotionRefused as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(
+        f"{model}: champion v{entry['from'] or '-'} -> v{entry['to']}, stable channel sequence {entry['sequence']}"
+    )
+
+
+@main.command()
+@home_option
+@click.argument("model")
+@click.option("--reason", required=True, help="Why: recorded in the audit log.")
+def rollback(home, model, reason) -> None:
+    """Back to the previous champion, and publish it."""
+    from autosink_platform.registry.promotion import PromotionRefused
+    from autosink_platform.registry.promotion import rollback as do_rollback
+
+    _, registry, channel, audit = _registry_and_channel(home)
+    try:
+        entry = do_rollback(registry, channel, audit, model, reason)
+    except PromotionRefused as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{model}: rolled back v{entry['from']} -> v{entry['to']}, stable channel sequence {entry['sequence']}")
+
+
+@main.command()
+@home_option
+def status(home) -> None:
+    """Every model: champion, challenger, published version, and fleet adoption from heartbeats."""
+    from autosink_platform.registry.promotion import format_status
+    from autosink_platform.registry.promotion import status as model_status
+
+    h, registry, channel, _ = _registry_and_channel(home)
+    click.echo(
+        format_status(model_status(registry, channel, _model_names(), h.root / "fleet_api" / "heartbeats.jsonl"))
+    )
+
+
+@main.command()
+@home_option
+@click.option("--model", default=None, help="Only this model (<pipeline>.<model>).")
+def audit(home, model) -> None:
+    """The promotion and rollback history (append-only)."""
+    *_, log = _registry_and_channel(home)
+    for e in log.entries(model):
+        click.echo(
+            f"{e['at']}  {e['action']:8} {e['model']:18} v{e['from'] or '-'} -> v{e['to']}  by {e['who']}: {e['reason']}"
+        )
+
+
 @main.command("show-release")
 @home_option
 @click.argument("pipeline")

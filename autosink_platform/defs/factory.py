@@ -17,9 +17,11 @@ import pandas as pd
 
 from autosink_platform import plots
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
-from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor, review_sensor
+from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
+from autosink_platform.home import resolve_home
 from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
+from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
@@ -226,7 +228,15 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
     ) -> dg.Output[lifecycle.Release]:
         """ONNX build checked against PyTorch, evaluated on test, published with its manifest."""
         rel = lifecycle.release_model(
-            spec, model, trained, op, LoadedDataset.load(dataset), mlflow.get(), fleet.get(), context.run.run_id
+            spec,
+            model,
+            trained,
+            op,
+            LoadedDataset.load(dataset),
+            mlflow.get(),
+            fleet.get(),
+            fleet.audit(),
+            context.run.run_id,
         )
         test = rel.manifest["metrics"]["test"]
         return dg.Output(
@@ -278,6 +288,41 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     return review_queue
 
 
+def _fleet_channel_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
+    names = [lifecycle.registered_name(spec, m) for m in spec.models]
+
+    @dg.asset(
+        name="fleet_channel",
+        key_prefix=[spec.name],
+        group_name=spec.name,
+        code_version="1",
+        deps=[dg.AssetKey([spec.name, f"{m.name}_release"]) for m in spec.models],
+        kinds={"mlflow"},
+    )
+    def fleet_channel(
+        context: dg.AssetExecutionContext, mlflow: MlflowResource, fleet: FleetChannelResource
+    ) -> dg.MaterializeResult:
+        """What the fleet is told to run: each model's stable channel follows its MLflow champion.
+        Run by the registry sensor whenever the champion alias moves, however it was moved."""
+        registry, channel, audit = mlflow.get(), fleet.get(), fleet.audit()
+        who = context.run.tags.get("dagster/sensor_name", "dagster run")
+        changes = promotion.publish_champions(registry, channel, audit, names, who=who)
+        rows = promotion.status(registry, channel, names, resolve_home().root / "fleet_api" / "heartbeats.jsonl")
+        history = [
+            {k: e.get(k) for k in ("at", "action", "model", "from", "to", "who", "reason")}
+            for e in audit.entries()[-15:]
+        ]
+        return dg.MaterializeResult(
+            metadata={
+                "published_now": [f"{c['model']} v{c['to']}" for c in changes],
+                "channels": markdown_table(pd.DataFrame(rows).astype(str)),
+                "audit_log": markdown_table(pd.DataFrame(history[::-1]).astype(str)) if history else "empty",
+            }
+        )
+
+    return fleet_channel
+
+
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     partitions = sessions_partitions(spec)
     assets = _session_assets(spec, partitions) + [a for m in spec.models for a in _model_assets(spec, m)]
@@ -296,11 +341,18 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets([spec.name, "labeled_frames"]),
         description="Re-label sessions whose frames a reviewer corrected.",
     )
+    publish = dg.define_asset_job(
+        f"{spec.name}_publish",
+        selection=dg.AssetSelection.assets([spec.name, "fleet_channel"]),
+        description="Point the fleet channel at the MLflow champions.",
+    )
     sensors = [
         new_sessions_sensor(spec, partitions, ingest),
         retrain_sensor(spec, train),
         review_sensor(spec, partitions, relabel),
+        champion_sensor(spec, [lifecycle.registered_name(spec, m) for m in spec.models], publish),
     ]
+    assets.append(_fleet_channel_asset(spec))
     if spec.review_model:
         assets.append(_review_queue_asset(spec))
-    return dg.Definitions(assets=assets, jobs=[ingest, train, relabel], sensors=sensors)
+    return dg.Definitions(assets=assets, jobs=[ingest, train, relabel, publish], sensors=sensors)

@@ -13,6 +13,7 @@ from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.registry.mlflow_registry import Registry
+from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.signing import default_key_path, generate_keypair, load_private_key
 
@@ -42,6 +43,10 @@ class FleetChannelResource(dg.ConfigurableResource):
 
     root: str = ""
     signing_key: str = ""
+    audit_log: str = ""  # promotions and rollbacks (default: $AUTOSINK_HOME/audit/promotions.jsonl)
+
+    def audit(self) -> AuditLog:
+        return AuditLog(self.audit_log or resolve_home().root / "audit" / "promotions.jsonl")
 
     def get(self) -> FleetChannel:
         path = Path(self.signing_key).expanduser() if self.signing_key else default_key_path()

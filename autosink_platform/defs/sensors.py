@@ -3,9 +3,10 @@ start a retrain."""
 
 import dagster as dg
 
-from autosink_platform.defs.resources import FeatureStoreResource, LakeResource
+from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.labeling.review import ReviewLog
 from autosink_platform.pipelines.spec import PipelineSpec
+from autosink_platform.registry.mlflow_registry import CHAMPION
 
 
 def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition, job) -> dg.SensorDefinition:
@@ -89,5 +90,29 @@ def review_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition
             run_requests=[dg.RunRequest(partition_key=s, run_key=f"review:{s}:{new_offset}") for s in known],
             cursor=str(new_offset),
         )
+
+    return sensor
+
+
+def champion_sensor(spec: PipelineSpec, names: list[str], job) -> dg.SensorDefinition:
+    @dg.sensor(
+        name=f"{spec.name}_champion_moved",
+        job=job,
+        minimum_interval_seconds=30,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Publishes to the fleet whenever an MLflow champion alias moves (CLI, MLflow UI or client).",
+    )
+    def sensor(context: dg.SensorEvaluationContext, mlflow: MlflowResource, fleet: FleetChannelResource):
+        registry, channel = mlflow.get(), fleet.get()
+        moved = []
+        for name in names:
+            pipeline, model = name.split(".", 1)
+            champion = registry.alias_version(name, CHAMPION)
+            pointer = channel.read_pointer(pipeline, model, "stable")
+            if champion is not None and (pointer is None or pointer["version"] != str(champion.version)):
+                moved.append(f"{name}:v{champion.version}:seq{pointer['sequence'] if pointer else 0}")
+        if not moved:
+            return dg.SkipReason("every stable channel points at its champion")
+        return dg.RunRequest(run_key="|".join(moved), tags={"autosink/champions": ",".join(moved)})
 
     return sensor

@@ -20,13 +20,13 @@ from autosink_platform import plots
 from autosink_platform.models.training import to_float_tensor
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
 from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from autosink_platform.registry.promotion import AuditLog, promote
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.release.onnx_export import INPUT_NAME, OPSET, OnnxScorer, export_onnx, parity
 from autosink_platform.thresholds import OperatingPoint
 
 PARITY_ATOL = 1e-4
 SMOKE_FRAMES = 4
-STABLE = "stable"
 # What the serving environment needs to load the logged PyTorch model; listing it skips
 # MLflow's slow requirement inference (it imports the model in a subprocess).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
@@ -254,6 +254,7 @@ def release_model(
     dataset: LoadedDataset,
     registry: Registry,
     channel: FleetChannel,
+    audit: AuditLog,
     dagster_run_id: str,
 ) -> Release:
     """Export, gate on ONNX parity, evaluate on test, publish to the fleet layout and set aliases."""
@@ -343,11 +344,9 @@ def release_model(
         {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)},
     )
     registry.set_alias(name, CHALLENGER, version)
-    if (
-        registry.alias_version(name, CHAMPION) is None
-    ):  # the first release becomes champion; later ones wait for promotion
-        registry.set_alias(name, CHAMPION, version)
-        channel.set_pointer(pipeline.name, model.name, STABLE, version)
+    # The first release becomes champion (audited like any promotion); later ones wait for promotion.
+    if registry.alias_version(name, CHAMPION) is None:
+        promote(registry, channel, audit, name, version, "first release of this model", who="release stage")
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)
 
 

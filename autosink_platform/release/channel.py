@@ -92,7 +92,11 @@ class FleetChannel:
     ) -> dict:
         current = self.read_pointer(pipeline, model, channel)
         digest = sha256_file(manifest)
-        if current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (str(version), digest, rollout_percent):
+        if current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (
+            str(version),
+            digest,
+            rollout_percent,
+        ):
             return current
         now = datetime.now(UTC)
         pointer = {

@@ -1,0 +1,178 @@
+"""Promotion is the registry's: the ``champion`` alias in MLflow decides what the fleet runs.
+
+``promote`` and ``rollback`` move the alias and publish at once; ``publish_champions`` makes the
+fleet channel follow the alias however it was moved (CLI, MLflow UI, MLflow client), and is what
+the registry sensor runs. Every change is appended to the audit log: when, who, from, to, why,
+and the evidence (the version's validation figures).
+"""
+
+from __future__ import annotations
+
+import getpass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from autosink_platform.files import append_jsonl, read_jsonl_from
+from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from autosink_platform.release.channel import FleetChannel
+
+STABLE = "stable"
+
+
+class PromotionRefused(ValueError):
+    """The version cannot become champion (not validated, unknown, nothing to roll back to)."""
+
+
+class AuditLog:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def append(self, **entry) -> dict:
+        record = {"at": datetime.now(UTC).isoformat(), **entry}
+        append_jsonl(self.path, record)
+        return record
+
+    def entries(self, model: str | None = None) -> list[dict]:
+        return [e for e in read_jsonl_from(self.path)[0] if model is None or e["model"] == model]
+
+
+def _split(name: str) -> tuple[str, str]:
+    pipeline, _, model = name.partition(".")
+    if not model:
+        raise PromotionRefused(f"model names are <pipeline>.<model>, got {name!r}")
+    return pipeline, model
+
+
+def _evidence(registry: Registry, name: str, version: str) -> dict:
+    mv = registry.client.get_model_version(name, version)
+    metrics = registry.client.get_run(mv.run_id).data.metrics
+    return {
+        "dataset_snapshot_id": mv.tags.get("dataset_snapshot_id"),
+        "onnx_sha256": mv.tags.get("onnx_sha256"),
+        "test": {k.removeprefix("test_"): v for k, v in sorted(metrics.items()) if k.startswith("test_")},
+    }
+
+
+def promote(
+    registry: Registry,
+    channel: FleetChannel,
+    audit: AuditLog,
+    name: str,
+    version: str | int,
+    reason: str,
+    who: str | None = None,
+    action: str = "promote",
+    previous: str | None = ...,
+) -> dict:
+    """Make a validated, released version the champion and point the fleet at it.
+
+    ``previous`` is what the audit records as "from" (default: the champion before this call)."""
+    pipeline, model = _split(name)
+    version = str(version)
+    if not reason.strip():
+        raise PromotionRefused("a promotion needs a reason")
+    try:
+        mv = registry.client.get_model_version(name, version)
+    except Exception as e:  # MlflowException for unknown names/versions
+        raise PromotionRefused(f"{name} v{version} does not exist: {e}") from None
+    if mv.tags.get("validation_status") != "passed":
+        raise PromotionRefused(
+            f"{name} v{version} has not passed release validation (status {mv.tags.get('validation_status')!r})"
+        )
+    if not (channel.version_dir(pipeline, model, version) / "manifest.json").exists():
+        raise PromotionRefused(f"{name} v{version} has no release in the fleet channel")
+    if previous is ...:
+        current = registry.alias_version(name, CHAMPION)
+        previous = str(current.version) if current else None
+    registry.set_alias(name, CHAMPION, version)
+    pointer = channel.set_pointer(pipeline, model, STABLE, version)
+    return audit.append(
+        action=action,
+        model=name,
+        who=who or getpass.getuser(),
+        reason=reason,
+        **{"from": previous, "to": version},
+        sequence=pointer["sequence"],
+        evidence=_evidence(registry, name, version),
+    )
+
+
+def rollback(
+    registry: Registry, channel: FleetChannel, audit: AuditLog, name: str, reason: str, who: str | None = None
+) -> dict:
+    """Back to the champion before the current one (from the audit log)."""
+    current = registry.alias_version(name, CHAMPION)
+    history = [e for e in audit.entries(name) if e["to"] == (str(current.version) if current else None) and e["from"]]
+    if not history:
+        raise PromotionRefused(f"{name}: no earlier champion recorded to roll back to")
+    return promote(registry, channel, audit, name, history[-1]["from"], reason, who, action="rollback")
+
+
+def publish_champions(
+    registry: Registry, channel: FleetChannel, audit: AuditLog, names: list[str], who: str
+) -> list[dict]:
+    """Point each model's stable channel at its champion if it is not there yet (idempotent)."""
+    changes = []
+    for name in names:
+        pipeline, model = _split(name)
+        champion = registry.alias_version(name, CHAMPION)
+        if champion is None:
+            continue
+        pointer = channel.read_pointer(pipeline, model, STABLE)
+        if pointer is not None and pointer["version"] == str(champion.version):
+            continue
+        changes.append(
+            promote(
+                registry,
+                channel,
+                audit,
+                name,
+                champion.version,
+                "champion alias moved in the registry",
+                who,
+                action="publish",
+                previous=pointer["version"] if pointer else None,
+            )
+        )
+    return changes
+
+
+def status(registry: Registry, channel: FleetChannel, names: list[str], heartbeats: Path | None = None) -> list[dict]:
+    """Per model: champion, challenger, the stable channel's version, and fleet adoption."""
+    latest: dict[tuple, dict] = {}
+    if heartbeats is not None:
+        for beat in read_jsonl_from(heartbeats)[0]:
+            latest[(beat["pipeline"], beat["model"], beat["device_id"])] = beat
+    rows = []
+    for name in names:
+        pipeline, model = _split(name)
+        champion, challenger = registry.alias_version(name, CHAMPION), registry.alias_version(name, CHALLENGER)
+        pointer = channel.read_pointer(pipeline, model, STABLE)
+        adoption: dict[str, int] = {}
+        for (p, m, _), beat in latest.items():
+            if (p, m) == (pipeline, model):
+                adoption[str(beat["version"])] = adoption.get(str(beat["version"]), 0) + 1
+        rows.append(
+            {
+                "model": name,
+                "champion": str(champion.version) if champion else None,
+                "challenger": str(challenger.version) if challenger else None,
+                "stable": pointer["version"] if pointer else None,
+                "sequence": pointer["sequence"] if pointer else None,
+                "rollout_percent": pointer["rollout_percent"] if pointer else None,
+                "adoption": adoption,
+            }
+        )
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    header = f"{'model':22} {'champion':>8} {'challenger':>10} {'stable':>6} {'seq':>4} {'rollout':>7}  fleet adoption (devices per version)"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        adoption = ", ".join(f"v{v}: {n}" for v, n in sorted(r["adoption"].items())) or "-"
+        lines.append(
+            f"{r['model']:22} {r['champion'] or '-':>8} {r['challenger'] or '-':>10} {r['stable'] or '-':>6} "
+            f"{r['sequence'] or '-':>4} {str(r['rollout_percent'] or '-') + '%':>7}  {adoption}"
+        )
+    return "\n".join(lines)
