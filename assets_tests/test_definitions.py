@@ -33,5 +33,15 @@ def test_dependencies_follow_the_six_stage_shape():
 
 
 def test_jobs_and_sensors_exist():
-    assert {j.name for j in defs.resolve_all_job_defs()} >= {"sink_ingest", "sink_train", "sink_relabel", "sink_publish"}
-    assert {s.name for s in defs.sensors} == {"sink_new_sessions", "sink_retrain", "sink_reviews", "sink_champion_moved"}
+    assert {j.name for j in defs.resolve_all_job_defs()} >= {
+        "sink_ingest",
+        "sink_train",
+        "sink_relabel",
+        "sink_publish",
+    }
+    assert {s.name for s in defs.sensors} == {
+        "sink_new_sessions",
+        "sink_retrain",
+        "sink_reviews",
+        "sink_champion_moved",
+    }

@@ -188,6 +188,18 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert str(registry.alias_version(f"sink.{model.name}", "champion").version) == "1"
         assert str(registry.alias_version(f"sink.{model.name}", "challenger").version) == "2"
         assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
+        # The candidate was scored against the champion's release on the same test split.
+        versus = json.loads((fleet.version_dir("sink", model.name, "2") / "manifest.json").read_text())["vs_champion"]
+        assert versus["champion_version"] == "1" and versus["metric"] == "f1"
+        assert 0 <= versus["champion"] <= 1 and versus["delta"] == pytest.approx(
+            versus["candidate"] - versus["champion"]
+        )
+        assert (
+            json.loads(registry.client.get_model_version(f"sink.{model.name}", "2").tags["vs_champion"])[
+                "champion_version"
+            ]
+            == "1"
+        )
 
     _promotion_is_the_registrys(instance, registry, fleet)
 

@@ -282,6 +282,7 @@ def release_model(
                 f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames"
             )
         test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
+        comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics)
         smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
         np.save(tmp / "smoke_frames.npy", smoke)
         expected = {k: v.tolist() for k, v in scorer(smoke).items()}
@@ -317,6 +318,7 @@ def release_model(
                 "validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")},
                 "test": test_metrics,
             },
+            "vs_champion": comparison,
             "parity_max_abs_diff": diffs,
             "dataset_snapshot_id": dataset.ref.snapshot_id,
             "dagster_run_id": dagster_run_id,
@@ -341,13 +343,45 @@ def release_model(
     registry.set_tags(
         name,
         version,
-        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)},
+        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)}
+        | ({"vs_champion": {k: v for k, v in comparison.items() if k != "champion_metrics"}} if comparison else {}),
     )
     registry.set_alias(name, CHALLENGER, version)
-    # The first release becomes champion (audited like any promotion); later ones wait for promotion.
+    # The first release becomes champion (audited like any promotion); later ones follow the
+    # pipeline's promotion policy: a person decides, or the candidate must beat the champion.
+    policy = pipeline.promotion
     if registry.alias_version(name, CHAMPION) is None:
         promote(registry, channel, audit, name, version, "first release of this model", who="release stage")
+    elif policy.mode == "auto" and comparison and comparison["delta"] >= policy.margin:
+        reason = f"{policy.metric} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']} ({comparison['champion']:.4f}) by >= {policy.margin}"
+        promote(registry, channel, audit, name, version, reason, who="promotion policy")
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)
+
+
+def _compare_with_champion(
+    pipeline: PipelineSpec,
+    model: ModelSpec,
+    dataset: LoadedDataset,
+    registry: Registry,
+    channel: FleetChannel,
+    candidate: dict,
+) -> dict | None:
+    """The champion's released ONNX scored on the candidate's test split, with the same metric."""
+    champion = registry.alias_version(registered_name(pipeline, model), CHAMPION)
+    if champion is None:
+        return None
+    vdir = channel.version_dir(pipeline.name, model.name, champion.version)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    theirs = model.evaluate(dataset, OnnxScorer(vdir / "model.onnx"), manifest["threshold"]["threshold"])
+    metric = pipeline.promotion.metric
+    return {
+        "metric": metric,
+        "champion_version": str(champion.version),
+        "candidate": candidate[metric],
+        "champion": theirs[metric],
+        "delta": candidate[metric] - theirs[metric],
+        "champion_metrics": theirs,
+    }
 
 
 def _aliases(registry: Registry, name: str, version: str) -> list[str]:

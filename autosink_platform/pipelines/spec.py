@@ -69,6 +69,19 @@ class RetrainPolicy:
 
 
 @dataclass(frozen=True)
+class PromotionPolicy:
+    """Who makes a validated candidate the champion."""
+
+    mode: str = "manual"  # "manual": a person runs `autosink promote`; "auto": see margin
+    metric: str = "f1"  # compared on the same test split, champion vs candidate
+    margin: float = 0.01  # "auto" promotes only a candidate at least this much better
+
+    def __post_init__(self):
+        if self.mode not in ("manual", "auto"):
+            raise ValueError(f"promotion mode must be 'manual' or 'auto', got {self.mode!r}")
+
+
+@dataclass(frozen=True)
 class PipelineSpec:
     name: str
     description: str
@@ -78,3 +91,4 @@ class PipelineSpec:
     code_versions: dict[str, str] = field(default_factory=dict)  # per data stage: raw, labels, dataset
     retrain: RetrainPolicy = RetrainPolicy()
     review_model: str | None = None  # the model whose champion ranks the human review queue
+    promotion: PromotionPolicy = PromotionPolicy()
