@@ -202,6 +202,7 @@ def test_sink_pipeline_end_to_end(home, instance):
         )
 
     _promotion_is_the_registrys(instance, registry, fleet)
+    _poisoned_data_blocks_retraining(instance, registry, fleet, lake)
 
 
 def _promotion_is_the_registrys(instance, registry, fleet) -> None:
@@ -291,3 +292,38 @@ def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) ->
     finally:
         srv.should_exit = True
         thread.join(timeout=10)
+
+
+def _poisoned_data_blocks_retraining(instance, registry, fleet, lake: Lake) -> None:
+    """A camera that went black uploads a session; the dataset gate stops the retrain."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    meta = {
+        "device_id": "pi-009",
+        "session_id": "pi-009-20261122T080000",
+        "started_at": "2026-11-22T08:00:00+00:00",
+        "ended_at": "2026-11-22T08:02:00+00:00",
+        "fps": 5,
+        "firmware": "1.2.3",
+        "model_version": "sink.classifier/2",
+        "schema_version": 1,
+    }
+    lake.write_session(meta, [buf.getvalue()] * 600, [{"t": 1.0, "type": "valve_open", "score": 0.9}])
+    versions = {m.name: len(registry.client.search_model_versions(f"name = 'sink.{m.name}'")) for m in SINK.models}
+    with pytest.raises(Exception, match="image_quality|blocking"):
+        materialize_pipeline(defs, SINK, instance, lake, progress=False)
+    check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey(["sink", "validated_dataset"]), "image_quality")]
+    )
+    (execution,) = check.values()
+    assert execution.evaluation.passed is False
+    for m in SINK.models:
+        assert (
+            len(registry.client.search_model_versions(f"name = 'sink.{m.name}'")) == versions[m.name]
+        )  # nothing retrained
+    assert str(registry.alias_version("sink.classifier", "champion").version) == "2"
+    assert fleet.read_pointer("sink", "classifier", "stable")["version"] == "2"

@@ -123,6 +123,9 @@ def test_downstream_stages_follow_by_declarative_automation():
     assert condition("validated_dataset") == dg.AutomationCondition.on_cron(SINK.retrain.cron)
     for model in SINK.models:
         for stage in ("model", "threshold", "release"):
-            assert condition(f"{model.name}_{stage}") == dg.AutomationCondition.eager()
+            # eager, but never past a failed blocking check on the dataset
+            assert condition(f"{model.name}_{stage}") == (
+                dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+            )
     # Session stages run from the new-sessions sensor, not from automation.
     assert condition("raw_sessions") is None and condition("labeled_frames") is None

@@ -16,6 +16,7 @@ import dagster as dg
 import pandas as pd
 
 from autosink_platform import plots
+from autosink_platform.defs.checks import dataset_checks
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
@@ -32,6 +33,10 @@ def image_metadata(path: Path) -> dg.MetadataValue:
     return dg.MetadataValue.md(
         f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
     )
+
+
+# Follow a new dataset through to release, but never past a failed blocking check.
+FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
 def markdown_table(df) -> dg.MetadataValue:
@@ -144,7 +149,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_model",
-        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
+        automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -180,7 +185,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_threshold",
-        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
+        automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -211,7 +216,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
 
     @dg.asset(
         name=f"{model.name}_release",
-        automation_condition=dg.AutomationCondition.eager(),  # follow a new dataset through to release
+        automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
         code_version=model.code_version,
@@ -267,7 +272,7 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         ins={"dataset": dg.AssetIn(dg.AssetKey([spec.name, "validated_dataset"]))},
         deps=[dg.AssetKey([spec.name, f"{model.name}_release"])],
         kinds={"pandas"},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=FOLLOW_CHECKED_DATASET,
     )
     def review_queue(
         context: dg.AssetExecutionContext, dataset: DatasetRef, store: FeatureStoreResource, mlflow: MlflowResource
@@ -355,4 +360,6 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     assets.append(_fleet_channel_asset(spec))
     if spec.review_model:
         assets.append(_review_queue_asset(spec))
-    return dg.Definitions(assets=assets, jobs=[ingest, train, relabel, publish], sensors=sensors)
+    return dg.Definitions(
+        assets=assets, asset_checks=[dataset_checks(spec)], jobs=[ingest, train, relabel, publish], sensors=sensors
+    )

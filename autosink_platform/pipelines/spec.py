@@ -14,6 +14,7 @@ from torch import nn
 from autosink_platform.labeling.propagation import LabelingConfig
 from autosink_platform.models.training import FitResult
 from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation.checks import DatasetChecksConfig
 from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.splits import SplitConfig
 
@@ -92,3 +93,4 @@ class PipelineSpec:
     retrain: RetrainPolicy = RetrainPolicy()
     review_model: str | None = None  # the model whose champion ranks the human review queue
     promotion: PromotionPolicy = PromotionPolicy()
+    dataset_checks: DatasetChecksConfig = DatasetChecksConfig()

@@ -1,0 +1,169 @@
+"""Quality gates on a validated dataset: plain functions, each returning a CheckOutcome.
+
+An ERROR stops training (the Dagster checks are blocking); a WARNING is shown and lets it go.
+Every bound is configuration (DatasetChecksConfig), with defaults that a healthy demo lake passes
+with room to spare and that purpose-made bad datasets trip.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from autosink_platform.validation.schemas import SPLITS
+
+ERROR, WARNING = "ERROR", "WARNING"
+
+
+@dataclass(frozen=True)
+class DatasetChecksConfig:
+    min_labeled_per_class: int = 20  # per split: fewer and the split's metrics are noise
+    positive_share: tuple[float, float] = (0.1, 0.9)  # train split, among labeled frames
+    # Implicit labels repeat the old model: with almost no human signal it would learn itself.
+    # Sparse feedback is normal (the demo lake has 96% weak labels), so only near-total blocks.
+    max_weak_label_share: float = 0.98
+    max_blank_share: float = 0.05  # frames with almost no contrast (lens covered, camera off)
+    blank_std: float = 4.0  # grey levels: below this a frame is blank
+    max_cross_split_duplicates: float = 0.02  # share of validation+test frames whose hash is in train
+    device_disjoint: bool = False  # splits are by session; a device in several splits only warns
+
+
+@dataclass
+class CheckOutcome:
+    name: str
+    passed: bool
+    severity: str
+    description: str
+    metadata: dict = field(default_factory=dict)
+
+
+def min_examples(table: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    counts = {
+        f"{split}/{'open' if c else 'closed'}": int(((table["split"] == split) & (table["label"] == c)).sum())
+        for split in SPLITS
+        for c in (0, 1)
+    }
+    short = {k: v for k, v in counts.items() if v < cfg.min_labeled_per_class}
+    return CheckOutcome(
+        "min_examples",
+        not short,
+        ERROR,
+        f"labeled frames per class and split >= {cfg.min_labeled_per_class}" + (f"; short: {short}" if short else ""),
+        counts,
+    )
+
+
+def class_balance(table: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    train = table[(table["split"] == "train") & table["label"].notna()]
+    share = float((train["label"] == 1).mean()) if len(train) else float("nan")
+    lo, hi = cfg.positive_share
+    ok = lo <= share <= hi
+    return CheckOutcome(
+        "class_balance", ok, ERROR, f"train positive share {share:.3f} within [{lo}, {hi}]", {"positive_share": share}
+    )
+
+
+def no_leakage(table: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    sessions = table.groupby("session_id")["split"].nunique()
+    leaked = sorted(sessions[sessions > 1].index)
+    devices = table.groupby("device_id")["split"].nunique()
+    shared = sorted(devices[devices > 1].index)
+    passed = not leaked and not (cfg.device_disjoint and shared)
+    return CheckOutcome(
+        "no_leakage",
+        passed,
+        ERROR,
+        f"sessions in several splits: {leaked or 'none'}; devices in several splits: {len(shared)}"
+        + (" (allowed)" if shared and not cfg.device_disjoint else ""),
+        {"leaked_sessions": len(leaked), "devices_in_several_splits": len(shared)},
+    )
+
+
+def label_sources(table: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    labeled = table[table["label"].notna()]
+    shares = labeled["label_source"].value_counts(normalize=True).to_dict()
+    weak = float(shares.get("implicit", 0.0))
+    return CheckOutcome(
+        "label_sources",
+        weak <= cfg.max_weak_label_share,
+        ERROR,
+        f"weak (implicit) label share {weak:.3f} <= {cfg.max_weak_label_share}",
+        {f"share_{k}": float(v) for k, v in shares.items()},
+    )
+
+
+def image_stats(images: np.ndarray, batch: int = 1024) -> pd.DataFrame:
+    """Per-frame brightness, contrast, sharpness (variance of the Laplacian) and saturation."""
+    rows = []
+    for i in range(0, len(images), batch):
+        x = np.asarray(images[i : i + batch], dtype=np.float32)  # (B, H, W, 3)
+        grey = x.mean(axis=3)
+        lap = grey[:, 1:-1, 1:-1] * 4 - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:]
+        rows.append(
+            pd.DataFrame(
+                {
+                    "brightness": grey.mean(axis=(1, 2)),
+                    "contrast": grey.std(axis=(1, 2)),
+                    "sharpness": lap.var(axis=(1, 2)),
+                    "saturated": ((x >= 250).all(axis=3) | (x <= 5).all(axis=3)).mean(axis=(1, 2)),
+                }
+            )
+        )
+    return pd.concat(rows, ignore_index=True)
+
+
+def image_quality(table: pd.DataFrame, stats: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    blank = stats["contrast"] < cfg.blank_std
+    share = float(blank.mean())
+    by_label = (
+        stats.assign(label=table["label"].astype("Float64").astype(str).to_numpy()).groupby("label").mean().round(3)
+    )
+    return CheckOutcome(
+        "image_quality",
+        share <= cfg.max_blank_share,
+        ERROR,
+        f"blank frames {share:.3%} <= {cfg.max_blank_share:.0%}",
+        {
+            "blank_share": share,
+            **{f"mean_{c}": float(stats[c].mean()) for c in stats.columns},
+            "by_label": by_label.reset_index().to_dict(orient="records"),
+        },
+    )
+
+
+def dhash(images: np.ndarray) -> np.ndarray:
+    """64-bit difference hash per frame (9x8 grey thumbnail, horizontal gradient signs)."""
+    grey = np.asarray(images, dtype=np.float32).mean(axis=3)  # (N, H, W)
+    n, h, w = grey.shape
+    ys = (np.arange(8) * h // 8)[:, None]
+    xs = (np.arange(9) * w // 9)[None, :]
+    thumb = grey[:, ys, xs]  # (N, 8, 9) nearest-neighbour thumbnail
+    bits = (thumb[:, :, 1:] > thumb[:, :, :-1]).reshape(n, 64)
+    return np.ascontiguousarray(np.packbits(bits, axis=1)).view(">u8").ravel()
+
+
+def near_duplicates(table: pd.DataFrame, hashes: np.ndarray, cfg: DatasetChecksConfig) -> CheckOutcome:
+    train = set(hashes[(table["split"] == "train").to_numpy()].tolist())
+    held_out = hashes[(table["split"] != "train").to_numpy()]
+    share = float(np.mean([h in train for h in held_out.tolist()])) if len(held_out) else 0.0
+    return CheckOutcome(
+        "near_duplicates",
+        share <= cfg.max_cross_split_duplicates,
+        WARNING,
+        f"validation/test frames with a train frame of the same dHash: {share:.3%}",
+        {"share": share},
+    )
+
+
+def run_all(table: pd.DataFrame, images: np.ndarray, cfg: DatasetChecksConfig) -> list[CheckOutcome]:
+    stats = image_stats(images)
+    return [
+        min_examples(table, cfg),
+        class_balance(table, cfg),
+        no_leakage(table, cfg),
+        label_sources(table, cfg),
+        image_quality(table, stats, cfg),
+        near_duplicates(table, dhash(images), cfg),
+    ]
