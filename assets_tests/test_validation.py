@@ -1,3 +1,5 @@
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -81,3 +83,33 @@ def test_split_fractions_are_close_to_config():
     assert abs(splits["validation"] - 0.2) < 0.015 and abs(splits["test"] - 0.1) < 0.015
     with pytest.raises(ValueError):
         SplitConfig(validation=0.6, test=0.5)
+
+
+def test_schema_failure_stops_the_dataset_asset_with_its_cases_in_dagster(tiny_lake, tmp_path, monkeypatch):
+    import dagster as dg
+
+    from autosink_platform.definitions import defs
+    from autosink_platform.defs.runner import QUIET
+
+    monkeypatch.setenv("AUTOSINK_HOME", str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    shutil.copytree(tiny_lake, tmp_path / "home" / "lake")
+    lake, store, hashes = _labeled_store(tmp_path / "home" / "lake", tmp_path / "home" / "store")
+    bad = sorted(hashes)[0]
+    table = store.get_labels([bad])
+    table.loc[:4, "confidence"] = 7.0  # five impossible confidences in one session
+    store.put_labels(bad, table)
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        result = defs.resolve_job_def("sink_train").execute_in_process(
+            instance=instance, run_config=QUIET, raise_on_error=False
+        )
+        assert not result.success
+        (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert failure.step_key == "sink__validated_dataset"
+        info = failure.event_specific_data.error_display_string + str(
+            failure.event_specific_data.user_failure_data.metadata
+        )
+        assert "confidence" in info and "less_than_or_equal_to(1.0)" in info
+        assert failure.event_specific_data.user_failure_data.metadata["failure_cases"].value == 5
+        assert instance.get_latest_materialization_event(dg.AssetKey(["sink", "classifier_model"])) is None

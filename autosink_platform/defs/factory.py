@@ -26,6 +26,7 @@ from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
+from autosink_platform.validation.schemas import DataValidationError
 
 
 def image_metadata(path: Path) -> dg.MetadataValue:
@@ -111,7 +112,20 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         """Every labeled session, pandera-validated, split by session, frozen as a content-hash snapshot."""
         fs, quarantined = store.get(spec.name), lake.get().quarantined()
         hashes = {s: fs.get_session(s)["content_sha256"] for s in fs.labeled_sessions() if s not in quarantined}
-        ref = build_dataset(fs, lake.get().root, hashes, spec.split, asset=context.asset_key.to_user_string())
+        try:
+            ref = build_dataset(fs, lake.get().root, hashes, spec.split, asset=context.asset_key.to_user_string())
+        except DataValidationError as e:  # show every failure case in the UI, not only in the log
+            cases = e.failure_cases
+            raise dg.Failure(
+                description=str(e),
+                metadata={
+                    "failure_cases": len(cases),
+                    "by_column_and_check": markdown_table(
+                        cases.groupby(["column", "check"]).size().reset_index(name="n")
+                    ),
+                    "first_cases": markdown_table(cases.head(20).astype(str)),
+                },
+            ) from e
         counts = ref.counts
         splits = pd.DataFrame([{"split": s, **c} for s, c in counts.items() if isinstance(c, dict)])
         # The data version is the snapshot id: Dagster's staleness then means "the data changed".
