@@ -349,12 +349,22 @@ def release_model(
     registry.set_alias(name, CHALLENGER, version)
     # The first release becomes champion (audited like any promotion); later ones follow the
     # pipeline's promotion policy: a person decides, or the candidate must beat the champion.
-    policy = pipeline.promotion
-    if registry.alias_version(name, CHAMPION) is None:
-        promote(registry, channel, audit, name, version, "first release of this model", who="release stage")
-    elif policy.mode == "auto" and comparison and comparison["delta"] >= policy.margin:
-        reason = f"{policy.metric} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']} ({comparison['champion']:.4f}) by >= {policy.margin}"
-        promote(registry, channel, audit, name, version, reason, who="promotion policy")
+    if pipeline.promotion.promotes(comparison):
+        reason = (
+            "first release of this model"
+            if comparison is None
+            else f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
+            f" ({comparison['champion']:.4f}) by >= {pipeline.promotion.margin}"
+        )
+        promote(
+            registry,
+            channel,
+            audit,
+            name,
+            version,
+            reason,
+            who="release stage" if comparison is None else "promotion policy",
+        )
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)
 
 

@@ -81,6 +81,13 @@ class PromotionPolicy:
         if self.mode not in ("manual", "auto"):
             raise ValueError(f"promotion mode must be 'manual' or 'auto', got {self.mode!r}")
 
+    def promotes(self, comparison: dict | None) -> bool:
+        """Whether a validated candidate becomes champion on its own, given its comparison
+        with the champion on the same test split (None: there is no champion yet)."""
+        if comparison is None:
+            return True
+        return self.mode == "auto" and comparison["delta"] >= self.margin
+
 
 @dataclass(frozen=True)
 class PipelineSpec:
