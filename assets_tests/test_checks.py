@@ -37,6 +37,7 @@ def test_healthy_dataset_passes_every_gate(dataset):
         "label_sources",
         "image_quality",
         "near_duplicates",
+        "drift",
     }
     assert all(o.passed for o in outcomes.values()), {n: o.description for n, o in outcomes.items() if not o.passed}
 
@@ -79,3 +80,16 @@ def test_dhash_is_stable_and_separates_different_frames(dataset):
     _, images = dataset
     h = checks.dhash(images[:50])
     assert (checks.dhash(images[:50]) == h).all() and len(set(h.tolist())) > 40
+
+
+def test_drift_against_the_champions_data(dataset):
+    table, images = dataset
+    same = {o.name: o for o in checks.run_all(table, images, CFG, reference=(table, images))}["drift"]
+    assert same.passed and same.metadata["psi_brightness"] < 0.01
+    darker = (images * 0.5).astype(np.uint8)  # the kitchens got much darker
+    moved = {o.name: o for o in checks.run_all(table, darker, CFG, reference=(table, images))}["drift"]
+    assert not moved.passed and moved.severity == checks.ERROR and moved.metadata["psi_brightness"] > CFG.psi_error
+    relabeled = _relabel(table, table["label"].notna().to_numpy() & (np.arange(len(table)) % 2 == 0), 1)
+    shifted = {o.name: o for o in checks.run_all(relabeled, images, CFG, reference=(table, images))}["drift"]
+    assert not shifted.passed and shifted.metadata["label_shift"] > CFG.max_label_shift
+    assert checks.psi(np.arange(1000.0), np.arange(1000.0)) == pytest.approx(0.0, abs=1e-9)

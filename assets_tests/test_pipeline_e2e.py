@@ -181,6 +181,11 @@ def test_sink_pipeline_end_to_end(home, instance):
     )
     third = materialize_pipeline(defs, SINK, instance, lake, progress=False)
     assert len(third["ingested_now"]) == 2
+    # The dataset gates compared the new data with what the champion (v1) was trained on.
+    (drift,) = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+        [dg.AssetCheckKey(dg.AssetKey(["sink", "validated_dataset"]), "drift")]
+    ).values()
+    assert drift.evaluation.passed and drift.evaluation.metadata["psi_brightness"].value < 0.1
     assert third["validated_dataset"].snapshot_id != ref.snapshot_id
     for model in SINK.models:
         trained = third[f"{model.name}_model"]

@@ -28,6 +28,11 @@ class DatasetChecksConfig:
     blank_std: float = 4.0  # grey levels: below this a frame is blank
     max_cross_split_duplicates: float = 0.02  # share of validation+test frames whose hash is in train
     device_disjoint: bool = False  # splits are by session; a device in several splits only warns
+    # Drift against the data the champion was trained on (population stability index): the usual
+    # reading is < 0.1 stable, 0.1-0.25 moderate (warning), > 0.25 major (error).
+    psi_warn: float = 0.1
+    psi_error: float = 0.25
+    max_label_shift: float = 0.15  # absolute change in the share of "open" labels
 
 
 @dataclass
@@ -157,8 +162,64 @@ def near_duplicates(table: pd.DataFrame, hashes: np.ndarray, cfg: DatasetChecksC
     )
 
 
-def run_all(table: pd.DataFrame, images: np.ndarray, cfg: DatasetChecksConfig) -> list[CheckOutcome]:
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected`` (quantile bins of expected)."""
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    edges[0], edges[-1] = -np.inf, np.inf
+    e = np.histogram(expected, edges)[0] / len(expected)
+    a = np.histogram(actual, edges)[0] / len(actual)
+    e, a = np.clip(e, 1e-4, None), np.clip(a, 1e-4, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _category_psi(expected: pd.Series, actual: pd.Series) -> float:
+    cats = sorted(set(expected) | set(actual))
+    e = np.clip(expected.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy(), 1e-4, None)
+    a = np.clip(actual.value_counts(normalize=True).reindex(cats, fill_value=0).to_numpy(), 1e-4, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _open_share(table: pd.DataFrame) -> float:
+    return float((table["label"] == 1).sum() / max(int(table["label"].notna().sum()), 1))
+
+
+def drift(
+    table: pd.DataFrame,
+    stats: pd.DataFrame,
+    reference: tuple[pd.DataFrame, pd.DataFrame] | None,
+    cfg: DatasetChecksConfig,
+) -> CheckOutcome:
+    """Image statistics, device mix and label share against the champion's training data."""
+    if reference is None:
+        return CheckOutcome("drift", True, ERROR, "no champion yet: nothing to compare with", {})
+    ref_table, ref_stats = reference
+    scores = {
+        f"psi_{c}": psi(ref_stats[c].to_numpy(), stats[c].to_numpy()) for c in ("brightness", "contrast", "sharpness")
+    }
+    scores["psi_device_mix"] = _category_psi(ref_table["device_id"], table["device_id"])
+    label_shift = abs(_open_share(table) - _open_share(ref_table))
+    worst = max(scores, key=scores.get)
+    error = scores[worst] > cfg.psi_error or label_shift > cfg.max_label_shift
+    warn = scores[worst] > cfg.psi_warn
+    return CheckOutcome(
+        "drift",
+        not (error or warn),
+        ERROR if error else WARNING,
+        f"largest PSI {worst} = {scores[worst]:.3f} (warn > {cfg.psi_warn}, error > {cfg.psi_error}); "
+        f"open-label share moved {label_shift:.3f} (error > {cfg.max_label_shift})",
+        {**scores, "label_shift": label_shift},
+    )
+
+
+def run_all(
+    table: pd.DataFrame,
+    images: np.ndarray,
+    cfg: DatasetChecksConfig,
+    reference: tuple[pd.DataFrame, np.ndarray] | None = None,
+) -> list[CheckOutcome]:
+    """Every gate; ``reference`` is the champion's training data (table, images), if there is one."""
     stats = image_stats(images)
+    ref = (reference[0], image_stats(reference[1])) if reference is not None else None
     return [
         min_examples(table, cfg),
         class_balance(table, cfg),
@@ -166,4 +227,5 @@ def run_all(table: pd.DataFrame, images: np.ndarray, cfg: DatasetChecksConfig) -
         label_sources(table, cfg),
         image_quality(table, stats, cfg),
         near_duplicates(table, dhash(images), cfg),
+        drift(table, stats, ref, cfg),
     ]
