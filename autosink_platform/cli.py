@@ -220,9 +220,7 @@ def status(home) -> None:
     from autosink_platform.registry.promotion import status as model_status
 
     h, registry, channel, _ = _registry_and_channel(home)
-    click.echo(
-        format_status(model_status(registry, channel, _model_names(), h.root / "fleet_api" / "heartbeats.jsonl"))
-    )
+    click.echo(format_status(model_status(registry, channel, _model_names(), h.heartbeats)))
 
 
 @main.command()

@@ -39,6 +39,11 @@ class Home:
         """Device tokens of the fleet API (hashed)."""
         return self.root / "fleet_api" / "devices.sqlite"
 
+    @property
+    def heartbeats(self) -> Path:
+        """Append-only log of device heartbeats (active version per device)."""
+        return self.root / "fleet_api" / "heartbeats.jsonl"
+
 
 def resolve_home(explicit: str | os.PathLike | None = None) -> Home:
     """Explicit value, else ``$AUTOSINK_HOME``, else ``.autosink/`` in the project."""

@@ -2,14 +2,12 @@
 and the downstream automation waits for the checks to pass."""
 
 import dagster as dg
-import numpy as np
-import pandas as pd
 
 from autosink_platform.defs.resources import FeatureStoreResource, MlflowResource
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.validation import checks
-from autosink_platform.validation.dataset import DatasetRef
+from autosink_platform.validation.dataset import DatasetRef, load_snapshot
 
 CHECKS = ("min_examples", "class_balance", "no_leakage", "label_sources", "image_quality", "near_duplicates", "drift")
 
@@ -24,7 +22,7 @@ def champion_reference(spec: PipelineSpec, registry, store) -> tuple | None | st
     folder = store.dataset_dir(snapshot) if snapshot else None
     if folder is None or not (folder / "table.parquet").exists():
         return f"the champion's training snapshot {snapshot!r} is not in the store: drift not measured"
-    return pd.read_parquet(folder / "table.parquet"), np.load(folder / "images.npy", mmap_mode="r")
+    return load_snapshot(folder)
 
 
 def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:

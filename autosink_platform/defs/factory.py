@@ -326,7 +326,7 @@ def _fleet_channel_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         registry, channel, audit = mlflow.get(), fleet.get(), fleet.audit()
         who = context.run.tags.get("dagster/sensor_name", "dagster run")
         changes = promotion.publish_champions(registry, channel, audit, names, who=who)
-        rows = promotion.status(registry, channel, names, resolve_home().root / "fleet_api" / "heartbeats.jsonl")
+        rows = promotion.status(registry, channel, names, resolve_home().heartbeats)
         history = [
             {k: e.get(k) for k in ("at", "action", "model", "from", "to", "who", "reason")}
             for e in audit.entries()[-15:]

@@ -37,7 +37,7 @@ def create_app(home: Home, limits: UploadLimits = UploadLimits(), review_pipelin
     # The release channel, as devices pull it (Range requests let them resume downloads).
     home.fleet.mkdir(parents=True, exist_ok=True)
     app.mount("/v1/fleet", StaticFiles(directory=home.fleet), name="fleet")
-    heartbeats = home.root / "fleet_api" / "heartbeats.jsonl"
+    heartbeats = home.heartbeats
 
     def _device(request: Request) -> str | JSONResponse:
         auth = request.headers.get("authorization", "")

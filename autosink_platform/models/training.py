@@ -82,13 +82,3 @@ def to_float_tensor(images: np.ndarray) -> torch.Tensor:
     # Dataset images are memory-mapped read-only; torch wants memory it could write to.
     images = np.ascontiguousarray(images) if images.flags.writeable else np.array(images)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
-def predict(module: nn.Module, images: np.ndarray, field: str, batch_size: int = 256) -> np.ndarray:
-    """Run ``module`` over uint8 images in batches and return one output field as float64."""
-    module.eval()
-    outs = [
-        getattr(module(to_float_tensor(images[i : i + batch_size])), field) for i in range(0, len(images), batch_size)
-    ]
-    return torch.cat(outs).double().numpy()

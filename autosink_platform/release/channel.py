@@ -11,25 +11,17 @@ so a reader never sees a half-published release.
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import json
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from autosink_pi.verify import sha256_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from autosink_platform.files import atomic_write_bytes, atomic_write_text
 from autosink_platform.release.signing import key_id, public_pem, sign, sign_pointer, verify_pointer
-
-
-def sha256_file(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class FleetChannel:

@@ -31,8 +31,13 @@ class DatasetRef:
 
     def load(self) -> tuple[pd.DataFrame, np.ndarray]:
         """(table, images) with images uint8 (N, H, W, 3) in table order."""
-        path = Path(self.path)
-        return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
+        return load_snapshot(self.path)
+
+
+def load_snapshot(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
+    """A snapshot folder's (table, images); images memory-mapped, uint8 (N, H, W, 3)."""
+    path = Path(path)
+    return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
 
 
 def _counts(table: pd.DataFrame) -> dict:

@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image
 
-from autosink_pi.verify import SignatureError, load_public_key, verify, verify_pointer
+from autosink_pi.verify import SignatureError, load_public_key, sha256_file, verify, verify_pointer
 
 
 class SyncRefused(RuntimeError):
@@ -126,7 +126,7 @@ def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Pat
             if got != size:
                 last_error = f"{rel}: got {got} of {size} bytes"
                 continue  # resume on the next attempt
-            digest = _sha256(part)
+            digest = sha256_file(part)
             if digest != sha256:
                 part.unlink()
                 raise SyncRefused("checksum_mismatch", f"{rel}: sha256 {digest[:12]}... != manifest {sha256[:12]}...")
@@ -136,14 +136,6 @@ def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Pat
             last_error = f"{rel}: {e}"
         time.sleep(min(2.0, 0.1 * 2**attempt))
     raise SyncRefused("download_failed", f"{last_error} after {cfg.retries + 1} attempts")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # -- state ------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ pointer over the canonical JSON of its fields (the ``signature`` field inside th
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -17,6 +18,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 class SignatureError(ValueError):
     """A signature is missing, malformed or does not verify."""
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks (models can be large for a Pi)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_public_key(data) -> Ed25519PublicKey:
