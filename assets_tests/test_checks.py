@@ -9,6 +9,7 @@ from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.sink import SINK, ingest_session, label_session
 from autosink_platform.validation import checks
 from autosink_platform.validation.dataset import build_dataset
+from autosink_platform.validation.frame_stats import frame_stats
 
 CFG = checks.DatasetChecksConfig()
 
@@ -84,12 +85,22 @@ def test_dhash_is_stable_and_separates_different_frames(dataset):
 
 def test_drift_against_the_champions_data(dataset):
     table, images = dataset
-    same = {o.name: o for o in checks.run_all(table, images, CFG, reference=(table, images))}["drift"]
+    ref = (table, frame_stats(table, images))
+    same = {o.name: o for o in checks.run_all(table, images, CFG, reference=ref)}["drift"]
     assert same.passed and same.metadata["psi_brightness"] < 0.01
     darker = (images * 0.5).astype(np.uint8)  # the kitchens got much darker
-    moved = {o.name: o for o in checks.run_all(table, darker, CFG, reference=(table, images))}["drift"]
+    moved = {o.name: o for o in checks.run_all(table, darker, CFG, reference=ref)}["drift"]
     assert not moved.passed and moved.severity == checks.ERROR and moved.metadata["psi_brightness"] > CFG.psi_error
     relabeled = _relabel(table, table["label"].notna().to_numpy() & (np.arange(len(table)) % 2 == 0), 1)
-    shifted = {o.name: o for o in checks.run_all(relabeled, images, CFG, reference=(table, images))}["drift"]
+    shifted = {o.name: o for o in checks.run_all(relabeled, images, CFG, reference=ref)}["drift"]
     assert not shifted.passed and shifted.metadata["label_shift"] > CFG.max_label_shift
     assert checks.psi(np.arange(1000.0), np.arange(1000.0)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_image_quality_tabulates_every_statistic_against_the_labels(dataset):
+    by_label = _outcomes(*dataset)["image_quality"].metadata["by_label"]
+    assert set(by_label["label"]) <= {"open", "closed", "unlabeled"} and {"open", "closed"} <= set(by_label["label"])
+    assert {"brightness", "contrast", "sharpness", "saturated", "objectness", "skin_share"} <= set(by_label.columns)
+    # Water should flow while something is under the spout: open frames hold more foreground.
+    row = by_label.set_index("label")["objectness"]
+    assert row["open"] > row["closed"]

@@ -1,6 +1,7 @@
 """The sink pipeline on a tiny lake: a real Dagster instance (SQLite), a real MLflow registry
 (SQLite + local artifacts) and onnxruntime, exactly as ``make demo`` runs it."""
 
+import dataclasses
 import json
 import threading
 import time
@@ -20,12 +21,16 @@ from autosink_platform.defs.resources import FleetChannelResource, MlflowResourc
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
+from autosink_platform.models.classifier import ClassifierConfig
+from autosink_platform.models.training import FitConfig
+from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.lifecycle import load_module
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import LoadedDataset
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
 from autosink_platform.release.signing import default_key_path, verify
+from autosink_platform.validation.cases import CaseFloors
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +88,10 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert metadata(f"{model.name}_threshold")["pr_curve"].value.startswith(
             f"![{model.name}_pr_curve](data:image/png;base64,"
         )
-        assert {"onnx_sha256", "parity_max_abs_diff", "test_f1"} <= set(metadata(f"{model.name}_release"))
+        assert {"onnx_sha256", "parity_max_abs_diff", "test_f1", "case_validation"} <= set(
+            metadata(f"{model.name}_release")
+        )
+        assert "| lighting |" in metadata(f"{model.name}_release")["case_validation"].value
 
     for model in SINK.models:
         name = f"sink.{model.name}"
@@ -119,6 +127,10 @@ def test_sink_pipeline_end_to_end(home, instance):
         vdir = fleet.version_dir("sink", model.name, "1")
         manifest = json.loads((vdir / "manifest.json").read_text())
         assert MANIFEST_FIELDS <= set(manifest)
+        cases = pd.DataFrame(manifest["case_validation"])  # per-slice test metrics, every group at its floor
+        assert set(cases["slice"]) == {"lighting", "device", "activity", "basin"}
+        assert (cases["status"] != "below floor").all() and (cases["floor"] == model.cases.floor).all()
+        assert "case_validation.json" in {a.path for a in registry.client.list_artifacts(version.run_id)}
         assert manifest["onnx"]["sha256"] == sha256_file(vdir / "model.onnx")
         assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
         assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
@@ -196,6 +208,7 @@ def test_sink_pipeline_end_to_end(home, instance):
         # The candidate was scored against the champion's release on the same test split.
         versus = json.loads((fleet.version_dir("sink", model.name, "2") / "manifest.json").read_text())["vs_champion"]
         assert versus["champion_version"] == "1" and versus["metric"] == "f1"
+        assert isinstance(versus["slice_regressions"], list)  # same slices, champion vs candidate
         assert 0 <= versus["champion"] <= 1 and versus["delta"] == pytest.approx(
             versus["candidate"] - versus["champion"]
         )
@@ -207,7 +220,30 @@ def test_sink_pipeline_end_to_end(home, instance):
         )
 
     _promotion_is_the_registrys(instance, registry, fleet)
+    _a_slice_below_its_floor_blocks_the_release(registry, fleet, LoadedDataset.load(third["validated_dataset"]), home)
     _poisoned_data_blocks_retraining(instance, registry, fleet, lake)
+
+
+def _a_slice_below_its_floor_blocks_the_release(registry, fleet, data: LoadedDataset, tmp: Path) -> None:
+    """A candidate that misses a slice floor is registered but never published or promoted."""
+    weak = dataclasses.replace(
+        SINK.models[0],
+        config=ClassifierConfig(fit=FitConfig(epochs=1, lr=2e-3, patience=1)),
+        cases=CaseFloors(metric="accuracy", floor=1.01, min_examples=1),  # no group can reach it
+    )
+    trained = lifecycle.train_model(SINK, weak, data, registry, "case-test")
+    op, _ = lifecycle.choose_threshold(SINK, weak, trained, data, registry, tmp)
+    champion = str(registry.alias_version("sink.classifier", "champion").version)
+    with pytest.raises(lifecycle.ReleaseRejected, match=r"slice group\(s\) below the floor") as rejected:
+        lifecycle.release_model(
+            SINK, weak, trained, op, data, registry, fleet, FleetChannelResource().audit(), "case-test"
+        )
+    assert set(rejected.value.cases["slice"]) == {"lighting", "device", "activity", "basin"}
+    assert not fleet.version_dir("sink", "classifier", trained.version).exists()
+    version = registry.client.get_model_version("sink.classifier", trained.version)
+    assert version.tags["validation_status"] == "failed: case validation" and not version.aliases
+    assert "case_validation.json" in {a.path for a in registry.client.list_artifacts(trained.run_id)}
+    assert str(registry.alias_version("sink.classifier", "champion").version) == champion
 
 
 def _promotion_is_the_registrys(instance, registry, fleet) -> None:

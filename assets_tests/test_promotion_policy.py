@@ -24,3 +24,10 @@ def test_auto_promotion_needs_the_margin(policy, delta, promoted):
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="manual' or 'auto'"):
         PromotionPolicy(mode="sometimes")
+
+
+def test_auto_promotion_needs_every_slice_to_hold():
+    policy = PromotionPolicy(mode="auto", margin=0.01)
+    assert policy.promotes({"delta": 0.05, "slice_regressions": []})
+    dim = {"slice": "lighting", "group": "dim", "metric": "accuracy", "candidate": 0.80, "champion": 0.90, "n": 120}
+    assert not policy.promotes({"delta": 0.05, "slice_regressions": [dim]})

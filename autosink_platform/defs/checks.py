@@ -2,18 +2,20 @@
 and the downstream automation waits for the checks to pass."""
 
 import dagster as dg
+import pandas as pd
 
+from autosink_platform.defs.metadata import markdown_table
 from autosink_platform.defs.resources import FeatureStoreResource, MlflowResource
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.validation import checks
-from autosink_platform.validation.dataset import DatasetRef, load_snapshot
+from autosink_platform.validation.dataset import DatasetRef, load_frame_stats
 
 CHECKS = ("min_examples", "class_balance", "no_leakage", "label_sources", "image_quality", "near_duplicates", "drift")
 
 
 def champion_reference(spec: PipelineSpec, registry, store) -> tuple | None | str:
-    """The dataset the pipeline's first model's champion was trained on: (table, images), None
+    """The dataset the pipeline's first model's champion was trained on: (table, frame statistics), None
     when there is no champion yet, or a message when its snapshot is no longer in the store."""
     champion = registry.alias_version(f"{spec.name}.{spec.models[0].name}", CHAMPION)
     if champion is None:
@@ -22,7 +24,7 @@ def champion_reference(spec: PipelineSpec, registry, store) -> tuple | None | st
     folder = store.dataset_dir(snapshot) if snapshot else None
     if folder is None or not (folder / "table.parquet").exists():
         return f"the champion's training snapshot {snapshot!r} is not in the store: drift not measured"
-    return load_snapshot(folder)
+    return pd.read_parquet(folder / "table.parquet"), load_frame_stats(folder)
 
 
 def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
@@ -39,7 +41,13 @@ def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
         ref = dataset
         table, images = ref.load()
         reference = champion_reference(spec, mlflow.get(), store.get(spec.name))
-        outcomes = checks.run_all(table, images, spec.dataset_checks, None if isinstance(reference, str) else reference)
+        outcomes = checks.run_all(
+            table,
+            images,
+            spec.dataset_checks,
+            None if isinstance(reference, str) else reference,
+            stats=ref.frame_stats(),
+        )
         if isinstance(reference, str):  # say so rather than report a drift of zero
             outcomes[-1] = checks.CheckOutcome("drift", False, checks.WARNING, reference)
         for outcome in outcomes:
@@ -53,7 +61,11 @@ def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
                 description=outcome.description,
                 metadata={
                     "snapshot_id": ref.snapshot_id,
-                    **{k: v for k, v in outcome.metadata.items() if not isinstance(v, list)},
+                    **{
+                        k: markdown_table(v) if isinstance(v, pd.DataFrame) else v
+                        for k, v in outcome.metadata.items()
+                        if not isinstance(v, list)
+                    },
                 },
             )
 

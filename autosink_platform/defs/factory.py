@@ -7,7 +7,6 @@ Asset bodies only move values between resources and the plain functions in
 ``pipelines/``; nothing below the Dagster layer imports Dagster.
 """
 
-import base64
 import tempfile
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import pandas as pd
 
 from autosink_platform import plots
 from autosink_platform.defs.checks import dataset_checks
+from autosink_platform.defs.metadata import image_metadata, markdown_table
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
@@ -28,24 +28,8 @@ from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 from autosink_platform.validation.schemas import DataValidationError
 
-
-def image_metadata(path: Path) -> dg.MetadataValue:
-    """A PNG inlined as markdown, so the plot shows in the Dagster UI itself."""
-    return dg.MetadataValue.md(
-        f"![{path.stem}](data:image/png;base64,{base64.b64encode(Path(path).read_bytes()).decode()})"
-    )
-
-
 # Follow a new dataset through to release, but never past a failed blocking check.
 FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
-
-
-def markdown_table(df) -> dg.MetadataValue:
-    """A small DataFrame as a markdown table for asset metadata."""
-    fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return dg.MetadataValue.md("\n".join(lines))
 
 
 def sessions_partitions(spec: PipelineSpec) -> dg.DynamicPartitionsDefinition:
@@ -245,18 +229,26 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         mlflow: MlflowResource,
         fleet: FleetChannelResource,
     ) -> dg.Output[lifecycle.Release]:
-        """ONNX build checked against PyTorch, evaluated on test, published with its manifest."""
-        rel = lifecycle.release_model(
-            spec,
-            model,
-            trained,
-            op,
-            LoadedDataset.load(dataset),
-            mlflow.get(),
-            fleet.get(),
-            fleet.audit(),
-            context.run.run_id,
-        )
+        """ONNX build checked against PyTorch, evaluated on test and per case slice, published with
+        its manifest."""
+        try:
+            rel = lifecycle.release_model(
+                spec,
+                model,
+                trained,
+                op,
+                LoadedDataset.load(dataset),
+                mlflow.get(),
+                fleet.get(),
+                fleet.audit(),
+                context.run.run_id,
+            )
+        except lifecycle.ReleaseRejected as e:  # the slice table belongs in the UI, not only the log
+            raise dg.Failure(
+                description=str(e),
+                metadata={"mlflow_version": trained.version}
+                | ({"case_validation": markdown_table(_case_view(e.cases))} if e.cases is not None else {}),
+            ) from e
         test = rel.manifest["metrics"]["test"]
         return dg.Output(
             rel,
@@ -268,10 +260,20 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
                 "parity_max_abs_diff": max(rel.manifest["parity_max_abs_diff"].values()),
                 "reused": rel.reused,
                 **{f"test_{k}": float(v) for k, v in test.items()},
+                **({"case_validation": markdown_table(_case_view(rel.cases))} if rel.cases is not None else {}),
+                **(
+                    {"slice_regressions_vs_champion": len(rel.manifest["vs_champion"].get("slice_regressions", []))}
+                    if rel.manifest.get("vs_champion")
+                    else {}
+                ),
             },
         )
 
     return [trained, threshold, release]
+
+
+def _case_view(cases: pd.DataFrame) -> pd.DataFrame:
+    return cases[["slice", "group", "n", "positives", "metric", "value", "f1", "floor", "status"]]
 
 
 def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:

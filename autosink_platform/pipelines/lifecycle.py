@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.models import infer_signature
 from torch import nn
@@ -24,6 +25,7 @@ from autosink_platform.registry.promotion import AuditLog, promote
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.release.onnx_export import INPUT_NAME, OPSET, OnnxScorer, export_onnx, parity
 from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation import cases as case_validation
 
 PARITY_ATOL = 1e-4
 SMOKE_FRAMES = 4
@@ -33,7 +35,12 @@ PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
 
 
 class ReleaseRejected(RuntimeError):
-    """A candidate failed a release gate; nothing was published."""
+    """A candidate failed a release gate; nothing was published. ``cases`` holds the slice table
+    when case validation was the gate."""
+
+    def __init__(self, message: str, cases: pd.DataFrame | None = None):
+        super().__init__(message)
+        self.cases = cases
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class Release:
     manifest: dict
     aliases: list[str]
     reused: bool
+    cases: pd.DataFrame | None = None  # the case-validation slice table (None when reused or not configured)
 
 
 class _PrimaryOutput(nn.Module):
@@ -263,7 +271,15 @@ def release_model(
     if existing.exists():
         manifest = json.loads(existing.read_text())
         if manifest["threshold"] == asdict(op):
-            return Release(name, version, str(existing.parent), manifest, _aliases(registry, name, version), True)
+            return Release(
+                name,
+                version,
+                str(existing.parent),
+                manifest,
+                _aliases(registry, name, version),
+                True,
+                _cases_of(manifest),
+            )
         raise ReleaseRejected(
             f"{name} v{version} is already published with a different threshold; versions are immutable"
         )
@@ -282,7 +298,16 @@ def release_model(
                 f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames"
             )
         test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
-        comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics)
+        cases = _case_table(pipeline, model, dataset, scorer, op.threshold)
+        if cases is not None:
+            with mlflow.start_run(run_id=trained.run_id):
+                mlflow.log_table(cases, "case_validation.json")
+            try:
+                case_validation.check_floors(f"{name} v{version}", cases)
+            except case_validation.CaseValidationFailed as e:
+                registry.set_tags(name, version, {"validation_status": "failed: case validation"})
+                raise ReleaseRejected(str(e), cases) from e
+        comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics, cases)
         smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
         np.save(tmp / "smoke_frames.npy", smoke)
         expected = {k: v.tolist() for k, v in scorer(smoke).items()}
@@ -319,6 +344,7 @@ def release_model(
                 "test": test_metrics,
             },
             "vs_champion": comparison,
+            "case_validation": None if cases is None else cases.to_dict(orient="records"),
             "parity_max_abs_diff": diffs,
             "dataset_snapshot_id": dataset.ref.snapshot_id,
             "dagster_run_id": dagster_run_id,
@@ -354,7 +380,7 @@ def release_model(
             "first release of this model"
             if comparison is None
             else f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
-            f" ({comparison['champion']:.4f}) by >= {pipeline.promotion.margin}"
+            f" ({comparison['champion']:.4f}) by >= {pipeline.promotion.margin}, no case slice regressed"
         )
         promote(
             registry,
@@ -365,7 +391,24 @@ def release_model(
             reason,
             who="release stage" if comparison is None else "promotion policy",
         )
-    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False)
+    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+
+
+def _case_table(
+    pipeline: PipelineSpec, model: ModelSpec, dataset: LoadedDataset, score: ScoreFn, threshold: float
+) -> pd.DataFrame | None:
+    """Per-slice test metrics at the release threshold (None when the model has no floors)."""
+    if model.cases is None or not pipeline.slices:
+        return None
+    data = model.operating_data(dataset, "test", score)
+    return case_validation.slice_table(
+        dataset.frames(data.rows), data.scores, data.labels, threshold, pipeline.slices, model.cases
+    )
+
+
+def _cases_of(manifest: dict) -> pd.DataFrame | None:
+    records = manifest.get("case_validation")
+    return None if records is None else pd.DataFrame(records)
 
 
 def _compare_with_champion(
@@ -375,16 +418,19 @@ def _compare_with_champion(
     registry: Registry,
     channel: FleetChannel,
     candidate: dict,
+    candidate_cases: pd.DataFrame | None,
 ) -> dict | None:
-    """The champion's released ONNX scored on the candidate's test split, with the same metric."""
+    """The champion's released ONNX scored on the candidate's test split, with the same metric
+    overall and, when case validation is configured, per slice."""
     champion = registry.alias_version(registered_name(pipeline, model), CHAMPION)
     if champion is None:
         return None
     vdir = channel.version_dir(pipeline.name, model.name, champion.version)
     manifest = json.loads((vdir / "manifest.json").read_text())
-    theirs = model.evaluate(dataset, OnnxScorer(vdir / "model.onnx"), manifest["threshold"]["threshold"])
+    theirs_score, theirs_threshold = OnnxScorer(vdir / "model.onnx"), manifest["threshold"]["threshold"]
+    theirs = model.evaluate(dataset, theirs_score, theirs_threshold)
     metric = pipeline.promotion.metric
-    return {
+    out = {
         "metric": metric,
         "champion_version": str(champion.version),
         "candidate": candidate[metric],
@@ -392,6 +438,10 @@ def _compare_with_champion(
         "delta": candidate[metric] - theirs[metric],
         "champion_metrics": theirs,
     }
+    if candidate_cases is not None:
+        theirs_cases = _case_table(pipeline, model, dataset, theirs_score, theirs_threshold)
+        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, model.cases)
+    return out
 
 
 def _aliases(registry: Registry, name: str, version: str) -> list[str]:

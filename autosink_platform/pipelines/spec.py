@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
+from functools import cached_property
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -14,6 +15,7 @@ from torch import nn
 from autosink_platform.labeling.propagation import LabelingConfig
 from autosink_platform.models.training import FitResult
 from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation.cases import CaseFloors, Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
 from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.splits import SplitConfig
@@ -31,6 +33,17 @@ class LoadedDataset:
     def load(cls, ref: DatasetRef) -> LoadedDataset:
         return cls(ref, *ref.load())
 
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        """Per-frame quality and content statistics, table order (stored with the snapshot)."""
+        return self.ref.frame_stats()
+
+    def frames(self, rows: np.ndarray) -> pd.DataFrame:
+        """Table rows joined with their frame statistics: what case slices are defined on."""
+        return pd.concat(
+            [self.table.iloc[rows].reset_index(drop=True), self.stats.iloc[rows].reset_index(drop=True)], axis=1
+        )
+
     def mask(self, split: str, labeled: bool = False) -> np.ndarray:
         m = (self.table["split"] == split).to_numpy()
         return m & self.table["label"].notna().to_numpy() if labeled else m
@@ -40,6 +53,7 @@ class OperatingData(NamedTuple):
     scores: np.ndarray
     labels: np.ndarray
     groups: dict[str, np.ndarray]  # named score groups for the histogram
+    rows: np.ndarray  # per score, the dataset row (table position) of the frame it was computed on
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,7 @@ class ModelSpec:
     decision_output: str
     input_size: int
     description: str = ""
+    cases: CaseFloors | None = None  # per-slice floors on the test split; None: no case validation
 
     def config_json(self) -> str:
         return json.dumps(asdict(self.config) if is_dataclass(self.config) else self.config, sort_keys=True)
@@ -75,7 +90,8 @@ class PromotionPolicy:
 
     mode: str = "manual"  # "manual": a person runs `autosink promote`; "auto": see margin
     metric: str = "f1"  # compared on the same test split, champion vs candidate
-    margin: float = 0.01  # "auto" promotes only a candidate at least this much better
+    margin: float = 0.01  # "auto" promotes only a candidate at least this much better, and only
+    # when no case slice regresses (see validation.cases.CaseFloors.max_regression)
 
     def __post_init__(self):
         if self.mode not in ("manual", "auto"):
@@ -86,7 +102,7 @@ class PromotionPolicy:
         with the champion on the same test split (None: there is no champion yet)."""
         if comparison is None:
             return True
-        return self.mode == "auto" and comparison["delta"] >= self.margin
+        return self.mode == "auto" and comparison["delta"] >= self.margin and not comparison.get("slice_regressions")
 
 
 @dataclass(frozen=True)
@@ -101,3 +117,4 @@ class PipelineSpec:
     review_model: str | None = None  # the model whose champion ranks the human review queue
     promotion: PromotionPolicy = PromotionPolicy()
     dataset_checks: DatasetChecksConfig = DatasetChecksConfig()
+    slices: tuple[Slice, ...] = ()  # situations every model is evaluated on before release

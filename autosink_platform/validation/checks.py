@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from autosink_platform.validation.frame_stats import frame_stats
 from autosink_platform.validation.schemas import SPLITS
 
 ERROR, WARNING = "ERROR", "WARNING"
@@ -99,32 +100,12 @@ def label_sources(table: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome
     )
 
 
-def image_stats(images: np.ndarray, batch: int = 1024) -> pd.DataFrame:
-    """Per-frame brightness, contrast, sharpness (variance of the Laplacian) and saturation."""
-    rows = []
-    for i in range(0, len(images), batch):
-        x = np.asarray(images[i : i + batch], dtype=np.float32)  # (B, H, W, 3)
-        grey = x.mean(axis=3)
-        lap = grey[:, 1:-1, 1:-1] * 4 - grey[:, :-2, 1:-1] - grey[:, 2:, 1:-1] - grey[:, 1:-1, :-2] - grey[:, 1:-1, 2:]
-        rows.append(
-            pd.DataFrame(
-                {
-                    "brightness": grey.mean(axis=(1, 2)),
-                    "contrast": grey.std(axis=(1, 2)),
-                    "sharpness": lap.var(axis=(1, 2)),
-                    "saturated": ((x >= 250).all(axis=3) | (x <= 5).all(axis=3)).mean(axis=(1, 2)),
-                }
-            )
-        )
-    return pd.concat(rows, ignore_index=True)
-
-
 def image_quality(table: pd.DataFrame, stats: pd.DataFrame, cfg: DatasetChecksConfig) -> CheckOutcome:
+    """Blank frames gate; every statistic, objectness included, is tabulated against the labels."""
     blank = stats["contrast"] < cfg.blank_std
     share = float(blank.mean())
-    by_label = (
-        stats.assign(label=table["label"].astype("Float64").astype(str).to_numpy()).groupby("label").mean().round(3)
-    )
+    label = table["label"].map({0: "closed", 1: "open"}).fillna("unlabeled").to_numpy()
+    by_label = stats.assign(label=label).groupby("label").mean().round(3).reset_index()
     return CheckOutcome(
         "image_quality",
         share <= cfg.max_blank_share,
@@ -133,7 +114,7 @@ def image_quality(table: pd.DataFrame, stats: pd.DataFrame, cfg: DatasetChecksCo
         {
             "blank_share": share,
             **{f"mean_{c}": float(stats[c].mean()) for c in stats.columns},
-            "by_label": by_label.reset_index().to_dict(orient="records"),
+            "by_label": by_label,
         },
     )
 
@@ -160,6 +141,9 @@ def near_duplicates(table: pd.DataFrame, hashes: np.ndarray, cfg: DatasetChecksC
         f"validation/test frames with a train frame of the same dHash: {share:.3%}",
         {"share": share},
     )
+
+
+DRIFT_COLUMNS = ("brightness", "contrast", "sharpness", "objectness")
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
@@ -193,9 +177,7 @@ def drift(
     if reference is None:
         return CheckOutcome("drift", True, ERROR, "no champion yet: nothing to compare with", {})
     ref_table, ref_stats = reference
-    scores = {
-        f"psi_{c}": psi(ref_stats[c].to_numpy(), stats[c].to_numpy()) for c in ("brightness", "contrast", "sharpness")
-    }
+    scores = {f"psi_{c}": psi(ref_stats[c].to_numpy(), stats[c].to_numpy()) for c in DRIFT_COLUMNS}
     scores["psi_device_mix"] = _category_psi(ref_table["device_id"], table["device_id"])
     label_shift = abs(_open_share(table) - _open_share(ref_table))
     worst = max(scores, key=scores.get)
@@ -215,11 +197,12 @@ def run_all(
     table: pd.DataFrame,
     images: np.ndarray,
     cfg: DatasetChecksConfig,
-    reference: tuple[pd.DataFrame, np.ndarray] | None = None,
+    reference: tuple[pd.DataFrame, pd.DataFrame] | None = None,
+    stats: pd.DataFrame | None = None,
 ) -> list[CheckOutcome]:
-    """Every gate; ``reference`` is the champion's training data (table, images), if there is one."""
-    stats = image_stats(images)
-    ref = (reference[0], image_stats(reference[1])) if reference is not None else None
+    """Every gate. ``stats`` are the frames' statistics (computed when not given); ``reference``
+    is the champion's training data as (table, frame statistics), if there is a champion."""
+    stats = frame_stats(table, images) if stats is None else stats
     return [
         min_examples(table, cfg),
         class_balance(table, cfg),
@@ -227,5 +210,5 @@ def run_all(
         label_sources(table, cfg),
         image_quality(table, stats, cfg),
         near_duplicates(table, dhash(images), cfg),
-        drift(table, stats, ref, cfg),
+        drift(table, stats, reference, cfg),
     ]

@@ -14,11 +14,14 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from autosink_platform.files import atomic_write
 from autosink_platform.lake.store import FeatureStore
+from autosink_platform.validation.frame_stats import frame_stats
 from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
 from autosink_platform.validation.splits import SplitConfig, assign_split, snapshot_id
 
 COMPLETE = "_COMPLETE"
+FRAME_STATS = "frame_stats.parquet"
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,24 @@ class DatasetRef:
         """(table, images) with images uint8 (N, H, W, 3) in table order."""
         return load_snapshot(self.path)
 
+    def frame_stats(self) -> pd.DataFrame:
+        return load_frame_stats(self.path)
+
 
 def load_snapshot(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
     """A snapshot folder's (table, images); images memory-mapped, uint8 (N, H, W, 3)."""
     path = Path(path)
     return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
+
+
+def load_frame_stats(path: str | os.PathLike) -> pd.DataFrame:
+    """A snapshot's per-frame statistics (table order), computed once and kept beside it."""
+    path = Path(path)
+    if not (path / FRAME_STATS).exists():  # snapshots made before the statistics were stored
+        table, images = load_snapshot(path)
+        stats = frame_stats(table, images)
+        atomic_write(path / FRAME_STATS, lambda tmp: stats.to_parquet(tmp, index=False))
+    return pd.read_parquet(path / FRAME_STATS)
 
 
 def _counts(table: pd.DataFrame) -> dict:
@@ -91,6 +107,7 @@ def build_dataset(
     staging.mkdir(parents=True)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "images.npy", images)
+    frame_stats(table, images).to_parquet(staging / FRAME_STATS, index=False)
     (staging / "manifest.json").write_text(
         json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1)
     )
