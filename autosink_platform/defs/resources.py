@@ -3,6 +3,7 @@ production sets them in resource config, e.g. ``MlflowResource(tracking_uri=dg.E
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -37,11 +38,17 @@ class FeatureStoreResource(dg.ConfigurableResource):
 
 
 class FleetChannelResource(dg.ConfigurableResource):
-    """The release channel the fleet pulls from (default: ``$AUTOSINK_HOME/fleet``), and the
-    Ed25519 key that signs it (default: ``$AUTOSINK_SIGNING_KEY``, else
-    ``~/.config/autosink/fleet-signing-key.pem``, created on first use)."""
+    """The release channel the fleet pulls from, and the Ed25519 key that signs it (default:
+    ``$AUTOSINK_SIGNING_KEY``, else ``~/.config/autosink/fleet-signing-key.pem``, created on first use).
+
+    ``root`` is a folder or an S3 URL (default: ``$AUTOSINK_FLEET``, else ``$AUTOSINK_HOME/fleet``).
+    For S3-compatible stores, ``storage_options`` go to s3fs (default endpoint:
+    ``$AUTOSINK_FLEET_S3_ENDPOINT``; credentials from the usual AWS variables) and ``put_options``
+    to every write (``$AUTOSINK_FLEET_PUBLIC_READ=1`` adds ``ACL: public-read`` so devices can GET)."""
 
     root: str = ""
+    storage_options: dict[str, str] = {}
+    put_options: dict[str, str] = {}
     signing_key: str = ""
     audit_log: str = ""  # promotions and rollbacks (default: $AUTOSINK_HOME/audit/promotions.jsonl)
 
@@ -54,7 +61,13 @@ class FleetChannelResource(dg.ConfigurableResource):
             if self.signing_key:  # configured explicitly: a missing key is an error, never replaced
                 raise FileNotFoundError(f"signing key {path} does not exist (autosink fleet keygen --out {path})")
             generate_keypair(path)
-        return FleetChannel(self.root or resolve_home().fleet, load_private_key(path))
+        storage, put = dict(self.storage_options), dict(self.put_options)
+        if os.environ.get("AUTOSINK_FLEET_S3_ENDPOINT"):
+            storage.setdefault("endpoint_url", os.environ["AUTOSINK_FLEET_S3_ENDPOINT"])
+        if os.environ.get("AUTOSINK_FLEET_PUBLIC_READ") == "1":
+            put.setdefault("ACL", "public-read")
+        root = self.root or os.environ.get("AUTOSINK_FLEET") or resolve_home().fleet
+        return FleetChannel(root, load_private_key(path), storage, put)
 
 
 class MlflowResource(dg.ConfigurableResource):

@@ -4,54 +4,99 @@
     <fleet>/<pipeline>/<model>/channels/<channel>.json   signed pointer: version, manifest sha256, sequence, rollout, expiry
     <fleet>/keys/<key_id>.pem                            the public key, for provisioning devices
 
-Files of a version are staged and moved in whole; the pointer is written last and atomically,
-so a reader never sees a half-published release.
+The same layout lives in a local folder or under an S3-compatible prefix (``s3://bucket/fleet``,
+through fsspec). Either way a reader never sees a half-published release:
+
+- a version is complete once its ``manifest.json`` exists. Locally its files are staged and the
+  folder renamed in whole; on an object store the manifest is the last object uploaded.
+- the pointer is written last, in one atomic step: a rename locally, a single PUT on S3.
+- racing publishers each get their own, higher sequence: an exclusive file lock locally, a
+  conditional PUT (``If-Match`` on the pointer's ETag, ``If-None-Match`` for the first) on S3.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from autosink_pi.verify import sha256_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from upath import UPath
 
 from autosink_platform.files import atomic_write_bytes, atomic_write_text
 from autosink_platform.release.signing import key_id, public_pem, sign, sign_pointer, verify_pointer
 
+__all__ = ["FleetChannel", "PointerConflict", "sha256_file"]
+
+CAS_ATTEMPTS = 20  # conditional pointer writes retried this often under contention
+
+
+class PointerConflict(RuntimeError):
+    """Another publisher kept moving the pointer; nothing was written."""
+
 
 class FleetChannel:
-    """``signing_key`` signs every manifest and pointer it publishes; readers verify with the public key."""
+    """``signing_key`` signs every manifest and pointer it publishes; readers verify with the public key.
 
-    def __init__(self, root: str | os.PathLike, signing_key: Ed25519PrivateKey):
-        self.root = Path(root)
+    ``root`` is a folder or an fsspec URL (``s3://bucket/prefix``); ``storage_options`` go to the
+    filesystem (e.g. ``endpoint_url`` for MinIO or another S3-compatible store) and
+    ``put_options`` to every object write (e.g. ``{"ACL": "public-read"}`` so devices can GET).
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        signing_key: Ed25519PrivateKey,
+        storage_options: dict | None = None,
+        put_options: dict | None = None,
+    ):
+        self.root = UPath(root, **(storage_options or {}))
+        self.local = self.root.protocol in ("", "file", "local")
+        if not (self.local or self.root.protocol in ("s3", "s3a")):
+            raise ValueError(f"fleet channel {root!s}: only a local folder or s3:// is supported")
+        self.put_options = dict(put_options or {})
         self.signing_key = signing_key
         self.key_id = key_id(signing_key.public_key())
         keys = self.root / "keys"
         if not (keys / f"{self.key_id}.pem").exists():  # for provisioning devices; they never trust it from here
-            atomic_write_bytes(keys / f"{self.key_id}.pem", public_pem(signing_key.public_key()))
+            self._write(keys / f"{self.key_id}.pem", public_pem(signing_key.public_key()))
 
-    def version_dir(self, pipeline: str, model: str, version: str | int) -> Path:
+    def version_dir(self, pipeline: str, model: str, version: str | int) -> UPath:
         return self.root / pipeline / model / "versions" / str(version)
 
-    def pointer_path(self, pipeline: str, model: str, channel: str) -> Path:
+    def pointer_path(self, pipeline: str, model: str, channel: str) -> UPath:
         return self.root / pipeline / model / "channels" / f"{channel}.json"
 
-    def put_version(self, pipeline: str, model: str, version: str | int, files: dict[str, Path]) -> Path:
-        """Move a complete version folder in; a version, once published, is never rewritten."""
+    def _write(self, path: UPath, data: bytes) -> None:
+        if self.local:
+            atomic_write_bytes(path, data)
+        else:  # one PUT: readers see the old object or the new one
+            path.fs.pipe_file(path.path, data, **self.put_options)
+
+    def put_version(self, pipeline: str, model: str, version: str | int, files: dict[str, Path]) -> UPath:
+        """Publish a complete version; a version, once published, is never rewritten."""
         final = self.version_dir(pipeline, model, version)
-        if final.exists():
+        if (final / "manifest.json").exists() if not self.local else final.exists():
             raise FileExistsError(f"{final} already published")
+        signature = sign(self.signing_key, Path(files["manifest.json"]).read_bytes()).encode()
+        if not self.local:  # the manifest goes last: its presence means the version is complete
+            for name in sorted(files, key=lambda n: n == "manifest.json"):
+                if name == "manifest.json":
+                    self._write(final / "manifest.json.sig", signature)
+                final.fs.put_file(str(files[name]), (final / name).path, **self.put_options)
+            return final
         staging = final.with_name(f".{final.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         for name, src in files.items():
             shutil.copyfile(src, staging / name)
-        (staging / "manifest.json.sig").write_text(sign(self.signing_key, (staging / "manifest.json").read_bytes()))
+        (staging / "manifest.json.sig").write_bytes(signature)
         staging.rename(final)
         return final
 
@@ -73,23 +118,52 @@ class FleetChannel:
         manifest = self.version_dir(pipeline, model, version) / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: publish the version before pointing a channel at it")
+        digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
+        args = (pipeline, model, channel, version, digest, rollout_percent, valid_days)
+        if not self.local:
+            return self._set_pointer_conditional(*args)
         lock_path = self.pointer_path(pipeline, model, channel).with_suffix(".lock")
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         with open(lock_path, "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # racing promotions: each gets its own, higher sequence
-            return self._set_pointer_locked(pipeline, model, channel, version, manifest, rollout_percent, valid_days)
+            current = self.read_pointer(pipeline, model, channel)
+            pointer, signed = self._next_pointer(current, *args)
+            if signed is not None:
+                atomic_write_text(self.pointer_path(pipeline, model, channel), json.dumps(signed, indent=1))
+            return pointer
 
-    def _set_pointer_locked(
-        self, pipeline, model, channel, version, manifest: Path, rollout_percent: int, valid_days: int
-    ) -> dict:
-        current = self.read_pointer(pipeline, model, channel)
-        digest = sha256_file(manifest)
+    def _set_pointer_conditional(self, pipeline, model, channel, *rest) -> dict:
+        """Compare-and-swap on the object store: write only if the pointer is still the one read."""
+        path = self.pointer_path(pipeline, model, channel)
+        for attempt in range(CAS_ATTEMPTS):
+            try:
+                etag = path.fs.info(path.path)["ETag"]
+                raw = path.fs.cat_file(path.path)  # may be newer than the etag: then the PUT fails
+            except FileNotFoundError:
+                etag, raw = None, None
+            current = None if raw is None else verify_pointer(self.signing_key.public_key(), json.loads(raw))
+            pointer, signed = self._next_pointer(current, pipeline, model, channel, *rest)
+            if signed is None:
+                return pointer
+            condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+            try:
+                path.fs.pipe_file(path.path, json.dumps(signed, indent=1).encode(), **self.put_options, **condition)
+                return pointer
+            except OSError:  # 412 Precondition Failed (FileExistsError for If-None-Match): someone else won
+                path.fs.invalidate_cache(path.path)
+                time.sleep(0.01 * (attempt + 1))
+        raise PointerConflict(f"{path}: the pointer kept changing; gave up after {CAS_ATTEMPTS} attempts")
+
+    def _next_pointer(
+        self, current, pipeline, model, channel, version, digest: str, rollout_percent: int, valid_days: int
+    ) -> tuple[dict, dict | None]:
+        """The pointer to write after ``current`` and its signed form (None: already there, no-op)."""
         if current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (
             str(version),
             digest,
             rollout_percent,
         ):
-            return current
+            return current, None
         now = datetime.now(UTC)
         pointer = {
             "pipeline": pipeline,
@@ -103,6 +177,4 @@ class FleetChannel:
             "expires_at": (now + timedelta(days=valid_days)).isoformat(),
             "key_id": self.key_id,
         }
-        signed = sign_pointer(self.signing_key, pointer)
-        atomic_write_text(self.pointer_path(pipeline, model, channel), json.dumps(signed, indent=1))
-        return pointer
+        return pointer, sign_pointer(self.signing_key, pointer)

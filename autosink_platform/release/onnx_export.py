@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +38,13 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, output_nam
 class OnnxScorer:
     """Runs an exported model on uint8 frames (N, H, W, 3), the way a device does."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | os.PathLike):
         options = ort.SessionOptions()
         options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        # A local file by path; a model on an object store (a UPath) by its bytes.
+        local = getattr(path, "protocol", "") in ("", "file", "local")
+        source = str(path) if local else path.read_bytes()
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def __call__(self, images: np.ndarray, batch_size: int = 256) -> dict[str, np.ndarray]:

@@ -1,0 +1,108 @@
+"""The fleet channel on an S3-compatible store: moto's S3 server on loopback (a real HTTP S3
+endpoint, not patched calls), the same layout and guarantees as the local folder, and a device
+syncing straight from the bucket."""
+
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("s3fs", reason="the S3 channel needs the s3 extra (pip install '.[s3]')")
+boto3 = pytest.importorskip("boto3")
+moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
+
+from autosink_pi.client import PiConfig, Scorer, sync  # noqa: E402
+
+from autosink_platform.release.channel import FleetChannel  # noqa: E402
+from autosink_platform.release.signing import generate_keypair, load_private_key  # noqa: E402
+
+from .test_pi_client import onnx_model, publish  # noqa: E402, F401  (the same release as the local tests)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch, request):
+    for k, v in {
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
+        monkeypatch.setenv(k, v)
+    name = request.node.name.replace("_", "-")[:60].lower()
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _channel(tmp_path, bucket, endpoint, **put):
+    key = tmp_path / "keys" / "signing.pem"
+    if not key.exists():
+        generate_keypair(key)
+    return FleetChannel(f"s3://{bucket}/fleet", load_private_key(key), {"endpoint_url": endpoint}, put)
+
+
+def test_same_layout_signed_and_immutable_on_s3(tmp_path, bucket, s3_endpoint, onnx_model):  # noqa: F811
+    channel = _channel(tmp_path, bucket, s3_endpoint)
+    publish(channel, "1", onnx_model, tmp_path)
+    keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
+    assert keys == {
+        f"fleet/keys/{channel.key_id}.pem",
+        *(
+            f"fleet/sink/classifier/versions/1/{f}"
+            for f in ("model.onnx", "manifest.json", "manifest.json.sig", "smoke_frames.npy")
+        ),
+    }
+    with pytest.raises(FileExistsError, match="already published"):
+        publish(channel, "1", onnx_model, tmp_path / "again") if (tmp_path / "again").mkdir() is None else None
+
+    first = channel.set_pointer("sink", "classifier", "stable", "1", rollout_percent=10)
+    assert channel.read_pointer("sink", "classifier", "stable") == first  # verified with the public key
+    assert channel.set_pointer("sink", "classifier", "stable", "1", rollout_percent=10) == first  # no-op
+    assert channel.set_pointer("sink", "classifier", "stable", "1")["sequence"] == 2  # canary widened
+    with pytest.raises(FileNotFoundError, match="publish the version"):
+        channel.set_pointer("sink", "classifier", "stable", "7")
+
+
+def test_racing_publishers_each_get_their_own_sequence(tmp_path, bucket, s3_endpoint, onnx_model):  # noqa: F811
+    """Two platform processes move the pointer at once: conditional PUTs, no lost update."""
+    a, b = _channel(tmp_path, bucket, s3_endpoint), _channel(tmp_path, bucket, s3_endpoint)
+    publish(a, "1", onnx_model, tmp_path)
+    (tmp_path / "b").mkdir()
+    publish(a, "2", onnx_model, tmp_path / "b")
+    seen: list[int] = []
+
+    def flip(channel, versions):
+        for v in versions:
+            seen.append(channel.set_pointer("sink", "classifier", "stable", v)["sequence"])
+
+    threads = [
+        threading.Thread(target=flip, args=(a, ["1", "2"] * 5)),
+        threading.Thread(target=flip, args=(b, ["2", "1"] * 5)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = a.read_pointer("sink", "classifier", "stable")
+    # Every write that changed the pointer got a distinct sequence; no-ops returned the current one.
+    assert final["sequence"] == max(seen) and len(set(seen)) == final["sequence"]
+
+
+def test_a_device_syncs_straight_from_the_bucket(tmp_path, bucket, s3_endpoint, onnx_model):  # noqa: F811
+    channel = _channel(tmp_path, bucket, s3_endpoint, ACL="public-read")  # devices GET without credentials
+    publish(channel, "1", onnx_model, tmp_path)
+    channel.set_pointer("sink", "classifier", "stable", "1")
+    public = tmp_path / "device-key.pem"
+    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    cfg = PiConfig("pi-001", f"{s3_endpoint}/{bucket}/fleet", str(public), str(tmp_path / "device"), retries=1)
+    assert sync(cfg).version == "1"
+    assert json.loads((tmp_path / "device" / "state.json").read_text())["current"] == "1"
+    scorer = Scorer.active(cfg)
+    assert scorer.manifest["mlflow_version"] == "1" and scorer.manifest["threshold"]["threshold"] == 0.5
