@@ -64,8 +64,8 @@ def main() -> None:
         module = load_alias_module(model, name, "champion", registry)
         x = torch.from_numpy(frame)
         with torch.no_grad():
-            torch_ms = median_ms(lambda: module(x), args.runs)
-        onnx_ms = median_ms(lambda: session.run(None, {"frames": frame}), args.runs)
+            torch_ms = median_ms(lambda m=module, x=x: m(x), args.runs)
+        onnx_ms = median_ms(lambda s=session, f=frame: s.run(None, {"frames": f}), args.runs)
         rows.append((name, pointer["version"], onnx_ms, torch_ms, onnx_path.stat().st_size / 1024))
 
     # promote -> a device on loopback has synced and smoke-tested the release
