@@ -24,9 +24,14 @@ from PIL import Image
 def tiny_session(lake, index: int, frames: list[bytes]) -> None:
     start = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(minutes=7 * index)
     meta = {
-        "device_id": f"pi-{index % 50:03d}", "session_id": f"fill-{index:05d}", "started_at": start.isoformat(),
-        "ended_at": (start + timedelta(seconds=len(frames) / 5)).isoformat(), "fps": 5, "firmware": "1.0.0",
-        "model_version": "sink.classifier/0", "schema_version": 1,
+        "device_id": f"pi-{index % 50:03d}",
+        "session_id": f"fill-{index:05d}",
+        "started_at": start.isoformat(),
+        "ended_at": (start + timedelta(seconds=len(frames) / 5)).isoformat(),
+        "fps": 5,
+        "firmware": "1.0.0",
+        "model_version": "sink.classifier/0",
+        "schema_version": 1,
     }
     events = [{"t": 0.4, "type": "valve_open", "score": 0.8}, {"t": 1.0, "type": "user_close"}]
     lake.write_session(meta, frames, events)
@@ -62,16 +67,27 @@ def run(n: int, repeats: int, workdir: Path) -> dict:
         instance.add_dynamic_partitions("sink_sessions", list(lake.committed_sessions()))
         cursor = str(lake.read_commits(0)[1])
         for r in range(repeats):
-            generate_demo_lake(lake.root, DemoLakeConfig(devices=1, sessions_per_device=1, seed=100 + r,
-                                                         start=f"2026-12-{r + 1:02d}T08:00:00+00:00"), progress=False)
+            generate_demo_lake(
+                lake.root,
+                DemoLakeConfig(
+                    devices=1, sessions_per_device=1, seed=100 + r, start=f"2026-12-{r + 1:02d}T08:00:00+00:00"
+                ),
+                progress=False,
+            )
             t0 = time.perf_counter()
-            result = sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake.root))}))
+            result = sensor(
+                dg.build_sensor_context(
+                    instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake.root))}
+                )
+            )
             ticks.append(time.perf_counter() - t0)
             (request,) = result.run_requests
             instance.add_dynamic_partitions("sink_sessions", [request.partition_key])
             cursor = result.cursor
             t0 = time.perf_counter()
-            assert ingest.execute_in_process(instance=instance, partition_key=request.partition_key, run_config=QUIET).success
+            assert ingest.execute_in_process(
+                instance=instance, partition_key=request.partition_key, run_config=QUIET
+            ).success
             runs.append(time.perf_counter() - t0)
     return {"n": n, "tick_ms": 1000 * statistics.median(ticks), "run_s": statistics.median(runs)}
 
@@ -86,10 +102,14 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(run(n, args.repeats, Path(tmp)))
     base = rows[0]
-    print(f"\n{'sessions in lake':>17} | {'sensor tick (ms)':>16} | {'ingest+label run (s)':>20} | {'run ratio':>9} | {'tick ratio':>10}")
+    print(
+        f"\n{'sessions in lake':>17} | {'sensor tick (ms)':>16} | {'ingest+label run (s)':>20} | {'run ratio':>9} | {'tick ratio':>10}"
+    )
     print("-" * 85)
     for r in rows:
-        print(f"{r['n']:>17} | {r['tick_ms']:>16.1f} | {r['run_s']:>20.3f} | {r['run_s'] / base['run_s']:>9.2f} | {r['tick_ms'] / base['tick_ms']:>10.2f}")
+        print(
+            f"{r['n']:>17} | {r['tick_ms']:>16.1f} | {r['run_s']:>20.3f} | {r['run_s'] / base['run_s']:>9.2f} | {r['tick_ms'] / base['tick_ms']:>10.2f}"
+        )
     print(f"\nmedian of {args.repeats} new sessions (240 frames each) per lake size; target run ratio <= 1.3")
 
 

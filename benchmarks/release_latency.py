@@ -80,18 +80,34 @@ def main() -> None:
         public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
         champion = registry.alias_version("sink.classifier", "champion").version
         t0 = time.perf_counter()
-        promote(registry, channel, fleet.audit(), "sink.classifier", champion, "benchmark: promote-to-device time", who="benchmark")
+        promote(
+            registry,
+            channel,
+            fleet.audit(),
+            "sink.classifier",
+            champion,
+            "benchmark: promote-to-device time",
+            who="benchmark",
+        )
         promoted = time.perf_counter() - t0
         result = sync(PiConfig("bench-pi", url, str(public), str(Path(tmp) / "device")))
         synced = time.perf_counter() - t0
     srv.should_exit = True
 
-    print(f"\n{'model':20} {'version':>7} | {'onnxruntime 1 thr (ms)':>22} | {'PyTorch eager 1 thr (ms)':>24} | {'ratio':>5} | {'ONNX size (KiB)':>15}")
+    print(
+        f"\n{'model':20} {'version':>7} | {'onnxruntime 1 thr (ms)':>22} | {'PyTorch eager 1 thr (ms)':>24} | {'ratio':>5} | {'ONNX size (KiB)':>15}"
+    )
     print("-" * 108)
     for name, version, onnx_ms, torch_ms, kib in rows:
-        print(f"{name:20} {version:>7} | {onnx_ms:>22.3f} | {torch_ms:>24.3f} | {onnx_ms / torch_ms:>5.2f} | {kib:>15.1f}")
-    print(f"\npromote -> synced device over loopback: {synced:.2f} s (promote itself {promoted:.2f} s; sync {result.status} v{result.version})")
-    print(f"one 64x64 frame, median of {args.runs} runs after 20 warm-up runs; {json.dumps({'torch': torch.__version__, 'onnxruntime': ort.__version__})}")
+        print(
+            f"{name:20} {version:>7} | {onnx_ms:>22.3f} | {torch_ms:>24.3f} | {onnx_ms / torch_ms:>5.2f} | {kib:>15.1f}"
+        )
+    print(
+        f"\npromote -> synced device over loopback: {synced:.2f} s (promote itself {promoted:.2f} s; sync {result.status} v{result.version})"
+    )
+    print(
+        f"one 64x64 frame, median of {args.runs} runs after 20 warm-up runs; {json.dumps({'torch': torch.__version__, 'onnxruntime': ort.__version__})}"
+    )
 
 
 if __name__ == "__main__":
