@@ -1,0 +1,597 @@
+"""Anomaly detectors behind one contract (public):
+
+    det = build_detector(name, **params).fit(X, y=None)
+    scores = det.decision_function(X)          # one float per sample, higher = more anomalous
+    det.export_onnx(path)                      # one graph, input "x", output "score"
+
+Input conventions: tabular ``(N, D)``, windows ``(N, T, D)``, images ``(N, C, H, W)`` float32 in
+[0, 1]. With ``y``, only the normal samples (``y == 0``) are fitted. Every family scores with one
+``torch.nn.Module`` (normalisation included), so ONNX reproduces ``decision_function`` exactly.
+
+Families: ``pca`` (the robot-arm reference), ``dense_ae``, ``conv_ae`` (the digits reference),
+``rnn_ae`` (RNN/GRU/LSTM, step-by-step decoding; the valve-rig reference), ``vae`` (negative
+ELBO), ``anogan`` (f-AnoGAN, izi_f: DCGAN, then an encoder that inverts the generator; the
+bearing reference). Training is seeded, deterministic on CPU, shows a progress bar on a
+terminal, reports each epoch to ``on_epoch`` (MLflow logging lives outside) and stops early on
+the validation loss of a held-out tenth of the normal data.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything
+
+ONNX_INPUT, ONNX_OPSET = "x", 18
+
+
+class DetectorOutput(NamedTuple):
+    score: torch.Tensor  # (B,)
+
+
+class Detector:
+    """Base class: subclasses build ``self.scorer`` (raw input -> DetectorOutput) in ``fit``."""
+
+    kind = "tabular"  # or "windows" / "images": the input convention
+    ndim = {"tabular": 2, "windows": 3, "images": 4}
+
+    def __init__(self, seed: int = 0, batch_size: int = 256):
+        self.seed, self.batch_size = seed, batch_size
+        self.scorer: nn.Module | None = None
+        self.history: list[dict] = []
+
+    def _check(self, X, y=None) -> tuple[np.ndarray, np.ndarray | None]:
+        X = np.asarray(X, dtype=np.float32)
+        want = self.ndim[self.kind]
+        if X.ndim != want:
+            raise ValueError(
+                f"{type(self).__name__} takes {self.kind} input with {want} dimensions, got shape {X.shape}"
+            )
+        if not np.isfinite(X).all():
+            raise ValueError(f"input has {int((~np.isfinite(X)).sum())} NaN/inf values")
+        if y is None:
+            return X, None
+        y = np.asarray(y).ravel()
+        if len(y) != len(X):
+            raise ValueError(f"{len(y)} labels for {len(X)} samples")
+        return X, y
+
+    def _normal(self, X, y) -> np.ndarray:
+        X, y = self._check(X, y)
+        normal = X if y is None else X[y == 0]
+        if len(normal) < 4:
+            raise ValueError(f"need at least 4 normal samples to fit, got {len(normal)}")
+        return normal
+
+    def fit(self, X, y=None) -> Detector:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def decision_function(self, X) -> np.ndarray:
+        if self.scorer is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        X, _ = self._check(X)
+        self.scorer.eval()
+        out = [
+            self.scorer(torch.from_numpy(X[i : i + self.batch_size])).score for i in range(0, len(X), self.batch_size)
+        ]
+        return torch.cat(out).double().numpy()
+
+    def export_onnx(self, path: str | Path, example: np.ndarray | None = None) -> Path:
+        """One ONNX graph with a dynamic batch: input ``x`` (float32), output ``score``."""
+        if self.scorer is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        example = torch.from_numpy(np.asarray(example if example is not None else self._example, dtype=np.float32)[:2])
+        self.scorer.eval()
+        logging.getLogger("torch.onnx").setLevel(logging.WARNING)
+        with warnings.catch_warnings():  # torch.export's own deprecation chatter on RNN graphs
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
+            program = torch.onnx.export(
+                self.scorer,
+                (example,),
+                input_names=[ONNX_INPUT],
+                output_names=["score"],
+                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
+                dynamo=True,
+                opset_version=ONNX_OPSET,
+                verbose=False,
+            )
+        program.save(str(path))
+        return Path(path)
+
+
+class OnnxDetector:
+    """A detector exported by ``Detector.export_onnx``, run with onnxruntime (what ships)."""
+
+    def __init__(self, path: str | Path | bytes, batch_size: int = 1024):
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        source = path if isinstance(path, bytes) else str(path)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.batch_size = batch_size
+
+    def decision_function(self, X) -> np.ndarray:
+        X = np.ascontiguousarray(X, dtype=np.float32)
+        outs = [
+            self.session.run(["score"], {ONNX_INPUT: X[i : i + self.batch_size]})[0]
+            for i in range(0, len(X), self.batch_size)
+        ]
+        return np.concatenate(outs).astype(np.float64)
+
+
+# -- PCA --------------------------------------------------------------------------------------
+
+
+class _PCAScorer(nn.Module):
+    def __init__(self, mean, std, components):
+        super().__init__()
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("components", torch.as_tensor(components, dtype=torch.float32))  # (k, D)
+
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
+        z = (x - self.mean) / self.std
+        recon = (z @ self.components.T) @ self.components
+        return DetectorOutput(((z - recon) ** 2).mean(dim=1))
+
+
+class PCADetector(Detector):
+    """Standardise, project onto the first ``n_components`` principal axes, score = mean squared
+    reconstruction error."""
+
+    def __init__(self, n_components: int = 2, **kw):
+        super().__init__(**kw)
+        self.n_components = n_components
+
+    def fit(self, X, y=None) -> PCADetector:
+        X = self._normal(X, y).astype(np.float64)
+        if not 0 < self.n_components <= X.shape[1]:
+            raise ValueError(f"n_components must be in 1..{X.shape[1]}, got {self.n_components}")
+        mean, std = X.mean(axis=0), X.std(axis=0)
+        std[std < 1e-12] = 1.0
+        _, _, vt = np.linalg.svd((X - mean) / std, full_matrices=False)
+        vt *= np.sign(vt[:, :1] + 1e-30)  # a fixed sign per axis: reproducible components
+        self.components_ = vt[: self.n_components]
+        self.scorer, self._example = _PCAScorer(mean, std, self.components_), X[:2]
+        return self
+
+
+# -- torch-trained families -------------------------------------------------------------------
+
+
+class _Standardise(nn.Module):
+    """Feature-wise standardisation over the last axis (tabular and windows), identity for images."""
+
+    def __init__(self, mean=None, std=None):
+        super().__init__()
+        self.on = mean is not None
+        if self.on:
+            self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+            self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std if self.on else x
+
+
+class _Scorer(nn.Module):
+    def __init__(self, norm: _Standardise, net: nn.Module):
+        super().__init__()
+        self.norm, self.net = norm, net
+
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
+        return DetectorOutput(self.net.score(self.norm(x)))
+
+
+class TorchDetector(Detector):
+    """Fits ``self._net(X)`` (a module with ``loss(batch)`` and ``score(batch)``) on normal data."""
+
+    def __init__(
+        self,
+        epochs: int = 50,
+        lr: float = 1e-3,
+        weight_decay: float = 0.0,
+        patience: int = 5,
+        val_fraction: float = 0.1,
+        on_epoch: Callable[[dict], None] | None = None,
+        **kw,
+    ):
+        super().__init__(**kw)
+        self.fit_config = FitConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience, seed=self.seed)
+        self.val_fraction = val_fraction
+        self.on_epoch = on_epoch or (lambda m: None)
+        self.fit_result: FitResult | None = None
+
+    def _net(self, X: np.ndarray) -> nn.Module:
+        raise NotImplementedError
+
+    def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        order = np.random.default_rng(self.seed).permutation(len(X))
+        n_val = max(1, int(round(len(X) * self.val_fraction)))
+        return X[np.sort(order[n_val:])], X[np.sort(order[:n_val])]
+
+    def _norm(self, X: np.ndarray) -> _Standardise:
+        if self.kind == "images":
+            return _Standardise()
+        flat = X.reshape(-1, X.shape[-1]).astype(np.float64)
+        std = flat.std(axis=0)
+        std[std < 1e-12] = 1.0
+        return _Standardise(flat.mean(axis=0), std)
+
+    def _batches(self, X: torch.Tensor, shuffle: bool, gen: torch.Generator):
+        def it():
+            idx = torch.randperm(len(X), generator=gen) if shuffle else torch.arange(len(X))
+            for i in range(0, len(X), self.batch_size):
+                yield (X[idx[i : i + self.batch_size]],)
+
+        return it
+
+    def fit(self, X, y=None) -> TorchDetector:
+        X = self._normal(X, y)
+        gen = seed_everything(self.seed)
+        train, val = self._split(X)
+        norm = self._norm(train)
+        with torch.no_grad():
+            t_train, t_val = norm(torch.from_numpy(train)), norm(torch.from_numpy(val))
+        net = self._net(train)
+        self.fit_result = self._train(net, t_train, t_val, gen)
+        self.history = self.fit_result.history
+        self.scorer, self._example = _Scorer(norm, net).eval(), X[:2]
+        return self
+
+    def _train(self, net: nn.Module, train: torch.Tensor, val: torch.Tensor, gen: torch.Generator) -> FitResult:
+        return fit(
+            net,
+            lambda m, b: m.loss(b[0]),
+            self._batches(train, True, gen),
+            self._batches(val, False, gen),
+            self.fit_config,
+            self.on_epoch,
+            desc=type(self).__name__,
+        )
+
+
+def _per_sample(err: torch.Tensor) -> torch.Tensor:
+    return err.flatten(1).mean(dim=1)
+
+
+class _DenseAE(nn.Module):
+    def __init__(self, d: int, hidden: int, code: int):
+        super().__init__()
+        self.encoder = nn.Sequential(nn.Linear(d, hidden), nn.ReLU(), nn.Linear(hidden, code))
+        self.decoder = nn.Sequential(nn.ReLU(), nn.Linear(code, hidden), nn.ReLU(), nn.Linear(hidden, d))
+
+    def score(self, x):
+        return _per_sample((x - self.decoder(self.encoder(x))) ** 2)
+
+    def loss(self, x):
+        return self.score(x).mean()
+
+
+class DenseAEDetector(TorchDetector):
+    """Fully connected autoencoder for tabular data; score = mean squared reconstruction error."""
+
+    def __init__(self, hidden: int = 32, code: int = 4, **kw):
+        super().__init__(**kw)
+        self.hidden, self.code = hidden, code
+
+    def _net(self, X):
+        return _DenseAE(X.shape[1], self.hidden, self.code)
+
+
+class _ConvAE(nn.Module):
+    """conv-BN-ReLU-pool encoder to a global-average-pooled code, transposed-conv decoder."""
+
+    def __init__(self, c: int, h: int, w: int, width: int, code: int):
+        super().__init__()
+        if h % 4 or w % 4:
+            raise ValueError(f"conv_ae needs H and W divisible by 4, got {h}x{w} (resize the images)")
+
+        def block(i, o):
+            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+
+        self.encoder = nn.Sequential(*block(c, width), *block(width, 2 * width), nn.Conv2d(2 * width, code, 1))
+        self.shape = (2 * width, h // 4, w // 4)
+        self.expand = nn.Linear(code, int(np.prod(self.shape)))
+        self.decoder = nn.Sequential(
+            nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 2, stride=2),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, c, 2, stride=2),
+            nn.Sigmoid(),
+        )
+
+    def reconstruct(self, x):
+        code = self.encoder(x).mean(dim=(2, 3))  # global average pooling
+        return self.decoder(self.expand(code).view(-1, *self.shape))
+
+    def score(self, x):
+        return _per_sample((x - self.reconstruct(x)) ** 2)
+
+    def loss(self, x):
+        return self.score(x).mean()
+
+
+class ConvAEDetector(TorchDetector):
+    """Convolutional autoencoder for images; score = per-image mean squared reconstruction error."""
+
+    kind = "images"
+
+    def __init__(self, width: int = 32, code: int = 64, **kw):
+        super().__init__(**kw)
+        self.width, self.code = width, code
+
+    def _net(self, X):
+        return _ConvAE(*X.shape[1:], self.width, self.code)
+
+
+class _RNNAE(nn.Module):
+    """Encoder RNN over the window; the decoder starts from the encoder state and rebuilds the
+    window step by step, feeding back its own previous output."""
+
+    CELLS = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}
+
+    def __init__(self, d: int, t: int, cell: str, hidden: int, error: str):
+        super().__init__()
+        if cell not in self.CELLS:
+            raise ValueError(f"cell must be one of {sorted(self.CELLS)}, got {cell!r}")
+        if error not in ("mae", "mse"):
+            raise ValueError(f"error must be 'mae' or 'mse', got {error!r}")
+        self.t, self.error = t, error
+        self.encoder = self.CELLS[cell](d, hidden, batch_first=True)
+        self.decoder = self.CELLS[cell](d, hidden, batch_first=True)
+        self.out = nn.Linear(hidden, d)
+
+    def reconstruct(self, x):
+        _, state = self.encoder(x)
+        step = torch.zeros_like(x[:, :1])
+        outs = []
+        for _ in range(self.t):
+            h, state = self.decoder(step, state)
+            step = self.out(h)
+            outs.append(step)
+        return torch.cat(outs, dim=1)
+
+    def score(self, x):
+        diff = x - self.reconstruct(x)
+        err = diff.abs() if self.error == "mae" else diff**2
+        return err.mean(dim=1).sum(dim=1)  # mean over time, summed over features (the SKAB residual)
+
+    def loss(self, x):
+        return ((x - self.reconstruct(x)) ** 2).mean()
+
+
+class RNNAEDetector(TorchDetector):
+    """Recurrent encoder-decoder over windows ``(N, T, D)``; ``cell`` is "rnn", "gru" or "lstm"."""
+
+    kind = "windows"
+
+    def __init__(self, cell: str = "gru", hidden: int = 32, error: str = "mae", **kw):
+        super().__init__(**kw)
+        self.cell, self.hidden, self.error = cell, hidden, error
+
+    def _net(self, X):
+        return _RNNAE(X.shape[2], X.shape[1], self.cell, self.hidden, self.error)
+
+
+class _VAE(nn.Module):
+    def __init__(self, shape: tuple[int, ...], hidden: int, latent: int, beta: float):
+        super().__init__()
+        d = int(np.prod(shape))
+        self.beta = beta
+        self.encoder = nn.Sequential(nn.Flatten(), nn.Linear(d, hidden), nn.ReLU())
+        self.mu, self.logvar = nn.Linear(hidden, latent), nn.Linear(hidden, latent)
+        self.decoder = nn.Sequential(nn.Linear(latent, hidden), nn.ReLU(), nn.Linear(hidden, d))
+
+    def _terms(self, x, sample: bool):
+        h = self.encoder(x)
+        mu, logvar = self.mu(h), self.logvar(h).clamp(-10, 10)
+        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if sample else mu
+        recon = ((x.flatten(1) - self.decoder(z)) ** 2).mean(dim=1)
+        kl = -0.5 * (1 + logvar - mu**2 - logvar.exp()).sum(dim=1) / x.flatten(1).shape[1]
+        return recon, kl
+
+    def score(self, x):
+        """Negative ELBO per sample at the posterior mean (deterministic, so ONNX reproduces it)."""
+        recon, kl = self._terms(x, sample=False)
+        return recon + self.beta * kl
+
+    def loss(self, x):
+        recon, kl = self._terms(x, sample=self.training)
+        return (recon + self.beta * kl).mean()
+
+
+class VAEDetector(TorchDetector):
+    """Variational autoencoder on any input shape (flattened); score = negative ELBO."""
+
+    def __init__(self, hidden: int = 64, latent: int = 4, beta: float = 1.0, kind: str = "tabular", **kw):
+        super().__init__(**kw)
+        if kind not in self.ndim:
+            raise ValueError(f"kind must be one of {sorted(self.ndim)}, got {kind!r}")
+        self.kind, self.hidden, self.latent, self.beta = kind, hidden, latent, beta
+
+    def _net(self, X):
+        return _VAE(X.shape[1:], self.hidden, self.latent, self.beta)
+
+
+# -- f-AnoGAN ---------------------------------------------------------------------------------
+
+
+class _Generator(nn.Module):
+    def __init__(self, latent: int, c: int, size: int, width: int):
+        super().__init__()
+        self.latent, self.start = latent, size // 4
+        self.project = nn.Sequential(
+            nn.Linear(latent, 2 * width * self.start**2), nn.BatchNorm1d(2 * width * self.start**2), nn.ReLU()
+        )
+        self.width = width
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(2 * width, width, 4, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.ConvTranspose2d(width, c, 4, stride=2, padding=1),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, z):
+        return self.net(self.project(z).view(-1, 2 * self.width, self.start, self.start))
+
+
+class _Discriminator(nn.Module):
+    def __init__(self, c: int, size: int, width: int):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(c, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+        )
+        self.head = nn.Linear(2 * width * (size // 4) ** 2, 1)
+
+    def forward(self, x):
+        return self.head(self.features(x)).squeeze(1)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c: int, size: int, width: int, latent: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(c, width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, stride=2, padding=1),
+            nn.LeakyReLU(0.2),
+            nn.Flatten(),
+            nn.Linear(2 * width * (size // 4) ** 2, latent),
+            nn.Tanh(),
+        )
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class _IziF(nn.Module):
+    """izi_f: encode, regenerate; residual in image space plus kappa x in discriminator features."""
+
+    def __init__(self, encoder: _Encoder, generator: _Generator, discriminator: _Discriminator, kappa: float):
+        super().__init__()
+        self.encoder, self.generator, self.discriminator, self.kappa = encoder, generator, discriminator, kappa
+
+    def terms(self, x):
+        regen = self.generator(self.encoder(x))
+        image = _per_sample((x - regen) ** 2)
+        feats = _per_sample((self.discriminator.features(x) - self.discriminator.features(regen)) ** 2)
+        return image, feats
+
+    def score(self, x):
+        image, feats = self.terms(x)
+        return image + self.kappa * feats
+
+    def loss(self, x):
+        return self.score(x).mean()
+
+
+class AnoGANDetector(TorchDetector):
+    """f-AnoGAN: a DCGAN on normal images, then an encoder trained (generator and discriminator
+    frozen) to invert the generator. Scoring is one forward pass, exported as one graph."""
+
+    kind = "images"
+
+    def __init__(self, latent: int = 32, width: int = 32, gan_epochs: int = 30, kappa: float = 1.0, **kw):
+        super().__init__(**kw)
+        self.latent, self.width, self.gan_epochs, self.kappa = latent, width, gan_epochs, kappa
+        self.gan_history: list[dict] = []
+
+    def _net(self, X):
+        c, h, w = X.shape[1:]
+        if h != w or h % 4:
+            raise ValueError(f"anogan needs square images with a side divisible by 4, got {h}x{w}")
+        return _IziF(
+            _Encoder(c, h, self.width, self.latent),
+            _Generator(self.latent, c, h, self.width),
+            _Discriminator(c, h, self.width),
+            self.kappa,
+        )
+
+    def _train(self, net: _IziF, train, val, gen) -> FitResult:
+        g, d = net.generator, net.discriminator
+        opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        opt_d = torch.optim.Adam(d.parameters(), lr=2e-4, betas=(0.5, 0.999))
+        bce = nn.BCEWithLogitsLoss()
+        for epoch in tqdm(range(1, self.gan_epochs + 1), desc="AnoGAN: GAN", unit="epoch", disable=None):
+            g.train(), d.train()
+            totals = np.zeros(2)
+            for (real,) in self._batches(train, True, gen)():
+                z = torch.randn(len(real), self.latent, generator=gen)
+                fake = g(z)
+                loss_d = bce(d(real), torch.ones(len(real))) + bce(d(fake.detach()), torch.zeros(len(real)))
+                opt_d.zero_grad()
+                loss_d.backward()
+                opt_d.step()
+                loss_g = bce(d(fake), torch.ones(len(real)))
+                opt_g.zero_grad()
+                loss_g.backward()
+                opt_g.step()
+                totals += [loss_d.item() * len(real), loss_g.item() * len(real)]
+            metrics = {"epoch": epoch, "gan_d_loss": totals[0] / len(train), "gan_g_loss": totals[1] / len(train)}
+            self.gan_history.append(metrics)
+            self.on_epoch(metrics)
+        # izi_f: train the encoder only; the generator and the discriminator's features stay fixed.
+        g.eval(), d.eval()
+        for p in [*g.parameters(), *d.parameters()]:
+            p.requires_grad_(False)
+        return fit(
+            _EncoderOnly(net),
+            lambda m, b: m.loss(b[0]),
+            self._batches(train, True, gen),
+            self._batches(val, False, gen),
+            self.fit_config,
+            self.on_epoch,
+            desc="AnoGAN: encoder",
+        )
+
+
+class _EncoderOnly(nn.Module):
+    """Trains ``net.encoder`` with the izi_f loss while the generator and discriminator stay in eval mode."""
+
+    def __init__(self, net: _IziF):
+        super().__init__()
+        self.net = net
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.net.encoder.train(mode)
+        self.net.generator.eval()
+        self.net.discriminator.eval()
+        return self
+
+    def loss(self, x):
+        return self.net.loss(x)
+
+
+FAMILIES: dict[str, type[Detector]] = {
+    "pca": PCADetector,
+    "dense_ae": DenseAEDetector,
+    "conv_ae": ConvAEDetector,
+    "rnn_ae": RNNAEDetector,
+    "vae": VAEDetector,
+    "anogan": AnoGANDetector,
+}
+
+
+def build_detector(name: str, **params) -> Detector:
+    """A detector of family ``name`` (see ``FAMILIES``) with its defaults overridden by ``params``."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown detector {name!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[name](**params)
