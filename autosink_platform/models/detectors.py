@@ -290,27 +290,31 @@ class DenseAEDetector(TorchDetector):
 
 
 class _ConvAE(nn.Module):
-    """conv-BN-ReLU-pool encoder to a global-average-pooled code, transposed-conv decoder."""
+    """conv-BN-ReLU-pool stages down to a 4x4 map (so the code sees the whole image), a 1x1 conv
+    to ``code`` channels and global average pooling; a linear layer and transposed-conv stages
+    decode it back."""
 
     def __init__(self, c: int, h: int, w: int, width: int, code: int):
         super().__init__()
-        if h % 4 or w % 4:
-            raise ValueError(f"conv_ae needs H and W divisible by 4, got {h}x{w} (resize the images)")
-
-        def block(i, o):
-            return [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
-
-        self.encoder = nn.Sequential(*block(c, width), *block(width, 2 * width), nn.Conv2d(2 * width, code, 1))
-        self.shape = (2 * width, h // 4, w // 4)
+        stages = 0
+        while min(h, w) >> (stages + 1) >= 4:
+            stages += 1
+        if stages == 0 or h % (1 << stages) or w % (1 << stages):
+            raise ValueError(f"conv_ae needs H and W divisible by 4 (at least 8x8), got {h}x{w} (resize the images)")
+        chans = [c] + [width * 2**k for k in range(stages)]
+        down = []
+        for i, o in zip(chans[:-1], chans[1:], strict=True):
+            down += [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+        self.encoder = nn.Sequential(*down, nn.Conv2d(chans[-1], code, 1))
+        self.shape = (chans[-1], h >> stages, w >> stages)
         self.expand = nn.Linear(code, int(np.prod(self.shape)))
-        self.decoder = nn.Sequential(
-            nn.ReLU(),
-            nn.ConvTranspose2d(2 * width, width, 2, stride=2),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.ConvTranspose2d(width, c, 2, stride=2),
-            nn.Sigmoid(),
-        )
+        up: list[nn.Module] = []
+        for i, o in zip(chans[:0:-1], chans[-2::-1], strict=True):
+            up += [nn.ReLU(), nn.ConvTranspose2d(i, o if o != c else max(width // 2, 4), 2, stride=2)]
+            if o != c:
+                up += [nn.BatchNorm2d(o)]
+        up += [nn.ReLU(), nn.Conv2d(max(width // 2, 4), c, 3, padding=1), nn.Sigmoid()]
+        self.decoder = nn.Sequential(*up)
 
     def reconstruct(self, x):
         code = self.encoder(x).mean(dim=(2, 3))  # global average pooling

@@ -1,0 +1,70 @@
+"""Small stand-ins for ../shared/datasets, in the same file formats (IDX gz, npz, CSV), so the
+reference pipelines' code paths run in the default test run on any machine. Real-data runs
+are the ``realdata`` tests."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from autosink_platform.reference.pipelines import BEARING_FILES
+
+
+def _idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()))
+
+
+def _strokes(rng: np.random.Generator, n: int, strokes: tuple[int, int]) -> np.ndarray:
+    """28x28 images of a few thick strokes (digit-like) or many (character-like)."""
+    out = np.zeros((n, 28, 28), np.uint8)
+    for i in range(n):
+        img = Image.new("L", (28, 28))
+        draw = ImageDraw.Draw(img)
+        for _ in range(int(rng.integers(*strokes))):
+            x0, y0, x1, y1 = rng.integers(5, 23, size=4)
+            draw.line([(x0, y0), (x1, y1)], fill=255, width=3)
+        out[i] = np.asarray(img)
+    return out
+
+
+def make_fake_datasets(root: Path, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "robotarm").mkdir(parents=True)
+    t = np.arange(120)
+    base = np.stack([np.sin(t / 7), np.cos(t / 7)], axis=1)
+    axes = base @ rng.normal(size=(2, 4)) + 0.02 * rng.normal(size=(120, 4)) + [0, 4, 0, 1]
+    lines = ["id,datetime,axis_1,axis_2,axis_3,axis_4"]
+    lines += [
+        f"{i + 1},2022-12-27 06:{i // 12:02d}:{(i % 12) * 5:02d}.000000," + ",".join(f"{v:.6f}" for v in row)
+        for i, row in enumerate(axes)
+    ]
+    (root / "robotarm" / "robotarm-train.csv").write_text("\n".join(lines) + "\n")
+
+    (root / "mnist").mkdir()
+    _idx(root / "mnist" / "train-images-idx3-ubyte.gz", _strokes(rng, 400, (1, 3)))
+    _idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", _strokes(rng, 100, (1, 3)))
+    _idx(root / "mnist" / "train-labels-idx1-ubyte.gz", rng.integers(0, 10, 400).astype(np.uint8))
+    _idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", rng.integers(0, 10, 100).astype(np.uint8))
+    (root / "kmnist").mkdir()
+    np.savez(root / "kmnist" / "kmnist-test-imgs.npz", arr_0=_strokes(rng, 200, (5, 9)))
+    np.savez(root / "kmnist" / "kmnist-test-labels.npz", arr_0=rng.integers(0, 10, 200).astype(np.uint8))
+
+    (root / "cwru_bearing").mkdir()
+    fs = 12_000
+    for group, name in BEARING_FILES.items():
+        n = 40_000 if group == "Normal" else 16_000
+        tt = np.arange(n) / fs
+        signal = 0.05 * np.sin(2 * np.pi * 29.95 * tt) + 0.02 * np.sin(2 * np.pi * 89.9 * tt)
+        signal += 0.03 * rng.normal(size=n)
+        if group != "Normal":  # a fault rings the structure at a fixed rate: periodic impulses
+            period = int(fs / (100 + 20 * len(name)))
+            impulses = np.zeros(n)
+            impulses[::period] = 1.0
+            ring = np.exp(-np.arange(60) / 8) * np.sin(2 * np.pi * 3000 * np.arange(60) / fs)
+            signal += 0.5 * np.convolve(impulses, ring)[:n]
+        np.savez(root / "cwru_bearing" / name, DE=signal[:, None], FE=signal[:, None])
+    return root

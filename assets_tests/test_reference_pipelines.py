@@ -1,0 +1,166 @@
+"""The reference pipelines' six stages: on small stand-in files in the real formats in the
+default run (a real Dagster instance, MLflow registry and onnxruntime), and on the real
+datasets under the ``realdata`` marker."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+import pytest
+
+from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+from autosink_platform.defs.runner import QUIET
+from autosink_platform.reference import lifecycle
+from autosink_platform.reference.pipelines import (
+    BEARING,
+    DIGITS,
+    ROBOTARM,
+    BearingConfig,
+    DetectorModel,
+    DigitsConfig,
+    build_samples,
+)
+from autosink_platform.reference.sources import DatasetMissing
+from autosink_platform.validation.cases import CaseFloors
+from autosink_platform.validation.schemas import DataValidationError
+
+from .fake_reference_data import make_fake_datasets
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory) -> Path:
+    return make_fake_datasets(tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.fixture
+def world(home, fake_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("AUTOSINK_DATASETS", str(fake_root))
+    return {
+        "registry": MlflowResource().get(),
+        "channel": FleetChannelResource().get(),
+        "audit": FleetChannelResource().audit(),
+    }
+
+
+def test_robotarm_runs_as_dagster_assets_and_is_not_retrained(world, tmp_path):
+    from autosink_platform.definitions import defs
+
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        job = defs.resolve_job_def("robotarm_pipeline")
+        assert job.execute_in_process(instance=instance, run_config=QUIET).success
+        meta = lambda stage: (
+            instance.get_latest_materialization_event(  # noqa: E731
+                dg.AssetKey(["robotarm", stage])
+            ).asset_materialization.metadata
+        )
+        assert meta("pca_threshold")["policy"].value == "k_sigma"
+        assert meta("pca_release")["aliases"].value == "challenger, champion"
+        checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [
+                dg.AssetCheckKey(dg.AssetKey(["robotarm", "validated_dataset"]), c)
+                for c in ("min_examples", "no_leakage")
+            ]
+        )
+        assert all(c.evaluation.passed for c in checks.values())
+
+        registry, channel = world["registry"], world["channel"]
+        version = registry.client.get_model_version("robotarm.pca", "1")
+        assert version.tags["validation_status"] == "passed" and version.tags["family"] == "pca"
+        threshold = json.loads(
+            registry.client.download_artifacts(version.run_id, "threshold.json", str(tmp_path))
+            and (tmp_path / "threshold.json").read_text()
+        )
+        assert (
+            threshold["policy"] == "k_sigma"
+            and threshold["params"] == {"k": 3.0}
+            and threshold["inputs"]["split"] == "train"
+        )
+        manifest = json.loads((channel.version_dir("robotarm", "pca", "1") / "manifest.json").read_text())
+        assert manifest["input"] == {"name": "x", "shape": ["batch", 4], "dtype": "float32"}
+        assert channel.read_pointer("robotarm", "pca", "stable")["version"] == "1"
+
+        # Unchanged files: same snapshot, the version is reused, nothing new is registered.
+        assert job.execute_in_process(instance=instance, run_config=QUIET).success
+        assert meta("pca_model")["reused"].value is True
+        assert len(registry.client.search_model_versions("name = 'robotarm.pca'")) == 1
+
+
+def _small(spec, config, model):
+    return dataclasses.replace(spec, config=config, models=(model,))
+
+
+SMALL = {
+    "digits": _small(
+        DIGITS,
+        DigitsConfig(mnist_sample=500, train=300, validation=80, test=80),
+        DetectorModel("conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8}),
+    ),
+    "bearing": dataclasses.replace(
+        _small(
+            BEARING,
+            BearingConfig(),
+            DetectorModel(
+                "anogan", "anogan", {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8}
+            ),
+        ),
+        case_floors=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_small_reference_pipeline_trains_thresholds_and_releases(world, fake_root, tmp_path, name):
+    spec, registry, channel = SMALL[name], world["registry"], world["channel"]
+    ds = lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store")
+    assert lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store").snapshot_id == ds.snapshot_id  # stable
+    model = spec.models[0]
+    trained = lifecycle.train_detector(spec, model, ds, registry, "test-run")
+    assert trained.history and registry.client.get_metric_history(trained.run_id, "val_loss")
+    op, figures = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
+    assert op.policy == "best_f1" and {"pr_curve", "score_histogram"} <= set(figures)
+    rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    test = rel.manifest["metrics"]["test"]
+    assert 0 <= test["f1"] <= 1 and test["auroc"] > 0.7, test
+    assert rel.manifest["parity_max_rel_diff"] <= 1e-4
+    assert set(rel.cases["group"]) == set(
+        pd.read_parquet(Path(ds.path) / "table.parquet").query("split == 'test'")["group"]
+    )
+    assert str(registry.alias_version(f"{spec.name}.{model.name}", "champion").version) == trained.version
+    # Releasing again is a no-op that returns the published release.
+    again = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    assert again.reused and again.manifest["onnx"]["sha256"] == rel.manifest["onnx"]["sha256"]
+
+
+def test_missing_dataset_is_named(tmp_path):
+    with pytest.raises(DatasetMissing, match=r"robotarm/robotarm-train\.csv.*AUTOSINK_DATASETS"):
+        build_samples(ROBOTARM, tmp_path)
+
+
+def test_a_malformed_raw_file_fails_validation_with_the_column(fake_root, tmp_path):
+    bad = tmp_path / "robotarm"
+    bad.mkdir()
+    text = (fake_root / "robotarm" / "robotarm-train.csv").read_text().splitlines()
+    text[5] = text[5].rsplit(",", 1)[0] + ",not-a-number"
+    (bad / "robotarm-train.csv").write_text("\n".join(text))
+    with pytest.raises(DataValidationError, match="axis_4") as e:
+        build_samples(ROBOTARM, tmp_path)
+    assert e.value.asset == "robotarm/raw_files"
+    assert (fake_root / "robotarm" / "robotarm-train.csv").read_text().splitlines()[5] != text[5]  # raw untouched
+
+
+def test_the_digits_protocol_is_the_tutorials(fake_root):
+    table, X = build_samples(SMALL["digits"], fake_root)
+    counts = table.groupby(["split", "source"]).size().to_dict()
+    assert counts == {
+        ("train", "mnist"): 300,
+        ("validation", "mnist"): 80,
+        ("validation", "kmnist"): 80,
+        ("test", "mnist"): 80,
+        ("test", "kmnist"): 80,
+    }
+    assert X.shape[1:] == (1, 32, 32) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
+    assert (table.loc[table["source"] == "kmnist", "label"] == 1).all()

@@ -1,0 +1,274 @@
+"""Reference pipeline spec -> Dagster assets: the sink pipeline's six stages for detectors on
+public datasets (raw files read in place -> samples -> validated dataset -> models ->
+thresholds -> releases), with blocking checks on the dataset."""
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import dagster as dg
+import numpy as np
+import pandas as pd
+
+from autosink_platform import plots
+from autosink_platform.defs.metadata import image_metadata, markdown_table
+from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
+from autosink_platform.home import resolve_home
+from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected
+from autosink_platform.reference import lifecycle
+from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec
+from autosink_platform.reference.sources import DatasetMissing, datasets_root, fingerprint, require
+from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation.schemas import DataValidationError
+
+FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+
+class ReferenceDataResource(dg.ConfigurableResource):
+    """Where the reference datasets are read in place (default: ``$AUTOSINK_DATASETS``, else
+    ``../shared/datasets`` beside the repository)."""
+
+    root: str = ""
+
+    def get(self) -> Path:
+        return Path(self.root) if self.root else datasets_root()
+
+
+def _store_root(store: FeatureStoreResource) -> Path:
+    return Path(store.root) if store.root else resolve_home().store
+
+
+def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
+    prefix = [spec.name]
+
+    @dg.asset(name="raw_files", key_prefix=prefix, group_name=spec.name, code_version="1", kinds={"numpy"})
+    def raw_files(context: dg.AssetExecutionContext, datasets: ReferenceDataResource) -> dg.Output[dict]:
+        """The public files this pipeline reads in place, fingerprinted (never copied or changed)."""
+        root = datasets.get()
+        try:
+            paths = require(root, *spec.raw_files)
+        except DatasetMissing as e:
+            raise dg.Failure(description=str(e)) from e
+        prints = fingerprint(paths)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return dg.Output(
+                {"root": str(root), "files": prints},
+                data_version=dg.DataVersion(lifecycle.snapshot_id(*sorted(f"{k}:{v}" for k, v in prints.items()))),
+                metadata={
+                    "root": dg.MetadataValue.path(str(root)),
+                    "files": markdown_table(
+                        pd.DataFrame(
+                            [
+                                {"file": p.name, "bytes": p.stat().st_size, "sha256": prints[p.name][:16]}
+                                for p in sorted(paths)
+                            ]
+                        )
+                    ),
+                },
+            )
+
+    @dg.asset(
+        name="validated_dataset",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version="1",
+        ins={"raw": dg.AssetIn(dg.AssetKey([*prefix, "raw_files"]))},
+        kinds={"pandas", "numpy"},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def validated_dataset(
+        context: dg.AssetExecutionContext, raw: dict, store: FeatureStoreResource
+    ) -> dg.Output[lifecycle.RefDataset]:
+        """Samples per the pipeline's protocol, pandera-validated, frozen as a content-hash snapshot."""
+        try:
+            ds = lifecycle.snapshot_dataset(spec, Path(raw["root"]), _store_root(store))
+        except DataValidationError as e:
+            cases = e.failure_cases
+            raise dg.Failure(
+                description=str(e),
+                metadata={
+                    "failure_cases": len(cases),
+                    "by_column_and_check": markdown_table(
+                        cases.groupby(["column", "check"]).size().reset_index(name="n")
+                    ),
+                    "first_cases": markdown_table(cases.head(20).astype(str)),
+                },
+            ) from e
+        splits = pd.DataFrame([{"split": s, **c} for s, c in ds.counts.items()])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.BetaWarning)
+            return dg.Output(
+                ds,
+                data_version=dg.DataVersion(ds.snapshot_id),
+                metadata={
+                    "snapshot_id": ds.snapshot_id,
+                    "splits": markdown_table(splits),
+                    "path": dg.MetadataValue.path(ds.path),
+                },
+            )
+
+    return [raw_files, validated_dataset]
+
+
+REFERENCE_CHECKS = ("min_examples", "finite_inputs", "no_leakage")
+
+
+def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
+    key = dg.AssetKey([spec.name, "validated_dataset"])
+
+    @dg.multi_asset_check(
+        specs=[dg.AssetCheckSpec(name, asset=key, blocking=True) for name in REFERENCE_CHECKS],
+        name=f"{spec.name}_dataset_checks",
+        ins={"dataset": dg.AssetIn(key)},
+    )
+    def reference_dataset_checks(dataset: lifecycle.RefDataset):
+        """The protocol's examples per split and class, finite inputs, no sample in two splits."""
+        table, X = dataset.load()
+        counts = table.groupby(["split", "label"]).size()
+        need = spec.min_per_split_class
+        expected = [("train", 0), ("validation", 0), ("test", 0)]
+        if need:
+            expected += [("validation", 1), ("test", 1)]
+        short = {
+            f"{s}/{lbl}": int(counts.get((s, lbl), 0)) for s, lbl in expected if counts.get((s, lbl), 0) < max(need, 1)
+        }
+        yield dg.AssetCheckResult(
+            check_name="min_examples",
+            passed=not short,
+            description=f"samples per (split, label) >= {max(need, 1)}" + (f"; short: {short}" if short else ""),
+            metadata={f"{s}/{lbl}": int(n) for (s, lbl), n in counts.items()},
+        )
+        bad = int(sum(int((~np.isfinite(X[i : i + 4096])).sum()) for i in range(0, len(X), 4096)))
+        yield dg.AssetCheckResult(check_name="finite_inputs", passed=bad == 0, metadata={"non_finite_values": bad})
+        dup = table.groupby(["source", "position"])["split"].nunique()
+        leaked = int((dup > 1).sum())
+        yield dg.AssetCheckResult(
+            check_name="no_leakage",
+            passed=leaked == 0,
+            description=f"samples whose (source, position) is in several splits: {leaked}",
+            metadata={"leaked": leaked},
+        )
+
+    return reference_dataset_checks
+
+
+def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDefinition]:
+    prefix, dataset_key = [spec.name], dg.AssetKey([spec.name, "validated_dataset"])
+    model_key, threshold_key = (
+        dg.AssetKey([*prefix, f"{model.name}_model"]),
+        dg.AssetKey([*prefix, f"{model.name}_threshold"]),
+    )
+
+    @dg.asset(
+        name=f"{model.name}_model",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
+        ins={"dataset": dg.AssetIn(dataset_key)},
+        kinds={"pytorch", "mlflow"},
+        automation_condition=FOLLOW_CHECKED_DATASET,
+        description=f"{model.family} detector, registered as {spec.name}.{model.name}",
+    )
+    def trained(
+        context: dg.AssetExecutionContext, dataset: lifecycle.RefDataset, mlflow: MlflowResource
+    ) -> dg.Output[lifecycle.TrainedDetector]:
+        result = lifecycle.train_detector(spec, model, dataset, mlflow.get(), context.run.run_id)
+        metadata = {
+            "mlflow_model": result.registered_name,
+            "mlflow_version": result.version,
+            "mlflow_run_id": result.run_id,
+            "reused": result.reused,
+            "train_seconds": result.train_seconds,
+        }
+        if result.history:
+            with tempfile.TemporaryDirectory() as tmp:
+                metadata["training_curves"] = image_metadata(
+                    plots.training_curves(result.history, Path(tmp) / "curves.png", result.registered_name)
+                )
+        return dg.Output(result, metadata=metadata)
+
+    @dg.asset(
+        name=f"{model.name}_threshold",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
+        ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
+        kinds={"mlflow"},
+        automation_condition=FOLLOW_CHECKED_DATASET,
+    )
+    def threshold(
+        context: dg.AssetExecutionContext,
+        trained: lifecycle.TrainedDetector,
+        dataset: lifecycle.RefDataset,
+        mlflow: MlflowResource,
+    ) -> dg.Output[OperatingPoint]:
+        """The operating point (policy per the pipeline spec), as a JSON artifact of the version."""
+        with tempfile.TemporaryDirectory() as tmp:
+            op, figures = lifecycle.choose_threshold(spec, model, trained, dataset, mlflow.get(), Path(tmp))
+            images = {name: image_metadata(path) for name, path in figures.items()}
+        return dg.Output(
+            op,
+            metadata={
+                "policy": op.policy,
+                "threshold": op.threshold,
+                **{k: v for k in ("precision", "recall", "f1", "fpr") if (v := getattr(op, k)) is not None},
+                **images,
+            },
+        )
+
+    @dg.asset(
+        name=f"{model.name}_release",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version=model.code_version,
+        ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
+        kinds={"onnx", "mlflow"},
+        automation_condition=FOLLOW_CHECKED_DATASET,
+    )
+    def release(
+        context: dg.AssetExecutionContext,
+        trained: lifecycle.TrainedDetector,
+        op: OperatingPoint,
+        dataset: lifecycle.RefDataset,
+        mlflow: MlflowResource,
+        fleet: FleetChannelResource,
+    ) -> dg.Output[Release]:
+        """ONNX checked against PyTorch, test metrics and case slices with onnxruntime, published."""
+        try:
+            rel = lifecycle.release_detector(
+                spec, model, trained, op, dataset, mlflow.get(), fleet.get(), fleet.audit(), context.run.run_id
+            )
+        except ReleaseRejected as e:
+            raise dg.Failure(
+                description=str(e),
+                metadata={"mlflow_version": trained.version}
+                | ({"case_validation": markdown_table(e.cases)} if e.cases is not None else {}),
+            ) from e
+        test = rel.manifest["metrics"]["test"]
+        reference = {f"reference_{k}": v for k, v in spec.reference.items() if isinstance(v, float)}
+        return dg.Output(
+            rel,
+            metadata={
+                "mlflow_version": rel.version,
+                "aliases": ", ".join(rel.aliases),
+                "path": dg.MetadataValue.path(rel.path),
+                "onnx_sha256": rel.manifest["onnx"]["sha256"],
+                "reused": rel.reused,
+                **{f"test_{k}": float(v) for k, v in test.items()},
+                **reference,
+                **({"case_validation": markdown_table(rel.cases)} if rel.cases is not None else {}),
+            },
+        )
+
+    return [trained, threshold, release]
+
+
+def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
+    assets = _data_assets(spec) + [a for m in spec.models for a in _model_assets(spec, m)]
+    job = dg.define_asset_job(
+        f"{spec.name}_pipeline",
+        selection=dg.AssetSelection.groups(spec.name),
+        description=f"{spec.description} Raw files to validated release.",
+    )
+    return dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job])

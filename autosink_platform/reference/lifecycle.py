@@ -1,0 +1,430 @@
+"""Dataset snapshot -> train -> threshold -> release for the reference pipelines' detectors:
+plain functions over the MLflow registry and the fleet channel, like ``pipelines.lifecycle`` for
+the sink. Each stage reuses its earlier result when its inputs are unchanged."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+
+import mlflow
+from autosink_platform import plots
+from autosink_platform.models import OnnxDetector, build_detector
+from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
+from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected, _aliases, _flat
+from autosink_platform.pipelines.spec import PromotionPolicy
+from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
+from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
+from autosink_platform.registry.promotion import AuditLog, promote
+from autosink_platform.release.channel import FleetChannel, sha256_file
+from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
+from autosink_platform.validation import cases as case_validation
+from autosink_platform.validation.splits import snapshot_id
+
+PARITY_RTOL = 1e-4
+SMOKE_SAMPLES = 4
+COMPLETE = "_COMPLETE"
+SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
+UNSUPERVISED = {"k_sigma": k_sigma, "quantile": quantile}
+
+
+@dataclass(frozen=True)
+class RefDataset:
+    pipeline: str
+    snapshot_id: str
+    path: str
+    counts: dict
+
+    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
+        path = Path(self.path)
+        return pd.read_parquet(path / "table.parquet"), np.load(path / "X.npy", mmap_mode="r")
+
+
+@dataclass(frozen=True)
+class TrainedDetector:
+    registered_name: str
+    version: str
+    run_id: str
+    train_key: str
+    reused: bool
+    train_seconds: float
+    history: list[dict]
+
+
+def _counts(table: pd.DataFrame) -> dict:
+    return {
+        split: {
+            "samples": int((table["split"] == split).sum()),
+            "anomalous": int(table.loc[table["split"] == split, "label"].sum()),
+        }
+        for split in ("train", "validation", "test")
+    }
+
+
+def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:
+    """Extract, validate and freeze the pipeline's samples as a content-addressed snapshot."""
+    table, X = build_samples(spec, datasets_root)
+    table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    x_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()
+    sid = snapshot_id(table_hash, x_hash, json.dumps(spec.config_dict(), sort_keys=True))
+    out = Path(store_root) / spec.name / "datasets" / sid
+    ref = RefDataset(spec.name, sid, str(out), _counts(table))
+    if (out / COMPLETE).exists():
+        return ref
+    staging = out.with_name(f".{sid}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    table.to_parquet(staging / "table.parquet", index=False)
+    np.save(staging / "X.npy", X)
+    (staging / "manifest.json").write_text(
+        json.dumps({"snapshot_id": sid, "config": spec.config_dict(), "counts": ref.counts}, indent=1)
+    )
+    (staging / COMPLETE).write_text(sid)
+    shutil.rmtree(out, ignore_errors=True)
+    staging.rename(out)
+    return ref
+
+
+def registered_name(spec: ReferenceSpec, model: DetectorModel) -> str:
+    return f"{spec.name}.{model.name}"
+
+
+def _split(table: pd.DataFrame, X: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    m = (table["split"] == split).to_numpy()
+    return np.asarray(X[m]), table["label"].to_numpy()[m], table[m].reset_index(drop=True)
+
+
+def train_detector(
+    spec: ReferenceSpec, model: DetectorModel, ds: RefDataset, registry: Registry, dagster_run_id: str
+) -> TrainedDetector:
+    name = registered_name(spec, model)
+    params_json = json.dumps(model.params, sort_keys=True)
+    train_key = hashlib.sha256(
+        f"{ds.snapshot_id}|{model.family}|{params_json}|{model.code_version}".encode()
+    ).hexdigest()[:16]
+    existing = registry.find_version(name, "train_key", train_key)
+    if existing is not None:
+        run = registry.client.get_run(existing.run_id)
+        history = [
+            {"epoch": m.step, "val_loss": m.value}
+            for m in registry.client.get_metric_history(existing.run_id, "val_loss")
+        ]
+        return TrainedDetector(
+            name,
+            str(existing.version),
+            existing.run_id,
+            train_key,
+            True,
+            float(run.data.params.get("train_seconds", 0)),
+            history,
+        )
+
+    table, X = ds.load()
+    X_train, _, _ = _split(table, X, "train")
+    with mlflow.start_run(
+        experiment_id=registry.experiment_id(spec.name), run_name=f"{model.name}-{ds.snapshot_id}"
+    ) as run:
+        mlflow.set_tags(
+            {"dataset_snapshot_id": ds.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key}
+        )
+        mlflow.log_params({"family": model.family, "params": params_json, "code_version": model.code_version})
+        detector = build_detector(
+            model.family,
+            **model.params,
+            **(
+                {}
+                if model.family == "pca"
+                else {
+                    "on_epoch": lambda m: mlflow.log_metrics(
+                        _flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]
+                    )
+                }
+            ),
+        )
+        start = time.perf_counter()
+        detector.fit(X_train)
+        seconds = time.perf_counter() - start
+        mlflow.log_params({"train_seconds": round(seconds, 2), "train_samples": len(X_train)})
+        if hasattr(detector, "on_epoch"):
+            detector.on_epoch = None  # a closure over the run: not part of the saved model
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            torch.save(detector, tmp / "detector.pt")
+            mlflow.log_artifact(str(tmp / "detector.pt"))
+            if detector.history:
+                mlflow.log_artifact(
+                    str(plots.training_curves(detector.history, tmp / "training_curves.png", f"{name} training"))
+                )
+            onnx_path = detector.export_onnx(tmp / "model.onnx", X_train[:2])
+            example = X_train[:SMOKE_SAMPLES]
+            info = mlflow.onnx.log_model(
+                onnx.load(str(onnx_path)),
+                name="model",
+                signature=infer_signature(example, detector.decision_function(example).astype(np.float32)),
+                input_example=example,
+                registered_model_name=name,
+                save_as_external_data=False,  # one self-contained file: the one the fleet gets
+                onnx_execution_providers=["CPUExecutionProvider"],
+            )
+    version = str(info.registered_model_version)
+    registry.set_tags(
+        name,
+        version,
+        {
+            "train_key": train_key,
+            "dataset_snapshot_id": ds.snapshot_id,
+            "dagster_run_id": dagster_run_id,
+            "family": model.family,
+            "config": params_json,
+            "code_version": model.code_version,
+            "validation_status": "pending",
+        },
+    )
+    return TrainedDetector(name, version, run.info.run_id, train_key, False, seconds, detector.history)
+
+
+def load_detector(registry: Registry, trained: TrainedDetector) -> Detector:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = registry.download(trained.run_id, "detector.pt", tmp)
+        detector = torch.load(path, weights_only=False)  # our own artifact, written by train_detector
+    return detector
+
+
+def _onnx_of(registry: Registry, trained: TrainedDetector, dst: Path) -> Path:
+    return registry.download(trained.run_id, "model/model.onnx", dst)
+
+
+def choose_threshold(
+    spec: ReferenceSpec,
+    model: DetectorModel,
+    trained: TrainedDetector,
+    ds: RefDataset,
+    registry: Registry,
+    plot_dir: Path,
+) -> tuple[OperatingPoint, dict[str, Path]]:
+    """Supervised policies on the validation split; k-sigma and quantile on training scores."""
+    table, X = ds.load()
+    detector = load_detector(registry, trained)
+    if model.threshold in SUPERVISED:
+        Xv, yv, _ = _split(table, X, "validation")
+        scores, labels = detector.decision_function(Xv), yv
+        op = SUPERVISED[model.threshold](scores, labels, **model.threshold_params)
+        inputs = {"split": "validation", "samples": len(labels), "anomalous": int(labels.sum())}
+    elif model.threshold in UNSUPERVISED:
+        Xt, yt, _ = _split(table, X, "train")
+        scores, labels = detector.decision_function(Xt), yt
+        op = UNSUPERVISED[model.threshold](scores, **model.threshold_params)
+        inputs = {"split": "train", "samples": len(labels)}
+    else:
+        raise ValueError(f"{model.name}: unknown threshold policy {model.threshold!r}")
+    title = f"{trained.registered_name} v{trained.version}"
+    figures = {
+        "score_histogram": plots.score_histogram(
+            {"normal": scores[labels == 0], **({"anomalous": scores[labels == 1]} if labels.any() else {})},
+            op.threshold,
+            plot_dir / f"{spec.name}_{model.name}_score_histogram.png",
+            f"{title}: {inputs['split']} scores",
+        )
+    }
+    if labels.min() != labels.max():
+        figures["pr_curve"] = plots.pr_curve(
+            scores, labels, (op.recall, op.precision), plot_dir / f"{spec.name}_{model.name}_pr_curve.png", title
+        )
+    artifact = json.loads(op.to_json()) | {"inputs": inputs, "model_version": trained.version}
+    with mlflow.start_run(run_id=trained.run_id):
+        mlflow.log_dict(artifact, "threshold.json")
+        for path in figures.values():
+            mlflow.log_artifact(str(path))
+        mlflow.log_metrics(_flat("val_", {k: v for k, v in asdict(op).items() if isinstance(v, float)}))
+    registry.set_tags(trained.registered_name, trained.version, {"threshold": json.loads(op.to_json())})
+    return op, figures
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties counted half); None when only one class is present."""
+    labels = np.asarray(labels).astype(int)
+    n1 = int(labels.sum())
+    if n1 == 0 or n1 == len(labels):
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(labels) - n1)))
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    out = metrics_at(scores, labels, threshold)
+    if (a := auroc(scores, labels)) is not None:
+        out["auroc"] = a
+    out["flagged"] = float(np.mean(scores >= threshold))
+    return out
+
+
+def release_detector(
+    spec: ReferenceSpec,
+    model: DetectorModel,
+    trained: TrainedDetector,
+    op: OperatingPoint,
+    ds: RefDataset,
+    registry: Registry,
+    channel: FleetChannel,
+    audit: AuditLog,
+    dagster_run_id: str,
+    promotion: PromotionPolicy = PromotionPolicy(),
+) -> Release:
+    """ONNX from the registry, checked against the trained detector; test metrics and case slices
+    with onnxruntime; published to the fleet layout with a signed manifest."""
+    name, version = trained.registered_name, trained.version
+    existing = channel.version_dir(spec.name, model.name, version) / "manifest.json"
+    if existing.exists():
+        manifest = json.loads(existing.read_text())
+        if manifest["threshold"] == asdict(op):
+            cases = pd.DataFrame(manifest["case_validation"]) if manifest.get("case_validation") else None
+            return Release(
+                name, version, str(existing.parent), manifest, _aliases(registry, name, version), True, cases
+            )
+        raise ReleaseRejected(
+            f"{name} v{version} is already published with a different threshold; versions are immutable"
+        )
+
+    table, X = ds.load()
+    detector = load_detector(registry, trained)
+    Xv, _, _ = _split(table, X, "validation")
+    Xt, yt, test_rows = _split(table, X, "test")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        onnx_path = _onnx_of(registry, trained, tmp)
+        scorer = OnnxDetector(onnx_path)
+        ours, theirs = detector.decision_function(Xv), scorer.decision_function(Xv)
+        rel = float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)))
+        if rel > PARITY_RTOL:
+            raise ReleaseRejected(
+                f"{name} v{version}: ONNX differs from PyTorch by {rel:.2e} relative (> {PARITY_RTOL})"
+            )
+        test_scores = scorer.decision_function(Xt)
+        test_metrics = evaluate(test_scores, yt, op.threshold)
+        cases = None
+        if spec.case_floors is not None:
+            cases = case_validation.slice_table(
+                test_rows,
+                test_scores,
+                yt,
+                op.threshold,
+                (case_validation.Slice("group", lambda f: f["group"]),),
+                spec.case_floors,
+            )
+            with mlflow.start_run(run_id=trained.run_id):
+                mlflow.log_table(cases, "case_validation.json")
+            try:
+                case_validation.check_floors(f"{name} v{version}", cases)
+            except case_validation.CaseValidationFailed as e:
+                registry.set_tags(name, version, {"validation_status": "failed: case validation"})
+                raise ReleaseRejected(str(e), cases) from e
+        comparison = _compare_with_champion(
+            spec, model, registry, channel, Xt, yt, test_rows, test_metrics, cases, promotion
+        )
+        smoke = np.ascontiguousarray(Xv[:SMOKE_SAMPLES])
+        np.save(tmp / "smoke_inputs.npy", smoke)
+        manifest = {
+            "schema_version": 1,
+            "pipeline": spec.name,
+            "model": model.name,
+            "registered_model": name,
+            "mlflow_version": version,
+            "mlflow_run_id": trained.run_id,
+            "family": model.family,
+            "onnx": {
+                "file": "model.onnx",
+                "sha256": sha256_file(onnx_path),
+                "size": onnx_path.stat().st_size,
+                "opset": ONNX_OPSET,
+            },
+            "input": {"name": ONNX_INPUT, "shape": ["batch", *X.shape[1:]], "dtype": "float32"},
+            "outputs": ["score"],
+            "decision_output": "score",
+            "threshold": asdict(op),
+            "metrics": {"test": test_metrics},
+            "reference": spec.reference,
+            "vs_champion": comparison,
+            "case_validation": None if cases is None else cases.to_dict(orient="records"),
+            "parity_max_rel_diff": rel,
+            "dataset_snapshot_id": ds.snapshot_id,
+            "dagster_run_id": dagster_run_id,
+            "code_version": model.code_version,
+            "signing_key_id": channel.key_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "smoke_test": {
+                "file": "smoke_inputs.npy",
+                "sha256": sha256_file(tmp / "smoke_inputs.npy"),
+                "expected": {"score": scorer.decision_function(smoke).tolist()},
+                "rtol": PARITY_RTOL,
+            },
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        with mlflow.start_run(run_id=trained.run_id):
+            mlflow.log_artifact(str(tmp / "manifest.json"), "release")
+            mlflow.log_metrics(_flat("test_", test_metrics))
+        published = channel.put_version(
+            spec.name, model.name, version, {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")}
+        )
+    registry.set_tags(
+        name,
+        version,
+        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)}
+        | ({"vs_champion": {k: v for k, v in comparison.items() if k != "champion_metrics"}} if comparison else {}),
+    )
+    registry.set_alias(name, CHALLENGER, version)
+    if promotion.promotes(comparison):
+        reason = (
+            "first release of this model"
+            if comparison is None
+            else (
+                f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
+            )
+        )
+        promote(
+            registry,
+            channel,
+            audit,
+            name,
+            version,
+            reason,
+            who="release stage" if comparison is None else "promotion policy",
+        )
+    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+
+
+def _compare_with_champion(spec, model, registry, channel, Xt, yt, test_rows, candidate, candidate_cases, promotion):
+    champion = registry.alias_version(registered_name(spec, model), CHAMPION)
+    if champion is None:
+        return None
+    vdir = channel.version_dir(spec.name, model.name, champion.version)
+    manifest = json.loads((vdir / "manifest.json").read_text())
+    scores = OnnxDetector((vdir / "model.onnx").read_bytes()).decision_function(Xt)
+    threshold = manifest["threshold"]["threshold"]
+    theirs = evaluate(scores, yt, threshold)
+    metric = promotion.metric
+    out = {
+        "metric": metric,
+        "champion_version": str(champion.version),
+        "candidate": candidate[metric],
+        "champion": theirs[metric],
+        "delta": candidate[metric] - theirs[metric],
+        "champion_metrics": theirs,
+    }
+    if candidate_cases is not None:
+        theirs_cases = case_validation.slice_table(
+            test_rows, scores, yt, threshold, (case_validation.Slice("group", lambda f: f["group"]),), spec.case_floors
+        )
+        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, spec.case_floors)
+    return out
