@@ -375,7 +375,10 @@ def release_detector(
             mlflow.log_artifact(str(tmp / "manifest.json"), "release")
             mlflow.log_metrics(_flat("test_", test_metrics))
         published = channel.put_version(
-            spec.name, model.name, version, {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")}
+            spec.name,
+            model.name,
+            version,
+            {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")},
         )
     registry.set_tags(
         name,
