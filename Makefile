@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export AUTOSINK_HOME ?= $(CURDIR)/.autosink
 export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
-.PHONY: demo dev test install clean-home mlflow-ui lint
+.PHONY: demo dev test install clean-home mlflow-ui lint bench
 
 $(BIN)/autosink: pyproject.toml pi_client/pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,3 +40,9 @@ lint: install
 	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
 	$(BIN)/ruff check autosink_platform assets_tests
 	$(BIN)/ruff format --check autosink_platform assets_tests
+
+## Every benchmark (minutes; needs ../shared/datasets): markdown tables, JSON in benchmarks/results/.
+bench: install
+	$(BIN)/python benchmarks/thresholds.py
+	$(BIN)/python benchmarks/conv_ae_throughput.py
+	$(BIN)/python benchmarks/reference_pipelines.py

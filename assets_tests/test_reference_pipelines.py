@@ -164,3 +164,55 @@ def test_the_digits_protocol_is_the_tutorials(fake_root):
     }
     assert X.shape[1:] == (1, 32, 32) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
     assert (table.loc[table["source"] == "kmnist", "label"] == 1).all()
+
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def real_world(home, monkeypatch):
+    if not REAL.exists():
+        pytest.skip(f"real reference data not found at {REAL}")
+    monkeypatch.setenv("AUTOSINK_DATASETS", str(REAL))
+    return {
+        "registry": MlflowResource().get(),
+        "channel": FleetChannelResource().get(),
+        "audit": FleetChannelResource().audit(),
+    }
+
+
+def _run_real(spec, world, tmp_path) -> dict:
+    ds = lifecycle.snapshot_dataset(spec, REAL, tmp_path / "store")
+    model = spec.models[0]
+    trained = lifecycle.train_detector(spec, model, ds, world["registry"], "realdata")
+    op, _ = lifecycle.choose_threshold(spec, model, trained, ds, world["registry"], tmp_path)
+    rel = lifecycle.release_detector(
+        spec, model, trained, op, ds, world["registry"], world["channel"], world["audit"], "realdata"
+    )
+    print(
+        f"\n{spec.name}: threshold {op.threshold:.5f} ({op.policy}), test {rel.manifest['metrics']['test']}, trained in {trained.train_seconds:.0f} s"
+    )
+    return rel.manifest
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_robotarm_on_the_real_file(real_world, tmp_path):
+    manifest = _run_real(ROBOTARM, real_world, tmp_path)
+    assert manifest["metrics"]["test"]["flagged"] <= 0.1  # held-out normal rows rarely flagged at 3 sigma
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_digits_beats_the_tutorial(real_world, tmp_path):
+    manifest = _run_real(DIGITS, real_world, tmp_path)
+    test = manifest["metrics"]["test"]
+    assert test["f1"] >= 0.98 > DIGITS.reference["test_f1"], test  # threshold chosen on validation only
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_bearing_separates_every_fault_from_normal(real_world, tmp_path):
+    manifest = _run_real(BEARING, real_world, tmp_path)
+    test = manifest["metrics"]["test"]
+    assert test["auroc"] >= 0.95 and test["f1"] >= 0.9, test

@@ -1,0 +1,74 @@
+"""Every reference pipeline end to end (snapshot, train, threshold, release) in a throwaway home
+with its own MLflow registry: our test figures next to the published reference, and train time.
+
+    .venv/bin/python benchmarks/reference_pipelines.py [--only digits]
+
+Needs ../shared/datasets (or $AUTOSINK_DATASETS). Prints a markdown table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", help="pipeline name (repeatable); default: all")
+    parser.add_argument("--out", default="benchmarks/results/reference_pipelines.json")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="autosink-bench-"))
+    os.environ.update(
+        AUTOSINK_HOME=str(home / "home"),
+        MLFLOW_TRACKING_URI=f"sqlite:///{home / 'mlflow.db'}",
+        AUTOSINK_SIGNING_KEY=str(home / "signing.pem"),
+        MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
+    )
+    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+    from autosink_platform.reference import lifecycle
+    from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
+    from autosink_platform.reference.sources import datasets_root
+
+    registry, channel, audit = MlflowResource().get(), FleetChannelResource().get(), FleetChannelResource().audit()
+    rows = []
+    for name, spec in REFERENCE_PIPELINES.items():
+        if args.only and name not in args.only:
+            continue
+        start = time.perf_counter()
+        ds = lifecycle.snapshot_dataset(spec, datasets_root(), home / "store")
+        for model in spec.models:
+            trained = lifecycle.train_detector(spec, model, ds, registry, "benchmark")
+            op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, home)
+            rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, audit, "benchmark")
+            test = rel.manifest["metrics"]["test"]
+            rows.append(
+                {
+                    "pipeline": name,
+                    "model": f"{spec.name}.{model.name}",
+                    "threshold_policy": op.policy,
+                    "test": test,
+                    "reference": spec.reference,
+                    "train_seconds": trained.train_seconds,
+                    "pipeline_seconds": time.perf_counter() - start,
+                }
+            )
+    print("| pipeline | model | test F1 | reference F1 | test AUROC | flagged (test) | train s | pipeline s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        t, ref = r["test"], r["reference"].get("test_f1")
+        print(
+            f"| {r['pipeline']} | {r['model']} | {t['f1']:.4f} | {ref if ref is not None else '-'} | "
+            f"{t.get('auroc', float('nan')):.4f} | {t['flagged']:.3f} | {r['train_seconds']:.0f} | {r['pipeline_seconds']:.0f} |"
+        )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(rows, indent=1, default=str))
+    print(f"\nwritten: {out}")
+
+
+if __name__ == "__main__":
+    main()
