@@ -1,6 +1,7 @@
 import dagster as dg
 
 from autosink_platform.definitions import defs
+from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
 
 STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
     f"{m}_{s}" for m in ("classifier", "frame_guard") for s in ("model", "threshold", "release")
@@ -10,7 +11,16 @@ STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
 def test_definitions_load_with_every_sink_stage():
     dg.Definitions.validate_loadable(defs)
     keys = {k.to_user_string() for k in defs.resolve_all_asset_keys()}
-    assert keys == {f"sink/{s}" for s in STAGES} | {"sink/review_queue", "sink/fleet_channel"}
+    sink = {k for k in keys if k.startswith("sink/")}
+    assert sink == {f"sink/{s}" for s in STAGES} | {"sink/review_queue", "sink/fleet_channel"}
+    # The reference pipelines have the same six-stage shape, one group and one job each.
+    for name, spec in REFERENCE_PIPELINES.items():
+        model_stages = {f"{name}/{m.name}_{s}" for m in spec.models for s in ("model", "threshold", "release")}
+        assert {k for k in keys if k.startswith(f"{name}/")} == {
+            f"{name}/raw_files",
+            f"{name}/validated_dataset",
+        } | model_stages
+        assert defs.resolve_job_def(f"{name}_pipeline")
 
 
 def test_session_stages_are_dynamically_partitioned_and_the_rest_are_not():

@@ -74,7 +74,7 @@ def test_sink_pipeline_end_to_end(home, instance):
     sessions = set(lake.committed_sessions())
     for stage in ("raw_sessions", "labeled_frames"):
         assert instance.get_materialized_partitions(dg.AssetKey(["sink", stage])) == sessions
-    for key in defs.resolve_all_asset_keys():
+    for key in (k for k in defs.resolve_all_asset_keys() if k.path[0] == "sink"):
         assert instance.get_latest_materialization_event(key) is not None, key
     metadata = lambda stage: (
         instance.get_latest_materialization_event(dg.AssetKey(["sink", stage])).asset_materialization.metadata

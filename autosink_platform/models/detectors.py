@@ -307,7 +307,7 @@ class _ConvAE(nn.Module):
         stages = 0
         while min(h, w) >> (stages + 1) >= 4:
             stages += 1
-        if stages == 0 or h % (1 << stages) or w % (1 << stages):
+        if stages == 0 or h % 4 or w % 4 or h % (1 << stages) or w % (1 << stages):
             raise ValueError(f"conv_ae needs H and W divisible by 4 (at least 8x8), got {h}x{w} (resize the images)")
         chans = [c] + [width * 2**k for k in range(stages)]
         down = []
