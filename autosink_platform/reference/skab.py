@@ -1,0 +1,135 @@
+"""SKAB's outlier-detection leaderboard protocol, as its reference notebooks compute it
+(see ``../shared/datasets/README.md`` and ``skab/README.md``):
+
+- the 34 labelled files (every CSV except ``anomaly-free/``), each on its own;
+- per file, the first 400 rows (time order) train, the rest test; a standard scaler is fitted
+  on the training rows only;
+- a model is fitted per file on sliding windows (stride 1) of the training rows;
+- the residual of a window is the sum over features of its mean absolute reconstruction error;
+- threshold UCL = 0.999-quantile of the training residuals x 4/3 (no test labels used);
+- window k covers rows k..k+w-1; test row i is flagged when the windows starting at rows
+  i-w+1..i-1 all exceed UCL;
+- point-wise predictions per test row, TP/FP/FN/TN pooled over all files;
+  F1 = TP / (TP + (FN + FP) / 2), FAR = FP / (FP + TN), MAR = FN / (FN + TP).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from autosink_platform.reference.schemas import SkabRows
+from autosink_platform.reference.sources import DatasetMissing, read_skab_csv
+from autosink_platform.validation.schemas import validate
+
+SENSORS = (
+    "Accelerometer1RMS",
+    "Accelerometer2RMS",
+    "Current",
+    "Pressure",
+    "Temperature",
+    "Thermocouple",
+    "Voltage",
+    "Volume Flow RateRMS",
+)
+LEADERBOARD = {  # SKAB README, outlier detection: F1, FAR %, MAR %
+    "Conv-AE": (0.78, 13.55, 28.02),
+    "LSTM-AE": (0.74, None, None),
+    "LSTM-VAE": (0.56, None, None),
+    "Isolation forest": (0.29, None, None),
+}
+
+
+@dataclass(frozen=True)
+class SkabProtocol:
+    train_rows: int = 400
+    window: int = 60
+    ucl_quantile: float = 0.999
+    ucl_factor: float = 4 / 3
+
+
+def labelled_files(root: Path) -> list[Path]:
+    """The 34 labelled SKAB files: valve1, valve2 and other (never anomaly-free)."""
+    data = Path(root) / "skab" / "data"
+    files = sorted(
+        (p for p in data.glob("*/*.csv") if p.parent.name != "anomaly-free"),
+        key=lambda p: (p.parent.name, int(p.stem) if p.stem.isdigit() else p.stem),
+    )
+    if not files:
+        raise DatasetMissing(f"no SKAB files under {data} (set AUTOSINK_DATASETS to the folder that holds skab/)")
+    return files
+
+
+def read_file(path: Path) -> pd.DataFrame:
+    frame = read_skab_csv(path).sort_values("datetime", kind="stable").reset_index(drop=True)
+    return validate(
+        frame.assign(datetime=frame["datetime"].astype(str)), SkabRows, f"valve/{path.parent.name}/{path.name}"
+    )
+
+
+def windows(values: np.ndarray, window: int) -> np.ndarray:
+    """(n, D) -> (n - window + 1, window, D), stride 1."""
+    return np.lib.stride_tricks.sliding_window_view(values, window, axis=0).transpose(0, 2, 1).copy()
+
+
+def rows_flagged(window_flags: np.ndarray, n_rows: int, window: int) -> np.ndarray:
+    """The notebooks' mapping from anomalous windows to flagged test rows."""
+    out = np.zeros(n_rows, dtype=np.int8)
+    for i in range(window - 1, len(window_flags) - window + 1):
+        if np.all(window_flags[i - window + 1 : i]):
+            out[i] = 1
+    return out
+
+
+def pooled(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
+    tp = int(np.sum((pred == 1) & (true == 1)))
+    fp = int(np.sum((pred == 1) & (true == 0)))
+    fn = int(np.sum((pred == 0) & (true == 1)))
+    tn = int(np.sum((pred == 0) & (true == 0)))
+    return {
+        "f1": tp / (tp + (fn + fp) / 2) if tp + fn + fp else 0.0,
+        "far_percent": 100 * fp / (fp + tn) if fp + tn else 0.0,
+        "mar_percent": 100 * fn / (fn + tp) if fn + tp else 0.0,
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+        "tn": tn,
+    }
+
+
+def evaluate(
+    root: Path,
+    make_detector: Callable[[], object],
+    protocol: SkabProtocol = SkabProtocol(),
+    progress: bool = True,
+) -> dict:
+    """Fit one detector per file as the protocol says; pooled F1/FAR/MAR overall and per group."""
+    preds, trues, groups, per_file = [], [], [], []
+    for path in tqdm(labelled_files(root), desc="SKAB files", unit="file", disable=None if progress else True):
+        frame = read_file(path)
+        values = frame[list(SENSORS)].to_numpy(np.float64)
+        train, test = values[: protocol.train_rows], values[protocol.train_rows :]
+        mean, std = train.mean(axis=0), train.std(axis=0)
+        std[std < 1e-12] = 1.0
+        train_w = windows(((train - mean) / std).astype(np.float32), protocol.window)
+        test_w = windows(((test - mean) / std).astype(np.float32), protocol.window)
+        detector = make_detector().fit(train_w)
+        ucl = np.quantile(detector.decision_function(train_w), protocol.ucl_quantile) * protocol.ucl_factor
+        flags = detector.decision_function(test_w) > ucl
+        pred = rows_flagged(flags, len(test), protocol.window)
+        true = frame["anomaly"].to_numpy()[protocol.train_rows :].astype(np.int8)
+        preds.append(pred)
+        trues.append(true)
+        groups.append(np.full(len(pred), path.parent.name))
+        per_file.append({"file": f"{path.parent.name}/{path.name}", "ucl": float(ucl), **pooled(pred, true)})
+    pred, true, group = np.concatenate(preds), np.concatenate(trues), np.concatenate(groups)
+    return {
+        "pooled": pooled(pred, true),
+        "by_group": {g: pooled(pred[group == g], true[group == g]) for g in sorted(set(group))},
+        "files": per_file,
+    }
