@@ -46,3 +46,4 @@ bench: install
 	$(BIN)/python benchmarks/thresholds.py
 	$(BIN)/python benchmarks/conv_ae_throughput.py
 	$(BIN)/python benchmarks/reference_pipelines.py
+	$(BIN)/python benchmarks/skab_protocol.py

@@ -1,0 +1,60 @@
+"""SKAB's outlier-detection leaderboard protocol (``autosink_platform.reference.skab``) with our
+recurrent autoencoder, next to the published leaderboard rows. One GRU autoencoder per file, as
+the protocol fits its models; takes ~10-20 minutes on 2 cores.
+
+    .venv/bin/python benchmarks/skab_protocol.py [--cell gru] [--hidden 32] [--epochs 30]
+
+Needs ../shared/datasets/skab (or $AUTOSINK_DATASETS). Prints a markdown table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from autosink_platform.models import build_detector
+from autosink_platform.reference.skab import LEADERBOARD, evaluate
+from autosink_platform.reference.sources import datasets_root
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", default="gru", choices=["rnn", "gru", "lstm"])
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/skab_protocol.json")
+    args = parser.parse_args()
+    params = {
+        "cell": args.cell,
+        "hidden": args.hidden,
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "patience": args.patience,
+    }
+    start = time.perf_counter()
+    result = evaluate(datasets_root(), lambda: build_detector("rnn_ae", **params))
+    seconds = time.perf_counter() - start
+    ours = result["pooled"]
+    print(f"SKAB outlier detection, 34 files, one model per file; {seconds:.0f} s\n")
+    print("| algorithm | F1 | FAR, % | MAR, % |")
+    print("|---|---|---|---|")
+    print(
+        f"| ours: rnn_ae ({args.cell}, hidden {args.hidden}) | {ours['f1']:.2f} | {ours['far_percent']:.2f} | {ours['mar_percent']:.2f} |"
+    )
+    for name, (f1, far, mar) in LEADERBOARD.items():
+        print(
+            f"| {name} (leaderboard) | {f1:.2f} | {far if far is not None else '-'} | {mar if mar is not None else '-'} |"
+        )
+    print("\nby group (F1): " + ", ".join(f"{g} {v['f1']:.3f}" for g, v in result["by_group"].items()))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"params": params, "seconds": seconds, **result}, indent=1))
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
