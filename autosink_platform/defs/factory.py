@@ -16,7 +16,7 @@ import pandas as pd
 
 from autosink_platform import plots
 from autosink_platform.defs.checks import dataset_checks
-from autosink_platform.defs.metadata import image_metadata, markdown_table
+from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
@@ -99,17 +99,7 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         try:
             ref = build_dataset(fs, lake.get().root, hashes, spec.split, asset=context.asset_key.to_user_string())
         except DataValidationError as e:  # show every failure case in the UI, not only in the log
-            cases = e.failure_cases
-            raise dg.Failure(
-                description=str(e),
-                metadata={
-                    "failure_cases": len(cases),
-                    "by_column_and_check": markdown_table(
-                        cases.groupby(["column", "check"]).size().reset_index(name="n")
-                    ),
-                    "first_cases": markdown_table(cases.head(20).astype(str)),
-                },
-            ) from e
+            raise validation_failure(e) from e
         counts = ref.counts
         splits = pd.DataFrame([{"split": s, **c} for s, c in counts.items() if isinstance(c, dict)])
         # The data version is the snapshot id: Dagster's staleness then means "the data changed".

@@ -19,3 +19,17 @@ def markdown_table(df) -> dg.MetadataValue:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def validation_failure(e) -> dg.Failure:
+    """A DataValidationError as a Dagster failure whose metadata shows every failing column and
+    check, and the first failure cases, in the UI."""
+    cases = e.failure_cases
+    return dg.Failure(
+        description=str(e),
+        metadata={
+            "failure_cases": len(cases),
+            "by_column_and_check": markdown_table(cases.groupby(["column", "check"]).size().reset_index(name="n")),
+            "first_cases": markdown_table(cases.head(20).astype(str)),
+        },
+    )

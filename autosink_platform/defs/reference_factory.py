@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform import plots
-from autosink_platform.defs.metadata import image_metadata, markdown_table
+from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
 from autosink_platform.home import resolve_home
 from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected
@@ -84,17 +84,7 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         try:
             ds = lifecycle.snapshot_dataset(spec, Path(raw["root"]), _store_root(store))
         except DataValidationError as e:
-            cases = e.failure_cases
-            raise dg.Failure(
-                description=str(e),
-                metadata={
-                    "failure_cases": len(cases),
-                    "by_column_and_check": markdown_table(
-                        cases.groupby(["column", "check"]).size().reset_index(name="n")
-                    ),
-                    "first_cases": markdown_table(cases.head(20).astype(str)),
-                },
-            ) from e
+            raise validation_failure(e) from e
         splits = pd.DataFrame([{"split": s, **c} for s, c in ds.counts.items()])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", dg.BetaWarning)

@@ -19,7 +19,7 @@ from torch import nn
 import mlflow
 from autosink_platform import plots
 from autosink_platform.models.training import to_float_tensor
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
+from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, PromotionPolicy, ScoreFn
 from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog, promote
 from autosink_platform.release.channel import FleetChannel, sha256_file
@@ -366,6 +366,23 @@ def release_model(
             mlflow.log_metrics(_flat("test_", test_metrics))
         published = channel.put_version(pipeline.name, model.name, version, files)
 
+    accept_release(registry, channel, audit, name, version, manifest, published, comparison, pipeline.promotion)
+    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+
+
+def accept_release(
+    registry: Registry,
+    channel: FleetChannel,
+    audit: AuditLog,
+    name: str,
+    version: str,
+    manifest: dict,
+    published,
+    comparison: dict | None,
+    policy: PromotionPolicy,
+) -> None:
+    """A published release passed validation: tag it, make it the challenger, and promote it
+    when it is the first release or the promotion policy says so (audited like any promotion)."""
     registry.set_tags(
         name,
         version,
@@ -373,14 +390,12 @@ def release_model(
         | ({"vs_champion": {k: v for k, v in comparison.items() if k != "champion_metrics"}} if comparison else {}),
     )
     registry.set_alias(name, CHALLENGER, version)
-    # The first release becomes champion (audited like any promotion); later ones follow the
-    # pipeline's promotion policy: a person decides, or the candidate must beat the champion.
-    if pipeline.promotion.promotes(comparison):
+    if policy.promotes(comparison):
         reason = (
             "first release of this model"
             if comparison is None
             else f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
-            f" ({comparison['champion']:.4f}) by >= {pipeline.promotion.margin}, no case slice regressed"
+            f" ({comparison['champion']:.4f}) by >= {policy.margin}, no case slice regressed"
         )
         promote(
             registry,
@@ -391,7 +406,30 @@ def release_model(
             reason,
             who="release stage" if comparison is None else "promotion policy",
         )
-    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+
+
+def champion_comparison(
+    metric: str,
+    champion_version: str,
+    candidate: dict,
+    theirs: dict,
+    candidate_cases: pd.DataFrame | None = None,
+    theirs_cases: pd.DataFrame | None = None,
+    floors: case_validation.CaseFloors | None = None,
+) -> dict:
+    """Candidate vs champion on the same test data: the policy's metric overall and, with case
+    tables, the slice groups that regressed."""
+    out = {
+        "metric": metric,
+        "champion_version": str(champion_version),
+        "candidate": candidate[metric],
+        "champion": theirs[metric],
+        "delta": candidate[metric] - theirs[metric],
+        "champion_metrics": theirs,
+    }
+    if candidate_cases is not None and theirs_cases is not None:
+        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, floors)
+    return out
 
 
 def _case_table(
@@ -429,19 +467,12 @@ def _compare_with_champion(
     manifest = json.loads((vdir / "manifest.json").read_text())
     theirs_score, theirs_threshold = OnnxScorer(vdir / "model.onnx"), manifest["threshold"]["threshold"]
     theirs = model.evaluate(dataset, theirs_score, theirs_threshold)
-    metric = pipeline.promotion.metric
-    out = {
-        "metric": metric,
-        "champion_version": str(champion.version),
-        "candidate": candidate[metric],
-        "champion": theirs[metric],
-        "delta": candidate[metric] - theirs[metric],
-        "champion_metrics": theirs,
-    }
-    if candidate_cases is not None:
-        theirs_cases = _case_table(pipeline, model, dataset, theirs_score, theirs_threshold)
-        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, model.cases)
-    return out
+    theirs_cases = (
+        _case_table(pipeline, model, dataset, theirs_score, theirs_threshold) if candidate_cases is not None else None
+    )
+    return champion_comparison(
+        pipeline.promotion.metric, champion.version, candidate, theirs, candidate_cases, theirs_cases, model.cases
+    )
 
 
 def _aliases(registry: Registry, name: str, version: str) -> list[str]:

@@ -23,11 +23,18 @@ import mlflow
 from autosink_platform import plots
 from autosink_platform.models import OnnxDetector, build_detector
 from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
-from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected, _aliases, _flat
+from autosink_platform.pipelines.lifecycle import (
+    Release,
+    ReleaseRejected,
+    _aliases,
+    _flat,
+    accept_release,
+    champion_comparison,
+)
 from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
-from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
-from autosink_platform.registry.promotion import AuditLog, promote
+from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
+from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
 from autosink_platform.validation import cases as case_validation
@@ -38,6 +45,7 @@ SMOKE_SAMPLES = 4
 COMPLETE = "_COMPLETE"
 SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
 UNSUPERVISED = {"k_sigma": k_sigma, "quantile": quantile}
+GROUP_SLICES = (case_validation.Slice("group", lambda f: f["group"], "the sample's group (file, class or rig)"),)
 
 
 @dataclass(frozen=True)
@@ -320,7 +328,7 @@ def release_detector(
                 test_scores,
                 yt,
                 op.threshold,
-                (case_validation.Slice("group", lambda f: f["group"]),),
+                GROUP_SLICES,
                 spec.case_floors,
             )
             with mlflow.start_run(run_id=trained.run_id):
@@ -380,30 +388,7 @@ def release_detector(
             version,
             {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")},
         )
-    registry.set_tags(
-        name,
-        version,
-        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)}
-        | ({"vs_champion": {k: v for k, v in comparison.items() if k != "champion_metrics"}} if comparison else {}),
-    )
-    registry.set_alias(name, CHALLENGER, version)
-    if promotion.promotes(comparison):
-        reason = (
-            "first release of this model"
-            if comparison is None
-            else (
-                f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
-            )
-        )
-        promote(
-            registry,
-            channel,
-            audit,
-            name,
-            version,
-            reason,
-            who="release stage" if comparison is None else "promotion policy",
-        )
+    accept_release(registry, channel, audit, name, version, manifest, published, comparison, promotion)
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
 
 
@@ -416,18 +401,11 @@ def _compare_with_champion(spec, model, registry, channel, Xt, yt, test_rows, ca
     scores = OnnxDetector((vdir / "model.onnx").read_bytes()).decision_function(Xt)
     threshold = manifest["threshold"]["threshold"]
     theirs = evaluate(scores, yt, threshold)
-    metric = promotion.metric
-    out = {
-        "metric": metric,
-        "champion_version": str(champion.version),
-        "candidate": candidate[metric],
-        "champion": theirs[metric],
-        "delta": candidate[metric] - theirs[metric],
-        "champion_metrics": theirs,
-    }
-    if candidate_cases is not None:
-        theirs_cases = case_validation.slice_table(
-            test_rows, scores, yt, threshold, (case_validation.Slice("group", lambda f: f["group"]),), spec.case_floors
-        )
-        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, spec.case_floors)
-    return out
+    theirs_cases = (
+        case_validation.slice_table(test_rows, scores, yt, threshold, GROUP_SLICES, spec.case_floors)
+        if candidate_cases is not None
+        else None
+    )
+    return champion_comparison(
+        promotion.metric, champion.version, candidate, theirs, candidate_cases, theirs_cases, spec.case_floors
+    )
