@@ -300,13 +300,7 @@ def release_model(
         test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
         cases = _case_table(pipeline, model, dataset, scorer, op.threshold)
         if cases is not None:
-            with mlflow.start_run(run_id=trained.run_id):
-                mlflow.log_table(cases, "case_validation.json")
-            try:
-                case_validation.check_floors(f"{name} v{version}", cases)
-            except case_validation.CaseValidationFailed as e:
-                registry.set_tags(name, version, {"validation_status": "failed: case validation"})
-                raise ReleaseRejected(str(e), cases) from e
+            gate_on_cases(registry, name, version, trained.run_id, cases)
         comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics, cases)
         smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
         np.save(tmp / "smoke_frames.npy", smoke)
@@ -368,6 +362,18 @@ def release_model(
 
     accept_release(registry, channel, audit, name, version, manifest, published, comparison, pipeline.promotion)
     return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+
+
+def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, cases: pd.DataFrame) -> None:
+    """Log the slice table to the version's run, then refuse the release if a group is below its
+    floor (the version is tagged as failed; nothing is published)."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_table(cases, "case_validation.json")
+    try:
+        case_validation.check_floors(f"{name} v{version}", cases)
+    except case_validation.CaseValidationFailed as e:
+        registry.set_tags(name, version, {"validation_status": "failed: case validation"})
+        raise ReleaseRejected(str(e), cases) from e
 
 
 def accept_release(

@@ -30,6 +30,7 @@ from autosink_platform.pipelines.lifecycle import (
     _flat,
     accept_release,
     champion_comparison,
+    gate_on_cases,
 )
 from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
@@ -331,13 +332,7 @@ def release_detector(
                 GROUP_SLICES,
                 spec.case_floors,
             )
-            with mlflow.start_run(run_id=trained.run_id):
-                mlflow.log_table(cases, "case_validation.json")
-            try:
-                case_validation.check_floors(f"{name} v{version}", cases)
-            except case_validation.CaseValidationFailed as e:
-                registry.set_tags(name, version, {"validation_status": "failed: case validation"})
-                raise ReleaseRejected(str(e), cases) from e
+            gate_on_cases(registry, name, version, trained.run_id, cases)
         comparison = _compare_with_champion(
             spec, model, registry, channel, Xt, yt, test_rows, test_metrics, cases, promotion
         )
