@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from autosink_platform.reference.pipelines import BEARING_FILES
+from autosink_platform.reference.pipelines import BEARING_FILES, SKAB_FILES
+from autosink_platform.reference.skab import SENSORS
 
 
 def _idx(path: Path, array: np.ndarray) -> None:
@@ -67,4 +68,23 @@ def make_fake_datasets(root: Path, seed: int = 0) -> Path:
             ring = np.exp(-np.arange(60) / 8) * np.sin(2 * np.pi * 3000 * np.arange(60) / fs)
             signal += 0.5 * np.convolve(impulses, ring)[:n]
         np.savez(root / "cwru_bearing" / name, DE=signal[:, None], FE=signal[:, None])
+
+    for i, name in enumerate(SKAB_FILES):  # 200 rows at 1 Hz; a valve fault from row 140 on
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n, tt = 200, np.arange(200)
+        values = np.stack([np.sin(tt / (5 + k) + i) + 0.1 * rng.normal(size=n) for k in range(len(SENSORS))], axis=1)
+        anomaly = np.zeros(n)
+        anomaly[140:] = 1
+        if name.endswith("other/2.csv"):  # like the real file: anomalies inside the start-up too
+            anomaly[20:40] = 1
+        values[anomaly == 1, :3] += 2.0 + 0.5 * rng.normal(size=(int(anomaly.sum()), 3))
+        start = np.datetime64("2020-03-09T10:00:00") + np.timedelta64(3600 * i, "s")
+        lines = [";".join(("datetime", *SENSORS, "anomaly", "changepoint"))]
+        lines += [
+            ";".join((str(start + np.timedelta64(int(t), "s")).replace("T", " "), *(f"{v:.6f}" for v in values[t])))
+            + f";{anomaly[t]:.1f};0.0"
+            for t in tt
+        ]
+        path.write_text("\n".join(lines) + "\n")
     return root

@@ -18,9 +18,11 @@ from autosink_platform.reference.pipelines import (
     BEARING,
     DIGITS,
     ROBOTARM,
+    VALVE,
     BearingConfig,
     DetectorModel,
     DigitsConfig,
+    ValveConfig,
     build_samples,
 )
 from autosink_platform.reference.sources import DatasetMissing
@@ -109,6 +111,14 @@ SMALL = {
         ),
         case_floors=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
     ),
+    "valve": dataclasses.replace(
+        _small(
+            VALVE,
+            ValveConfig(train_rows=100, window=10),
+            dataclasses.replace(VALVE.models[0], params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64}),
+        ),
+        case_floors=CaseFloors(metric="f1", floor=0.0, min_examples=10),
+    ),
 }
 
 
@@ -121,7 +131,7 @@ def test_small_reference_pipeline_trains_thresholds_and_releases(world, fake_roo
     trained = lifecycle.train_detector(spec, model, ds, registry, "test-run")
     assert trained.history and registry.client.get_metric_history(trained.run_id, "val_loss")
     op, figures = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
-    assert op.policy == "best_f1" and {"pr_curve", "score_histogram"} <= set(figures)
+    assert op.policy == model.threshold and "score_histogram" in set(figures)
     rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     test = rel.manifest["metrics"]["test"]
     assert 0 <= test["f1"] <= 1 and test["auroc"] > 0.7, test
@@ -133,6 +143,41 @@ def test_small_reference_pipeline_trains_thresholds_and_releases(world, fake_roo
     # Releasing again is a no-op that returns the published release.
     again = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     assert again.reused and again.manifest["onnx"]["sha256"] == rel.manifest["onnx"]["sha256"]
+
+
+def test_the_valve_protocol_splits_and_calibrates_per_session(world, fake_root, tmp_path):
+    spec = SMALL["valve"]
+    table, X, extras = build_samples(spec, fake_root)
+    assert X.shape[1:] == (10, 8) and table["source"].nunique() == 34
+    # Per file: windows of the first 100 rows train, of the other 100 test (stride 1).
+    one = table[table["source"] == "valve1/0.csv"]
+    assert one.groupby("split").size().to_dict() == {"train": 91, "test": 91}
+    assert list(one.loc[one["split"] == "test", "position"]) == list(range(100, 191))
+    # Start-up windows that touch a labelled anomaly are held out of training, never trained on.
+    other2 = table[table["source"] == "other/2.csv"].groupby(["split", "label"]).size().to_dict()
+    assert other2[("validation", 1)] + other2[("validation", 0)] == 29 and other2[("train", 0)] == 62
+    assert len(extras["rows"]) == 34 * 100 and extras["rows"]["anomaly"].sum() == 34 * 60
+
+    ds = lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store")
+    model = spec.models[0]
+    trained = lifecycle.train_detector(spec, model, ds, world["registry"], "test-run")
+    op, _ = lifecycle.choose_threshold(spec, model, trained, ds, world["registry"], tmp_path)
+    # One UCL per session, from its own training windows: 0.999-quantile x 4/3, as the protocol says.
+    assert op.policy == "session_ucl" and op.threshold == 1.0 and len(op.params["ucl"]) == 34
+    detector = lifecycle.load_detector(world["registry"], trained)
+    full, Xa = ds.load()
+    m = ((full["source"] == "valve2/3.csv") & (full["split"] == "train")).to_numpy()
+    expected = np.quantile(detector.decision_function(np.asarray(Xa[m])), 0.999) * 4 / 3
+    assert op.params["ucl"]["valve2/3.csv"] == pytest.approx(expected, rel=1e-9)
+    rel = lifecycle.release_detector(
+        spec, model, trained, op, ds, world["registry"], world["channel"], world["audit"], "t"
+    )
+    protocol = rel.manifest["metrics"]["protocol"]
+    pooled = protocol["pooled"]
+    assert pooled["tp"] + pooled["fp"] + pooled["fn"] + pooled["tn"] == 34 * 100  # every test row, once
+    assert set(protocol["by_group"]) == {"valve1", "valve2", "other"}
+    assert pooled["f1"] > 0.5, pooled  # a 2-sigma shift in three sensors is found
+    assert set(rel.cases["group"]) == {"valve1", "valve2", "other"}
 
 
 def test_missing_dataset_is_named(tmp_path):
@@ -153,7 +198,7 @@ def test_a_malformed_raw_file_fails_validation_with_the_column(fake_root, tmp_pa
 
 
 def test_the_digits_protocol_is_the_tutorials(fake_root):
-    table, X = build_samples(SMALL["digits"], fake_root)
+    table, X, _ = build_samples(SMALL["digits"], fake_root)
     counts = table.groupby(["split", "source"]).size().to_dict()
     assert counts == {
         ("train", "mnist"): 300,
@@ -216,3 +261,16 @@ def test_bearing_separates_every_fault_from_normal(real_world, tmp_path):
     manifest = _run_real(BEARING, real_world, tmp_path)
     test = manifest["metrics"]["test"]
     assert test["auroc"] >= 0.95 and test["f1"] >= 0.9, test
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_valve_beats_the_skab_leaderboard(real_world, tmp_path):
+    manifest = _run_real(VALVE, real_world, tmp_path)
+    protocol = manifest["metrics"]["protocol"]
+    print(f"valve protocol: {protocol}")
+    conv_ae_f1, conv_ae_far, conv_ae_mar = VALVE.reference["leaderboard"]["Conv-AE"]
+    # One shared model with per-session calibration beats the leaderboard's best row on F1 and FAR
+    # (measured 0.789 / 11.1%); one model per file, as benchmarks/skab_protocol.py fits, reaches 0.83.
+    assert protocol["pooled"]["f1"] > conv_ae_f1 and protocol["pooled"]["far_percent"] < conv_ae_far, protocol["pooled"]
+    assert sum(protocol["pooled"][k] for k in ("tp", "fp", "fn", "tn")) == 23_801  # every test row of the 34 files

@@ -113,3 +113,41 @@ def test_schema_failure_stops_the_dataset_asset_with_its_cases_in_dagster(tiny_l
         assert "confidence" in info and "less_than_or_equal_to(1.0)" in info
         assert failure.event_specific_data.user_failure_data.metadata["failure_cases"].value == 5
         assert instance.get_latest_materialization_event(dg.AssetKey(["sink", "classifier_model"])) is None
+
+
+def test_session_records_cross_into_the_store_only_through_their_schema(tiny_lake, tmp_path):
+    from autosink_platform.lake.sessions import Lake, read_session
+    from autosink_platform.pipelines.sink import session_record
+    from autosink_platform.validation.schemas import SessionRecords
+
+    lake = Lake(tiny_lake)
+    sid, path = next(iter(lake.committed_sessions().items()))
+    record = session_record(read_session(path))
+    assert len(validate(record, SessionRecords, "sink/raw_sessions")) == 1
+    bad = record.assign(
+        fps=0.0, width=8, content_sha256="not-a-hash", ended_at=record["started_at"] - pd.Timedelta("1s")
+    )
+    with pytest.raises(DataValidationError) as err:
+        validate(bad, SessionRecords, "sink/raw_sessions")
+    assert {"fps", "width", "content_sha256"} <= set(err.value.failure_cases["column"])
+    assert "a session ends after it starts" in str(err.value) or "ordered" in str(err.value)
+
+
+def test_labeling_validates_its_table_before_it_reaches_the_store(tiny_lake, tmp_path, monkeypatch):
+    from autosink_platform.pipelines import sink
+
+    lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
+    sid = sorted(hashes)[0]
+    before = store.get_labels([sid])
+    broken = sink.propagate_labels
+
+    def negative_confidence(*args, **kwargs):
+        table = broken(*args, **kwargs)
+        table.loc[0, "confidence"] = -1.0
+        return table
+
+    monkeypatch.setattr(sink, "propagate_labels", negative_confidence)  # a labeler bug, not bad input
+    with pytest.raises(DataValidationError, match="store/labeled_frames|labeled_frames") as err:
+        sink.label_session(store, sid, SINK.labeling)
+    assert "confidence" in set(err.value.failure_cases["column"])
+    pd.testing.assert_frame_equal(store.get_labels([sid]), before)  # nothing half-written

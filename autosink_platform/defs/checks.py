@@ -9,7 +9,7 @@ from autosink_platform.defs.resources import FeatureStoreResource, MlflowResourc
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.validation import checks
-from autosink_platform.validation.dataset import DatasetRef, load_frame_stats
+from autosink_platform.validation.dataset import COMPLETE, DatasetRef, load_frame_stats, load_snapshot
 
 CHECKS = ("min_examples", "class_balance", "no_leakage", "label_sources", "image_quality", "near_duplicates", "drift")
 
@@ -22,9 +22,9 @@ def champion_reference(spec: PipelineSpec, registry, store) -> tuple | None | st
         return None
     snapshot = champion.tags.get("dataset_snapshot_id")
     folder = store.dataset_dir(snapshot) if snapshot else None
-    if folder is None or not (folder / "table.parquet").exists():
+    if folder is None or not (folder / COMPLETE).exists():
         return f"the champion's training snapshot {snapshot!r} is not in the store: drift not measured"
-    return pd.read_parquet(folder / "table.parquet"), load_frame_stats(folder)
+    return load_snapshot(folder)[0], load_frame_stats(folder)
 
 
 def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:

@@ -3,7 +3,6 @@ public datasets (raw files read in place -> samples -> validated dataset -> mode
 thresholds -> releases), with blocking checks on the dataset."""
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -11,9 +10,9 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform import plots
-from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure
+from autosink_platform.defs.factory import TRAIN_TAGS
+from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
-from autosink_platform.home import resolve_home
 from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected
 from autosink_platform.reference import lifecycle
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec
@@ -34,10 +33,6 @@ class ReferenceDataResource(dg.ConfigurableResource):
         return Path(self.root) if self.root else datasets_root()
 
 
-def _store_root(store: FeatureStoreResource) -> Path:
-    return Path(store.root) if store.root else resolve_home().store
-
-
 def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
     prefix = [spec.name]
 
@@ -50,23 +45,21 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         except DatasetMissing as e:
             raise dg.Failure(description=str(e)) from e
         prints = fingerprint(paths)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            return dg.Output(
-                {"root": str(root), "files": prints},
-                data_version=dg.DataVersion(lifecycle.snapshot_id(*sorted(f"{k}:{v}" for k, v in prints.items()))),
-                metadata={
-                    "root": dg.MetadataValue.path(str(root)),
-                    "files": markdown_table(
-                        pd.DataFrame(
-                            [
-                                {"file": p.name, "bytes": p.stat().st_size, "sha256": prints[p.name][:16]}
-                                for p in sorted(paths)
-                            ]
-                        )
-                    ),
-                },
-            )
+        return versioned_output(
+            {"root": str(root), "files": prints},
+            lifecycle.snapshot_id(*sorted(f"{k}:{v}" for k, v in prints.items())),
+            {
+                "root": dg.MetadataValue.path(str(root)),
+                "files": markdown_table(
+                    pd.DataFrame(
+                        [
+                            {"file": p.name, "bytes": p.stat().st_size, "sha256": prints[p.name][:16]}
+                            for p in sorted(paths)
+                        ]
+                    )
+                ),
+            },
+        )
 
     @dg.asset(
         name="validated_dataset",
@@ -82,21 +75,15 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.Output[lifecycle.RefDataset]:
         """Samples per the pipeline's protocol, pandera-validated, frozen as a content-hash snapshot."""
         try:
-            ds = lifecycle.snapshot_dataset(spec, Path(raw["root"]), _store_root(store))
+            ds = lifecycle.snapshot_dataset(spec, Path(raw["root"]), store.location())
         except DataValidationError as e:
             raise validation_failure(e) from e
         splits = pd.DataFrame([{"split": s, **c} for s, c in ds.counts.items()])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            return dg.Output(
-                ds,
-                data_version=dg.DataVersion(ds.snapshot_id),
-                metadata={
-                    "snapshot_id": ds.snapshot_id,
-                    "splits": markdown_table(splits),
-                    "path": dg.MetadataValue.path(ds.path),
-                },
-            )
+        return versioned_output(
+            ds,
+            ds.snapshot_id,
+            {"snapshot_id": ds.snapshot_id, "splits": markdown_table(splits), "path": dg.MetadataValue.path(ds.path)},
+        )
 
     return [raw_files, validated_dataset]
 
@@ -116,17 +103,14 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
         """The protocol's examples per split and class, finite inputs, no sample in two splits."""
         table, X = dataset.load()
         counts = table.groupby(["split", "label"]).size()
-        need = spec.min_per_split_class
-        expected = [("train", 0), ("validation", 0), ("test", 0)]
-        if need:
-            expected += [("validation", 1), ("test", 1)]
+        need = max(spec.min_per_split_class, 1)
         short = {
-            f"{s}/{lbl}": int(counts.get((s, lbl), 0)) for s, lbl in expected if counts.get((s, lbl), 0) < max(need, 1)
+            f"{s}/{lbl}": int(counts.get((s, lbl), 0)) for s, lbl in spec.required if counts.get((s, lbl), 0) < need
         }
         yield dg.AssetCheckResult(
             check_name="min_examples",
             passed=not short,
-            description=f"samples per (split, label) >= {max(need, 1)}" + (f"; short: {short}" if short else ""),
+            description=f"samples per (split, label) >= {need}" + (f"; short: {short}" if short else ""),
             metadata={f"{s}/{lbl}": int(n) for (s, lbl), n in counts.items()},
         )
         bad = int(sum(int((~np.isfinite(X[i : i + 4096])).sum()) for i in range(0, len(X), 4096)))
@@ -236,6 +220,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
                 | ({"case_validation": markdown_table(e.cases)} if e.cases is not None else {}),
             ) from e
         test = rel.manifest["metrics"]["test"]
+        protocol = rel.manifest["metrics"].get("protocol", {}).get("pooled", {})
         reference = {f"reference_{k}": v for k, v in spec.reference.items() if isinstance(v, float)}
         return dg.Output(
             rel,
@@ -246,6 +231,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
                 "onnx_sha256": rel.manifest["onnx"]["sha256"],
                 "reused": rel.reused,
                 **{f"test_{k}": float(v) for k, v in test.items()},
+                **{f"protocol_{k}": float(v) for k, v in protocol.items() if k in ("f1", "far_percent", "mar_percent")},
                 **reference,
                 **({"case_validation": markdown_table(rel.cases)} if rel.cases is not None else {}),
             },
@@ -260,5 +246,6 @@ def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
         f"{spec.name}_pipeline",
         selection=dg.AssetSelection.groups(spec.name),
         description=f"{spec.description} Raw files to validated release.",
+        tags=TRAIN_TAGS,
     )
     return dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job])

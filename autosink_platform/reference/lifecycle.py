@@ -4,9 +4,9 @@ the sink. Each stage reuses its earlier result when its inputs are unchanged."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +21,7 @@ from mlflow.models import infer_signature
 
 import mlflow
 from autosink_platform import plots
+from autosink_platform.files import local_copy, location, publish_folder
 from autosink_platform.models import OnnxDetector, build_detector
 from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
 from autosink_platform.pipelines.lifecycle import (
@@ -39,6 +40,7 @@ from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
 from autosink_platform.validation import cases as case_validation
+from autosink_platform.validation.dataset import snapshot_cache, staging_for
 from autosink_platform.validation.splits import snapshot_id
 
 PARITY_RTOL = 1e-4
@@ -46,6 +48,29 @@ SMOKE_SAMPLES = 4
 COMPLETE = "_COMPLETE"
 SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
 UNSUPERVISED = {"k_sigma": k_sigma, "quantile": quantile}
+SESSION_UCL = "session_ucl"  # per-session calibration: scores are divided by their session's UCL
+
+
+def session_ucl(train: pd.DataFrame, scores: np.ndarray, q: float, factor: float) -> dict[str, float]:
+    """Each session's (source's) upper control limit: the q-quantile of its training scores x factor."""
+    return {
+        str(source): float(np.quantile(scores[idx], q) * factor)
+        for source, idx in train.groupby("source", sort=True).indices.items()
+    }
+
+
+def calibrated(rows: pd.DataFrame, scores: np.ndarray, op: OperatingPoint | dict) -> np.ndarray:
+    """Scores on the operating point's scale: as they are, or, under ``session_ucl``, divided by
+    the UCL of the session each sample came from (so 1.0 is every session's threshold)."""
+    policy, params = (op.policy, op.params) if isinstance(op, OperatingPoint) else (op["policy"], op["params"])
+    if policy != SESSION_UCL:
+        return scores
+    ucl = params["ucl"]
+    if missing := sorted(set(rows["source"]) - set(ucl)):
+        raise ValueError(f"no calibration (UCL) for session(s) {missing[:5]}: they have no normal training windows")
+    return np.asarray(scores) / rows["source"].map(ucl).to_numpy(np.float64)
+
+
 GROUP_SLICES = (case_validation.Slice("group", lambda f: f["group"], "the sample's group (file, class or rig)"),)
 
 
@@ -56,9 +81,16 @@ class RefDataset:
     path: str
     counts: dict
 
+    def local(self) -> Path:
+        return local_copy(self.path, snapshot_cache(), COMPLETE)
+
     def load(self) -> tuple[pd.DataFrame, np.ndarray]:
-        path = Path(self.path)
+        path = self.local()
         return pd.read_parquet(path / "table.parquet"), np.load(path / "X.npy", mmap_mode="r")
+
+    def extras(self) -> dict[str, pd.DataFrame]:
+        """The extra tables the pipeline's protocol needs (e.g. SKAB's per-row test labels)."""
+        return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
 
 
 @dataclass(frozen=True)
@@ -84,25 +116,29 @@ def _counts(table: pd.DataFrame) -> dict:
 
 def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:
     """Extract, validate and freeze the pipeline's samples as a content-addressed snapshot."""
-    table, X = build_samples(spec, datasets_root)
-    table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
+    table, X, extras = build_samples(spec, datasets_root)
+    hashes = [
+        hashlib.sha256(pd.util.hash_pandas_object(t, index=False).to_numpy().tobytes()).hexdigest()
+        for t in (table, *(extras[k] for k in sorted(extras)))
+    ]
     x_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()
-    sid = snapshot_id(table_hash, x_hash, json.dumps(spec.config_dict(), sort_keys=True))
-    out = Path(store_root) / spec.name / "datasets" / sid
+    sid = snapshot_id(*hashes, x_hash, json.dumps(spec.config_dict(), sort_keys=True))
+    out = location(store_root) / spec.name / "datasets" / sid
     ref = RefDataset(spec.name, sid, str(out), _counts(table))
     if (out / COMPLETE).exists():
         return ref
-    staging = out.with_name(f".{sid}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "X.npy", X)
+    if extras:
+        (staging / "extras").mkdir()
+        for name, extra in extras.items():
+            extra.to_parquet(staging / "extras" / f"{name}.parquet", index=False)
     (staging / "manifest.json").write_text(
         json.dumps({"snapshot_id": sid, "config": spec.config_dict(), "counts": ref.counts}, indent=1)
     )
     (staging / COMPLETE).write_text(sid)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    publish_folder(staging, out, COMPLETE)
     return ref
 
 
@@ -236,6 +272,14 @@ def choose_threshold(
         scores, labels = detector.decision_function(Xt), yt
         op = UNSUPERVISED[model.threshold](scores, **model.threshold_params)
         inputs = {"split": "train", "samples": len(labels)}
+    elif model.threshold == SESSION_UCL:
+        Xt, yt, train = _split(table, X, "train")
+        q, factor = model.threshold_params["q"], model.threshold_params["factor"]
+        ucl = session_ucl(train, detector.decision_function(Xt), q, factor)
+        op = OperatingPoint(SESSION_UCL, 1.0, None, None, None, 0.0, 0, len(yt), {"q": q, "factor": factor, "ucl": ucl})
+        scores, labels = calibrated(train, detector.decision_function(Xt), op), yt
+        op = dataclasses.replace(op, fpr=float(np.mean(scores >= 1.0)))
+        inputs = {"split": "train", "samples": len(labels), "sessions": len(ucl)}
     else:
         raise ValueError(f"{model.name}: unknown threshold policy {model.threshold!r}")
     title = f"{trained.registered_name} v{trained.version}"
@@ -310,6 +354,8 @@ def release_detector(
     detector = load_detector(registry, trained)
     Xv, _, _ = _split(table, X, "validation")
     Xt, yt, test_rows = _split(table, X, "test")
+    if not len(Xv):  # a protocol without a validation split: check parity on test inputs
+        Xv = Xt[:1024]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx_path = _onnx_of(registry, trained, tmp)
@@ -320,8 +366,13 @@ def release_detector(
             raise ReleaseRejected(
                 f"{name} v{version}: ONNX differs from PyTorch by {rel:.2e} relative (> {PARITY_RTOL})"
             )
-        test_scores = scorer.decision_function(Xt)
+        test_scores = calibrated(test_rows, scorer.decision_function(Xt), op)
         test_metrics = evaluate(test_scores, yt, op.threshold)
+        protocol = (
+            None
+            if spec.protocol is None
+            else spec.protocol(test_rows, test_scores >= op.threshold, ds.extras(), spec.config)
+        )
         cases = None
         if spec.case_floors is not None:
             cases = case_validation.slice_table(
@@ -356,7 +407,7 @@ def release_detector(
             "outputs": ["score"],
             "decision_output": "score",
             "threshold": asdict(op),
-            "metrics": {"test": test_metrics},
+            "metrics": {"test": test_metrics} | ({"protocol": protocol} if protocol else {}),
             "reference": spec.reference,
             "vs_champion": comparison,
             "case_validation": None if cases is None else cases.to_dict(orient="records"),
@@ -376,7 +427,7 @@ def release_detector(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         with mlflow.start_run(run_id=trained.run_id):
             mlflow.log_artifact(str(tmp / "manifest.json"), "release")
-            mlflow.log_metrics(_flat("test_", test_metrics))
+            mlflow.log_metrics(_flat("test_", test_metrics) | _flat("protocol_", (protocol or {}).get("pooled", {})))
         published = channel.put_version(
             spec.name,
             model.name,
@@ -393,7 +444,9 @@ def _compare_with_champion(spec, model, registry, channel, Xt, yt, test_rows, ca
         return None
     vdir = channel.version_dir(spec.name, model.name, champion.version)
     manifest = json.loads((vdir / "manifest.json").read_text())
-    scores = OnnxDetector((vdir / "model.onnx").read_bytes()).decision_function(Xt)
+    scores = calibrated(
+        test_rows, OnnxDetector((vdir / "model.onnx").read_bytes()).decision_function(Xt), manifest["threshold"]
+    )
     threshold = manifest["threshold"]["threshold"]
     theirs = evaluate(scores, yt, threshold)
     theirs_cases = (

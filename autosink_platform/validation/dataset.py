@@ -4,9 +4,11 @@ session, and frozen as a content-addressed snapshot (table + decoded frames)."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from autosink_platform.files import atomic_write
+from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder
+from autosink_platform.home import resolve_home
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.validation.frame_stats import frame_stats
 from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
@@ -40,15 +43,30 @@ class DatasetRef:
         return load_frame_stats(self.path)
 
 
-def load_snapshot(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray]:
+def snapshot_cache() -> Path:
+    """Where snapshots kept on an object store are copied to be memory-mapped (once each)."""
+    return resolve_home().root / "cache" / "snapshots"
+
+
+def staging_for(out) -> Path:
+    """A fresh local folder to assemble the snapshot ``out`` in (its sibling when local)."""
+    if is_local(out):
+        staging = out.with_name(f".{out.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        return staging
+    return Path(tempfile.mkdtemp(prefix="autosink-snapshot-"))
+
+
+def load_snapshot(path) -> tuple[pd.DataFrame, np.ndarray]:
     """A snapshot folder's (table, images); images memory-mapped, uint8 (N, H, W, 3)."""
-    path = Path(path)
+    path = local_copy(path, snapshot_cache(), COMPLETE)
     return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
 
 
 def load_frame_stats(path: str | os.PathLike) -> pd.DataFrame:
     """A snapshot's per-frame statistics (table order), computed once and kept beside it."""
-    path = Path(path)
+    path = local_copy(path, snapshot_cache(), COMPLETE)
     if not (path / FRAME_STATS).exists():  # snapshots made before the statistics were stored
         table, images = load_snapshot(path)
         stats = frame_stats(table, images)
@@ -67,6 +85,16 @@ def _counts(table: pd.DataFrame) -> dict:
             "positive": int((part["label"] == 1).sum()),
         }
     return counts
+
+
+def _frames(lake_root, table: pd.DataFrame) -> list[bytes]:
+    """Every frame's bytes, in table order; from an object store in one batched request."""
+    root = location(lake_root)
+    paths = [root / p for p in table["frame_path"]]
+    if is_local(root):
+        return [p.read_bytes() for p in paths]
+    found = root.fs.cat([p.path for p in paths])
+    return [found[p.path] for p in paths]
 
 
 def build_dataset(
@@ -100,11 +128,8 @@ def build_dataset(
     if (out / COMPLETE).exists():
         return ref
 
-    lake_root = Path(lake_root)
-    images = np.stack([np.asarray(Image.open(lake_root / p).convert("RGB")) for p in table["frame_path"]])
-    staging = out.with_name(f".{sid}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in _frames(lake_root, table)])
+    staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "images.npy", images)
     frame_stats(table, images).to_parquet(staging / FRAME_STATS, index=False)
@@ -112,6 +137,5 @@ def build_dataset(
         json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1)
     )
     (staging / COMPLETE).write_text(sid)
-    shutil.rmtree(out, ignore_errors=True)
-    staging.rename(out)
+    publish_folder(staging, out, COMPLETE)
     return ref

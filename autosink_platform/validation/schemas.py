@@ -9,6 +9,34 @@ from pandera.typing import Series
 SPLITS = ("train", "validation", "test")
 
 
+class SessionRecords(pa.DataFrameModel):
+    """One row per ingested session: what ``raw_sessions`` hands to labeling (the record in the
+    feature store). The lake's format checks come first; this is the contract of the record."""
+
+    session_id: Series[str] = pa.Field(str_length={"min_value": 1})
+    device_id: Series[str] = pa.Field(str_length={"min_value": 1})
+    started_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "ns", "tz": "UTC"})
+    ended_at: Series[pd.DatetimeTZDtype] = pa.Field(dtype_kwargs={"unit": "ns", "tz": "UTC"})
+    fps: Series[float] = pa.Field(gt=0, le=120)
+    firmware: Series[str]
+    model_version: Series[str]
+    schema_version: Series[int] = pa.Field(isin=[1])
+    frames: Series[int] = pa.Field(ge=1)
+    width: Series[int] = pa.Field(ge=16, le=4096)
+    height: Series[int] = pa.Field(ge=16, le=4096)
+    events: Series[int] = pa.Field(ge=0)
+    content_sha256: Series[str] = pa.Field(str_matches=r"^[0-9a-f]{64}$")
+
+    class Config:
+        strict = True
+        coerce = True
+        unique = ["session_id"]
+
+    @pa.dataframe_check(error="a session ends after it starts")
+    def ordered(cls, df: pd.DataFrame) -> pd.Series:
+        return df["ended_at"] >= df["started_at"]
+
+
 class LabeledFrames(pa.DataFrameModel):
     """One row per frame of an ingested session, labeled or not."""
 
