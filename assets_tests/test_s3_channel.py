@@ -9,7 +9,6 @@ import pytest
 
 pytest.importorskip("s3fs", reason="the S3 channel needs the s3 extra (pip install '.[s3]')")
 boto3 = pytest.importorskip("boto3")
-moto_server = pytest.importorskip("moto.server", reason="needs moto[server] (the test extra)")
 
 from autosink_pi.client import PiConfig, Scorer, sync  # noqa: E402
 
@@ -17,28 +16,6 @@ from autosink_platform.release.channel import FleetChannel  # noqa: E402
 from autosink_platform.release.signing import generate_keypair, load_private_key  # noqa: E402
 
 from .test_pi_client import onnx_model, publish  # noqa: E402, F401  (the same release as the local tests)
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
-
-
-@pytest.fixture
-def bucket(s3_endpoint, monkeypatch, request):
-    for k, v in {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(k, v)
-    name = request.node.name.replace("_", "-")[:60].lower()
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    return name
 
 
 def _channel(tmp_path, bucket, endpoint, **put):

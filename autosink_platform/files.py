@@ -1,13 +1,48 @@
-"""Atomic file writes (readers see the old file or the new one, never half of one) and
-append-only JSON-lines logs read from a byte offset (a cursor that costs only what is new)."""
+"""Atomic file writes (readers see the old file or the new one, never half of one),
+append-only JSON-lines logs read from a byte offset (a cursor that costs only what is new), and
+``location``: one path type over local folders and object stores."""
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
+
+from upath import UPath
+
+S3_ENDPOINT_ENV = "AUTOSINK_S3_ENDPOINT"
+
+
+def location(root: str | os.PathLike) -> Path | UPath:
+    """A local folder as a ``Path``; a URL (``s3://bucket/prefix``, ``memory://...``) as a
+    ``UPath`` through fsspec. For ``s3://`` the endpoint is ``$AUTOSINK_S3_ENDPOINT`` when set
+    (MinIO, any S3-compatible store); credentials come from the usual AWS variables."""
+    if isinstance(root, UPath) and not isinstance(root, Path):
+        return root
+    text = os.fspath(root)
+    if not is_url(text):
+        return Path(text.removeprefix("file://"))
+    options = {}
+    if text.startswith("s3://") and os.environ.get(S3_ENDPOINT_ENV):
+        options["endpoint_url"] = os.environ[S3_ENDPOINT_ENV]
+    return UPath(text, **options)
+
+
+def is_url(root: str | os.PathLike) -> bool:
+    """An object-store URL (``s3://...``), not a folder (a plain path or ``file://``)."""
+    text = os.fspath(root)
+    return "://" in text and not text.startswith("file://")
+
+
+def is_local(path) -> bool:
+    return isinstance(path, Path)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
@@ -51,3 +86,105 @@ def read_jsonl_from(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict
         data = f.read()
     complete = data[: data.rfind(b"\n") + 1]
     return [json.loads(line) for line in complete.splitlines() if line.strip()], offset + len(complete)
+
+
+# -- the same operations on a folder or an object store ------------------------------------------
+
+
+def put_bytes(path, data: bytes) -> None:
+    """Write a whole file: locally by rename, on an object store by one PUT (readers see the
+    old object or the new one either way)."""
+    if is_local(path):
+        atomic_write_bytes(path, data)
+    else:
+        path.write_bytes(data)
+
+
+def put_text(path, text: str) -> None:
+    put_bytes(path, text.encode())
+
+
+class AppendLog:
+    """An append-only log of JSON entries, read from a cursor that costs only what is new.
+
+    In a folder: the JSON-lines file ``path``, its cursor a byte offset. On an object store,
+    which cannot append: one object per entry under ``path`` without its suffix, keyed
+    ``<day>/<time>-<random>.json`` so keys sort in append order; the cursor is the last key
+    read, and a read lists only the cursor's day and later."""
+
+    def __init__(self, path):
+        self.path = location(path)
+        self.local = is_local(self.path)
+
+    def append(self, entry: dict) -> None:
+        if self.local:
+            append_jsonl(self.path, entry)
+            return
+        now = datetime.now(UTC)
+        key = f"{now:%Y-%m-%d}/{now:%Y%m%dT%H%M%S.%fZ}-{uuid.uuid4().hex[:8]}.json"
+        (self.path.with_suffix("") / key).write_text(json.dumps(entry))
+
+    def read(self, cursor: str | int | None = None) -> tuple[list[dict], str]:
+        """Entries appended after ``cursor`` (None: from the start), and the new cursor."""
+        if self.local:
+            entries, offset = read_jsonl_from(self.path, int(cursor or 0))
+            return entries, str(offset)
+        base, last = self.path.with_suffix(""), str(cursor or "")
+        try:
+            days = sorted(p.name for p in base.iterdir())
+        except (FileNotFoundError, NotADirectoryError):  # nothing appended yet
+            return [], last
+        keys = [
+            f"{day}/{obj.name}"
+            for day in days
+            if day >= last.split("/")[0]
+            for obj in (base / day).iterdir()
+            if f"{day}/{obj.name}" > last
+        ]
+        keys.sort()
+        if not keys:
+            return [], last
+        found = base.fs.cat([(base / k).path for k in keys])
+        return [json.loads(found[(base / k).path]) for k in keys], keys[-1]
+
+
+def publish_folder(staging: Path, dest, marker: str) -> None:
+    """Make a finished local folder ``dest``, complete once ``marker`` exists: locally one
+    rename; on an object store every file is uploaded, the marker last."""
+    if is_local(dest):
+        shutil.rmtree(dest, ignore_errors=True)
+        Path(dest).parent.mkdir(parents=True, exist_ok=True)
+        staging.rename(dest)
+        return
+    upload_folder(staging, dest, skip=marker)
+    dest.fs.put_file(str(staging / marker), (dest / marker).path)
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def upload_folder(local: Path, dest, skip: str | None = None) -> None:
+    """Upload every file under ``local`` to the object-store folder ``dest`` (``skip``: a name left out)."""
+    for f in sorted(p for p in local.rglob("*") if p.is_file() and p.name != skip):
+        dest.fs.put_file(str(f), (dest / f.relative_to(local).as_posix()).path)
+
+
+def local_copy(path, cache: Path, marker: str) -> Path:
+    """A local folder with the content of the immutable folder ``path``: the folder itself, or,
+    on an object store, a copy downloaded once into ``cache`` (keyed by the URL)."""
+    path = location(path)
+    if is_local(path):
+        return path
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:16]
+    out = Path(cache) / f"{path.name}-{key}"
+    if (out / marker).exists():
+        return out
+    Path(cache).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cache))
+    try:
+        path.fs.get(path.path.rstrip("/") + "/", str(tmp) + "/", recursive=True)
+        if not (tmp / marker).exists():
+            raise FileNotFoundError(f"{path} is not complete: no {marker}")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -5,13 +5,15 @@ the right label. Plain HTML forms, so it works in any browser and with no JavaSc
 from __future__ import annotations
 
 import html
+import io
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
 from fastapi import APIRouter, Form, HTTPException
-from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
+from autosink_platform.files import is_local, location
 from autosink_platform.labeling.review import Correction, ReviewLog
 from autosink_platform.lake.store import FeatureStore
 
@@ -44,7 +46,7 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
         path = store.root / "review_queue.parquet"
         if not path.exists():
             return pd.DataFrame(columns=["session_id", "frame_index"])
-        q = pd.read_parquet(path)
+        q = pd.read_parquet(io.BytesIO(path.read_bytes()))
         done = reviews.reviewed_frames()
         keep = [(s, int(f)) not in done for s, f in zip(q["session_id"], q["frame_index"], strict=True)]
         return q[keep].reset_index(drop=True)
@@ -95,14 +97,17 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
         return PAGE.format(pipeline=html.escape(store.root.name), body=body)
 
     @router.get("/review/frames/{session_id}/{frame_index}.png")
-    def frame(session_id: str, frame_index: int) -> FileResponse:
+    def frame(session_id: str, frame_index: int) -> Response:
         try:
             frames = store.get_session(session_id)["frames"]
         except KeyError:
             raise HTTPException(404, f"no ingested session {session_id!r}") from None
         if not 0 <= frame_index < len(frames):
             raise HTTPException(404, f"session {session_id!r} has no frame {frame_index}")
-        return FileResponse(lake_root / frames[frame_index], media_type="image/png")
+        path = location(lake_root) / frames[frame_index]
+        if is_local(path):
+            return FileResponse(path, media_type="image/png")
+        return Response(path.read_bytes(), media_type="image/png")
 
     @router.post("/review")
     def correct(

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
-from autosink_platform.files import atomic_write_text
+from autosink_platform.files import put_text
 from autosink_platform.lake.sessions import Lake, SessionExists, content_hash
 
 
@@ -170,9 +170,12 @@ def _already_stored(lake: Lake, staging: Path, archive_path: Path, meta: dict, s
     if conflict:
         now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         folder = lake.root / "conflicts" / meta["session_id"]
-        folder.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(archive_path, folder / f"{now}.tar.gz")
-        atomic_write_text(
+        if lake.local:
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(archive_path, folder / f"{now}.tar.gz")
+        else:
+            folder.fs.put_file(str(archive_path), (folder / f"{now}.tar.gz").path)
+        put_text(
             folder / f"{now}.json",
             json.dumps(
                 {

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from autosink_platform.files import append_jsonl, read_jsonl_from
+from autosink_platform.files import AppendLog, location
 
 REVIEW = "review"
 
@@ -34,30 +33,30 @@ class ReviewLog:
     """``<store>/<pipeline>/reviews/<session_id>.jsonl`` per session, plus ``_log.jsonl`` naming
     the session of every correction in order (what the review sensor follows)."""
 
-    def __init__(self, pipeline_store: str | Path):
-        self.root = Path(pipeline_store) / "reviews"
+    def __init__(self, pipeline_store):
+        self.root = location(pipeline_store) / "reviews"
 
     @property
-    def log(self) -> Path:
-        return self.root / "_log.jsonl"
+    def log(self) -> AppendLog:
+        return AppendLog(self.root / "_log.jsonl")
 
     def append(self, correction: Correction) -> None:
         if correction.label not in (0, 1):
             raise ValueError(f"label must be 0 or 1, got {correction.label!r}")
         if not correction.reviewer.strip():
             raise ValueError("a correction needs the reviewer's name")
-        append_jsonl(self.root / f"{correction.session_id}.jsonl", asdict(correction))
-        append_jsonl(self.log, {"session_id": correction.session_id, "frame_index": correction.frame_index})
+        AppendLog(self.root / f"{correction.session_id}.jsonl").append(asdict(correction))
+        self.log.append({"session_id": correction.session_id, "frame_index": correction.frame_index})
 
     def for_session(self, session_id: str) -> list[Correction]:
-        return [Correction(**c) for c in read_jsonl_from(self.root / f"{session_id}.jsonl")[0]]
+        return [Correction(**c) for c in AppendLog(self.root / f"{session_id}.jsonl").read()[0]]
 
-    def reviewed_sessions_since(self, offset: int) -> tuple[list[str], int]:
-        entries, offset = read_jsonl_from(self.log, offset)
-        return list(dict.fromkeys(e["session_id"] for e in entries)), offset
+    def reviewed_sessions_since(self, cursor: str | int | None) -> tuple[list[str], str]:
+        entries, cursor = self.log.read(cursor)
+        return list(dict.fromkeys(e["session_id"] for e in entries)), cursor
 
     def reviewed_frames(self) -> set[tuple[str, int]]:
-        return {(e["session_id"], e["frame_index"]) for e in read_jsonl_from(self.log)[0]}
+        return {(e["session_id"], e["frame_index"]) for e in self.log.read()[0]}
 
 
 def apply_reviews(labels: pd.DataFrame, corrections: list[Correction]) -> pd.DataFrame:

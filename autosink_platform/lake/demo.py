@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from autosink_platform.files import is_local, location
 from autosink_platform.lake.sessions import Lake
 
 TRUTH_DIR = "_demo_truth"
@@ -321,8 +322,9 @@ def generate_demo_lake(
     rng = np.random.default_rng(cfg.seed)
     devices = [_device(rng, d) for d in range(cfg.devices)]
     start = datetime.fromisoformat(cfg.start)
-    truth_dir = Path(lake_root) / TRUTH_DIR
-    truth_dir.mkdir(parents=True, exist_ok=True)
+    truth_dir = location(lake_root) / TRUTH_DIR
+    if is_local(truth_dir):
+        truth_dir.mkdir(parents=True, exist_ok=True)
     written = []
     jobs = [(d, s) for s in range(cfg.sessions_per_device) for d in range(cfg.devices)]
     for d, s in tqdm(jobs, desc="demo lake", unit="session", disable=not progress):
@@ -330,13 +332,13 @@ def generate_demo_lake(
         started = start + timedelta(hours=7 * s, minutes=13 * d)
         meta, frames, events, truth = _session(session_rng, cfg, devices[d], started)
         written.append(lake.write_session(meta, frames, events))
-        truth.to_csv(truth_dir / f"{meta['session_id']}.csv", index=False)
+        (truth_dir / f"{meta['session_id']}.csv").write_text(truth.to_csv(index=False))
     return written
 
 
 def read_truth(lake_root: str | Path, session_id: str) -> pd.DataFrame:
     """The generator's per-frame truth for one session (demo lakes only)."""
-    path = Path(lake_root) / TRUTH_DIR / f"{session_id}.csv"
+    path = location(lake_root) / TRUTH_DIR / f"{session_id}.csv"
     if not path.exists():
         raise FileNotFoundError(f"{path}: no demo truth for session {session_id!r} (not a generated session?)")
-    return pd.read_csv(path)
+    return pd.read_csv(io.StringIO(path.read_text()))

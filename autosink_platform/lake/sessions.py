@@ -5,11 +5,15 @@
 
 A session without ``_COMMITTED`` is incomplete and never read. Raw files are never modified;
 a session that fails to parse gets a quarantine record under ``quarantine/`` instead.
+
+The lake is a local folder or a prefix on an object store (``s3://bucket/lake``, through
+fsspec): the same layout, the same guarantees (see ``Lake.commit``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -20,8 +24,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from PIL import Image
+from upath import UPath
 
-from autosink_platform.files import append_jsonl, atomic_write_text, read_jsonl_from
+from autosink_platform.files import AppendLog, is_local, location, put_text, upload_folder
 
 SCHEMA_VERSIONS = {1}
 COMMITTED = "_COMMITTED"
@@ -50,17 +55,17 @@ FRAME_COUNT_TOLERANCE = 0.1  # frames vs (ended_at - started_at) x fps; a Pi dro
 class SessionExists(FileExistsError):
     """The lake already holds this session: raw sessions are append-only."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path):
         super().__init__(f"{path} exists: raw sessions are append-only")
-        self.path = Path(path)
+        self.path = location(path)
 
 
 class SessionFormatError(ValueError):
     """A session that does not follow the public format. ``reason`` is machine-readable."""
 
-    def __init__(self, path: Path, reason: str, detail: str):
+    def __init__(self, path, reason: str, detail: str):
         super().__init__(f"{path}: {reason}: {detail}")
-        self.path, self.reason, self.detail = Path(path), reason, detail
+        self.path, self.reason, self.detail = location(path), reason, detail
 
 
 @dataclass(frozen=True)
@@ -144,7 +149,7 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _read_frames(path: Path) -> tuple[tuple[str, ...], tuple[int, int]]:
+def _read_frames(path: Path, blobs: dict[str, bytes] | None) -> tuple[tuple[str, ...], tuple[int, int]]:
     frame_dir = path / "frames"
     files = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES) if frame_dir.is_dir() else []
     if not files:
@@ -161,7 +166,7 @@ def _read_frames(path: Path) -> tuple[tuple[str, ...], tuple[int, int]]:
     size = None
     for f in files:
         try:
-            with Image.open(f) as im:
+            with Image.open(f if blobs is None else io.BytesIO(blobs[f"frames/{f.name}"])) as im:
                 im.load()
                 this = im.size
         except Exception as e:  # PIL raises many types for truncated/corrupt files
@@ -211,23 +216,40 @@ def _read_events(path: Path, duration: float, fps: float) -> tuple[Event, ...]:
     return tuple(events)
 
 
-def content_hash(path: Path) -> str:
+def content_hash(path: Path, blobs: dict[str, bytes] | None = None) -> str:
     """sha256 over every file's relative path and bytes, the commit marker aside (it holds the
-    commit time): the session's identity, the same wherever and whenever it was committed."""
+    commit time): the session's identity, the same wherever and whenever it was committed.
+    ``blobs``: the session's files already read (relative path -> bytes)."""
     digest = hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file() and p.relative_to(path).as_posix() != COMMITTED):
-        digest.update(f.relative_to(path).as_posix().encode() + b"\0")
-        digest.update(f.read_bytes())
+    if blobs is None:
+        files = {f.relative_to(path).as_posix(): f for f in path.rglob("*") if f.is_file()}
+        read = lambda name: files[name].read_bytes()
+    else:
+        files, read = blobs, blobs.__getitem__
+    for name in sorted(n for n in files if n != COMMITTED):
+        digest.update(name.encode() + b"\0")
+        digest.update(read(name))
     return digest.hexdigest()
 
 
-def read_session(path: str | os.PathLike) -> Session:
+def _fetch_all(path) -> dict[str, bytes] | None:
+    """On an object store, every file of the session in one batched request (relative path ->
+    bytes), so frames are checked and hashed from the same bytes; locally None (read in place)."""
+    if is_local(path):
+        return None
+    files = [f for f in path.rglob("*") if f.is_file()]
+    found = path.fs.cat([f.path for f in files])
+    return {f.relative_to(path).as_posix(): found[f.path] for f in files}
+
+
+def read_session(path: str | os.PathLike | UPath) -> Session:
     """Parse and check one committed session folder; raise SessionFormatError naming what is wrong."""
-    path = Path(path)
+    path = location(path)
     if not (path / COMMITTED).exists():
         raise SessionFormatError(path, "not_committed", f"{COMMITTED} is missing: the session is incomplete")
     meta = _read_meta(path)
-    frames, size = _read_frames(path)
+    blobs = _fetch_all(path)
+    frames, size = _read_frames(path, blobs)
     fps = float(meta["fps"])
     duration = (
         _parse_time(path, "ended_at", meta["ended_at"]) - _parse_time(path, "started_at", meta["started_at"])
@@ -238,7 +260,7 @@ def read_session(path: str | os.PathLike) -> Session:
             path, "frame_count_mismatch", f"{len(frames)} frames, but {duration:.1f} s at {fps} fps is {expected:.0f}"
         )
     events = _read_events(path, duration, fps)
-    return Session(path, meta, frames, events, size, content_hash(path))
+    return Session(path, meta, frames, events, size, content_hash(path, blobs))
 
 
 @dataclass(frozen=True)
@@ -251,10 +273,15 @@ class QuarantineRecord:
 
 
 class Lake:
-    """The raw data lake on a local folder. Append-only: nothing here modifies raw files."""
+    """The raw data lake on a local folder or an object-store prefix. Append-only: nothing here
+    modifies raw files."""
 
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root)
+    def __init__(self, root: str | os.PathLike | UPath):
+        self.root = location(root)
+        self.local = is_local(self.root)
+
+    def __repr__(self) -> str:
+        return f"Lake({str(self.root)!r})"
 
     @property
     def raw(self) -> Path:
@@ -280,8 +307,7 @@ class Lake:
 
     def quarantine(self, session_id: str, error: SessionFormatError) -> QuarantineRecord:
         record = QuarantineRecord(session_id, str(error.path), error.reason, error.detail)
-        self.quarantine_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
+        put_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
         return record
 
     def is_quarantined(self, session_id: str) -> bool:
@@ -297,7 +323,10 @@ class Lake:
         return self.root / "_index" / "commits.jsonl"
 
     def staging_dir(self) -> Path:
-        """A fresh folder outside ``raw/`` to assemble a session in before it is committed."""
+        """A fresh local folder outside ``raw/`` to assemble a session in before it is committed
+        (inside the lake when it is local, so the commit is a rename; else a temporary folder)."""
+        if not self.local:
+            return Path(tempfile.mkdtemp(prefix="autosink-staging-"))
         (self.root / "_staging").mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=self.root / "_staging"))
 
@@ -309,10 +338,18 @@ class Lake:
         """Move a complete staged session into ``raw/``: ``_COMMITTED`` is written last, inside the
         staging folder, and one rename makes the whole session visible at once. The commit is then
         appended to the commit log, which is what the new-session sensor reads.
-        Raises SessionExists if the session is already in the lake (append-only)."""
+        Raises SessionExists if the session is already in the lake (append-only).
+
+        On an object store there is no rename: the files are uploaded under the session's
+        prefix and ``_COMMITTED`` is created last with ``If-None-Match: *``, so readers never
+        see a partial session and of two racing commits of one session only one succeeds. The
+        loser may already have rewritten some of the session's objects (a device retrying the
+        same upload rewrites identical bytes); committed sessions are never written to."""
         final = self.final_path(meta)
-        if final.exists():
+        if (final / COMMITTED).exists() or (self.local and final.exists()):
             raise SessionExists(final)
+        if not self.local:
+            return self._commit_remote(staging, meta, final)
         (staging / COMMITTED).write_text(datetime.now(UTC).isoformat())
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -324,20 +361,34 @@ class Lake:
         self._log_commit(meta["session_id"], final)
         return final
 
-    def _log_commit(self, session_id: str, path: Path) -> None:
-        relative = path.relative_to(self.root).as_posix()
-        atomic_write_text(self.root / "_index" / "sessions" / session_id, relative)
-        append_jsonl(self.commit_log, {"session_id": session_id, "path": relative})
+    def _commit_remote(self, staging: Path, meta: dict, final) -> UPath:
+        fs = final.fs
+        upload_folder(staging, final)
+        marker = final / COMMITTED
+        try:
+            fs.pipe_file(marker.path, datetime.now(UTC).isoformat().encode(), IfNoneMatch="*")
+        except FileExistsError as e:  # 412: a concurrent commit of this session got there first
+            raise SessionExists(final) from e
+        fs.invalidate_cache(final.path)
+        self._log_commit(meta["session_id"], final)
+        return final
 
-    def read_commits(self, offset: int = 0) -> tuple[list[tuple[str, Path]], int]:
-        """Commits logged after byte ``offset``: ([(session_id, path)], new offset). Cost grows with
-        the number of new commits, not with the size of the lake."""
-        entries, offset = read_jsonl_from(self.commit_log, offset)
-        return [(e["session_id"], self.root / e["path"]) for e in entries], offset
+    def _log_commit(self, session_id: str, path) -> None:
+        relative = path.relative_to(self.root).as_posix()
+        put_text(self.root / "_index" / "sessions" / session_id, relative)
+        AppendLog(self.commit_log).append({"session_id": session_id, "path": relative})
+
+    def read_commits(self, cursor: str | int | None = None) -> tuple[list[tuple[str, Path]], str]:
+        """Commits logged after ``cursor`` (from the previous call; None for all):
+        ([(session_id, path)], new cursor). Cost grows with the number of new commits, not with
+        the size of the lake (see ``files.AppendLog``: a byte offset in a folder, the last
+        commit key on an object store)."""
+        entries, cursor = AppendLog(self.commit_log).read(cursor)
+        return [(e["session_id"], self.root / e["path"]) for e in entries], cursor
 
     def reindex(self) -> list[str]:
         """Log committed sessions that are missing from the commit log (e.g. copied in by hand)."""
-        logged = {sid for sid, _ in self.read_commits(0)[0]}
+        logged = {sid for sid, _ in self.read_commits()[0]}
         missing = [(sid, p) for sid, p in self.committed_sessions().items() if sid not in logged]
         for sid, path in missing:
             self._log_commit(sid, path)

@@ -3,10 +3,14 @@
 <store>/<pipeline>/sessions/<session_id>.json        parsed session (meta, events, frames, hash)
 <store>/<pipeline>/labeled_frames/<session_id>.parquet
 <store>/<pipeline>/datasets/<snapshot_id>/           table.parquet, images.npy, manifest.json
+
+The store is a folder or an object-store prefix (``s3://bucket/store``): every file is written
+whole, and a snapshot is complete once its ``_COMPLETE`` marker exists (written last).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from dataclasses import asdict
@@ -14,18 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink_platform.files import atomic_write, atomic_write_text
+from autosink_platform.files import location, put_bytes, put_text
 from autosink_platform.lake.sessions import Event, Session
 
 
 class FeatureStore:
     def __init__(self, root: str | os.PathLike, pipeline: str):
-        self.root = Path(root) / pipeline
+        self.root = location(root) / pipeline
 
     def _path(self, kind: str, name: str) -> Path:
-        path = self.root / kind / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.root / kind / name
 
     def put_session(self, session: Session, lake_root: Path) -> None:
         record = {
@@ -35,7 +37,7 @@ class FeatureStore:
             "frame_size": list(session.frame_size),
             "content_sha256": session.content_sha256,
         }
-        atomic_write_text(self._path("sessions", f"{session.session_id}.json"), json.dumps(record, indent=1))
+        put_text(self._path("sessions", f"{session.session_id}.json"), json.dumps(record, indent=1))
 
     def get_session(self, session_id: str) -> dict:
         path = self.root / "sessions" / f"{session_id}.json"
@@ -46,17 +48,16 @@ class FeatureStore:
         return record
 
     def put_labels(self, session_id: str, table: pd.DataFrame) -> Path:
-        return atomic_write(
-            self._path("labeled_frames", f"{session_id}.parquet"), lambda tmp: table.to_parquet(tmp, index=False)
-        )
+        path = self._path("labeled_frames", f"{session_id}.parquet")
+        put_bytes(path, table.to_parquet(index=False))
+        return path
 
     def labeled_sessions(self) -> list[str]:
         return sorted(p.stem for p in (self.root / "labeled_frames").glob("*.parquet"))
 
     def get_labels(self, session_ids: list[str]) -> pd.DataFrame:
-        return pd.concat(
-            [pd.read_parquet(self.root / "labeled_frames" / f"{s}.parquet") for s in session_ids], ignore_index=True
-        )
+        paths = [self.root / "labeled_frames" / f"{s}.parquet" for s in session_ids]
+        return pd.concat([pd.read_parquet(io.BytesIO(p.read_bytes())) for p in paths], ignore_index=True)
 
     def dataset_dir(self, snapshot_id: str) -> Path:
         return self.root / "datasets" / snapshot_id

@@ -29,7 +29,7 @@ from autosink_pi.verify import sha256_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from upath import UPath
 
-from autosink_platform.files import atomic_write_bytes, atomic_write_text
+from autosink_platform.files import atomic_write_bytes, atomic_write_text, is_url
 from autosink_platform.release.signing import key_id, public_pem, sign, sign_pointer, verify_pointer
 
 __all__ = ["FleetChannel", "PointerConflict", "sha256_file"]
@@ -56,7 +56,7 @@ class FleetChannel:
         storage_options: dict | None = None,
         put_options: dict | None = None,
     ):
-        self.root = UPath(root, **(storage_options or {}))
+        self.root = UPath(root, **(storage_options or {})) if is_url(root) else UPath(root)  # options are for stores
         self.local = self.root.protocol in ("", "file", "local")
         if not (self.local or self.root.protocol in ("s3", "s3a")):
             raise ValueError(f"fleet channel {root!s}: only a local folder or s3:// is supported")
