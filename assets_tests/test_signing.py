@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 import stat
 
 import pytest
@@ -6,6 +7,7 @@ import pytest
 from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.signing import (
     SignatureError,
+    ensure_keypair,
     generate_keypair,
     load_private_key,
     load_public_key,
@@ -26,6 +28,25 @@ def test_keygen_protects_the_private_key_and_never_overwrites(keys, tmp_path):
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError):
         generate_keypair(private)
+
+
+def _ensure_and_read(args):
+    path, barrier = args
+    barrier.wait()
+    return ensure_keypair(path).read_bytes()
+
+
+def test_workers_creating_the_default_key_at_once_all_get_the_same_whole_key(tmp_path):
+    # Celery workers run release steps in parallel; each may find no key and create one
+    path = tmp_path / "cfg" / "signing.pem"
+    with multiprocessing.Manager() as manager:
+        barrier = manager.Barrier(8)
+        with multiprocessing.get_context("spawn").Pool(8) as pool:
+            keys = pool.map(_ensure_and_read, [(path, barrier)] * 8)
+    assert len(set(keys)) == 1 and keys[0] == path.read_bytes()
+    assert load_private_key(path).public_key() == load_public_key(path.with_suffix(".pub"))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert sorted(p.name for p in path.parent.iterdir()) == ["signing.pem", "signing.pub"]  # no temp files left
 
 
 def test_signatures_verify_and_tampering_is_caught(keys, tmp_path):

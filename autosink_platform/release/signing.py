@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import secrets
 from pathlib import Path
 
 from autosink_pi.verify import SignatureError, canonical, load_public_key, verify, verify_pointer
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 __all__ = [  # verification is the device package's, so the platform checks exactly what devices check
     "SignatureError",
     "canonical",
+    "ensure_keypair",
     "generate_keypair",
     "key_id",
     "load_private_key",
@@ -42,7 +44,11 @@ def default_key_path() -> Path:
 
 
 def generate_keypair(private_path: str | Path, public_path: str | Path | None = None) -> tuple[Path, Path]:
-    """Write a new key pair; the private key with mode 0600. Refuses to overwrite a key."""
+    """Write a new key pair; the private key with mode 0600. Refuses to overwrite a key.
+
+    The private key appears whole or not at all: it is written to a temporary file and hard-linked
+    into place, and the link fails if another process got there first (``FileExistsError``), so two
+    workers creating the default key at once cannot leave a half-written or mismatched pair."""
     private_path = Path(private_path).expanduser()
     public_path = Path(public_path).expanduser() if public_path else private_path.with_suffix(".pub")
     for p in (private_path, public_path):
@@ -50,15 +56,40 @@ def generate_keypair(private_path: str | Path, public_path: str | Path | None = 
             raise FileExistsError(f"{p} exists: refusing to replace a signing key")
     key = Ed25519PrivateKey.generate()
     private_path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    public_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp_private = private_path.with_name(f".{private_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    tmp_public = public_path.with_name(f".{public_path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    try:
+        fd = os.open(tmp_private, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+                )
             )
-        )
-    public_path.write_bytes(public_pem(key.public_key()))
+        tmp_public.write_bytes(public_pem(key.public_key()))
+        try:
+            os.link(tmp_private, private_path)
+        except FileExistsError:
+            raise FileExistsError(f"{private_path} exists: refusing to replace a signing key") from None
+        os.replace(tmp_public, public_path)
+    finally:
+        tmp_private.unlink(missing_ok=True)
+        tmp_public.unlink(missing_ok=True)
     return private_path, public_path
+
+
+def ensure_keypair(private_path: str | Path) -> Path:
+    """The key at ``private_path``, created if missing. Safe when several processes (Celery workers,
+    parallel steps) ask at once: whoever links first wins and the others use that key."""
+    private_path = Path(private_path).expanduser()
+    if not private_path.exists():
+        try:
+            generate_keypair(private_path)
+        except FileExistsError:
+            if not private_path.exists():  # the public half exists without its private key: not ours to fix
+                raise
+    return private_path
 
 
 def public_pem(key: Ed25519PublicKey) -> bytes:
