@@ -41,9 +41,10 @@ lint: install
 	$(BIN)/ruff check autosink_platform assets_tests
 	$(BIN)/ruff format --check autosink_platform assets_tests
 
-## Every benchmark (minutes; needs ../shared/datasets): markdown tables, JSON in benchmarks/results/.
+## Every benchmark (minutes; needs ../shared/datasets, and PostgreSQL + RabbitMQ for scale_out): markdown tables, JSON in benchmarks/results/.
 bench: install
 	$(BIN)/python benchmarks/thresholds.py
 	$(BIN)/python benchmarks/conv_ae_throughput.py
 	$(BIN)/python benchmarks/reference_pipelines.py
 	$(BIN)/python benchmarks/skab_protocol.py
+	$(BIN)/python benchmarks/scale_out.py

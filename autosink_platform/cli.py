@@ -175,6 +175,31 @@ def _model_names() -> list[str]:
     return [f"{p.name}.{m.name}" for p in PIPELINES for m in p.models]
 
 
+@main.command("run")
+@home_option
+@click.option("--pipeline", default="sink", show_default=True, help="The lake-fed pipeline to run.")
+def run_pipeline(home, pipeline) -> None:
+    """Ingest, label and train on the instance at $DAGSTER_HOME, as a deployment runs it: the
+    jobs are loaded from the code location, so the configured executor runs the steps
+    (AUTOSINK_EXECUTOR=celery: dagster-celery workers; see README, "Scaling out")."""
+    h = _use_home(home)
+    import dagster as dg
+
+    from autosink_platform.definitions import PIPELINES
+    from autosink_platform.defs.runner import launch_pipeline
+    from autosink_platform.lake.sessions import Lake
+
+    specs = {spec.name: spec for spec in PIPELINES}
+    if pipeline not in specs:
+        raise click.BadParameter(f"{pipeline!r}: the lake-fed pipelines are {sorted(specs)}", param_hint="--pipeline")
+    started = time.perf_counter()
+    with dg.DagsterInstance.get() as instance:
+        run_ids = launch_pipeline(specs[pipeline], instance, Lake(h.lake))
+    click.echo(
+        f"{pipeline}: {len(run_ids)} runs succeeded in {time.perf_counter() - started:.1f} s; train run {run_ids[-1]}"
+    )
+
+
 @main.command()
 @home_option
 @click.argument("model")

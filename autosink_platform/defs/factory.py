@@ -8,7 +8,6 @@ Asset bodies only move values between resources and the plain functions in
 """
 
 import tempfile
-import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -16,7 +15,7 @@ import pandas as pd
 
 from autosink_platform import plots
 from autosink_platform.defs.checks import dataset_checks
-from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure
+from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
@@ -30,6 +29,10 @@ from autosink_platform.validation.schemas import DataValidationError
 
 # Follow a new dataset through to release, but never past a failed blocking check.
 FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+
+# The queued run coordinator (infra/dagster/dagster.yaml) runs one training run at a time by this tag.
+STAGE_TAG = "autosink/stage"
+TRAIN_TAGS = {STAGE_TAG: "train"}
 
 
 def sessions_partitions(spec: PipelineSpec) -> dg.DynamicPartitionsDefinition:
@@ -72,12 +75,15 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         """Per-frame labels: user overrides propagated to neighbouring frames (strong), unchallenged
         model decisions (weak), each with its source and confidence."""
         lk = lake.get()
-        results = {
-            pk: {"status": "quarantined"}
-            if lk.is_quarantined(pk)
-            else sink.label_session(store.get(spec.name), pk, spec.labeling)
-            for pk in context.partition_keys
-        }
+        try:
+            results = {
+                pk: {"status": "quarantined"}
+                if lk.is_quarantined(pk)
+                else sink.label_session(store.get(spec.name), pk, spec.labeling)
+                for pk in context.partition_keys
+            }
+        except DataValidationError as e:  # the labeler broke its own contract: stop, show the cases
+            raise validation_failure(e) from e
         return dg.MaterializeResult(metadata=_partition_metadata(results))
 
     @dg.asset(
@@ -102,21 +108,17 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
             raise validation_failure(e) from e
         counts = ref.counts
         splits = pd.DataFrame([{"split": s, **c} for s, c in counts.items() if isinstance(c, dict)])
-        # The data version is the snapshot id: Dagster's staleness then means "the data changed".
-        # The parameter is still marked beta; we rely on it knowingly.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", dg.BetaWarning)
-            return dg.Output(
-                ref,
-                data_version=dg.DataVersion(ref.snapshot_id),
-                metadata={
-                    "snapshot_id": ref.snapshot_id,
-                    "sessions": counts["sessions"],
-                    "frames": counts["frames"],
-                    "splits": markdown_table(splits),
-                    "path": dg.MetadataValue.path(ref.path),
-                },
-            )
+        return versioned_output(
+            ref,
+            ref.snapshot_id,
+            {
+                "snapshot_id": ref.snapshot_id,
+                "sessions": counts["sessions"],
+                "frames": counts["frames"],
+                "splits": markdown_table(splits),
+                "path": dg.MetadataValue.path(ref.path),
+            },
+        )
 
     return [raw_sessions, labeled_frames, validated_dataset]
 
@@ -341,11 +343,13 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
         f"{spec.name}_ingest",
         selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),
         description="Ingest and label sessions (one run per session partition).",
+        tags={STAGE_TAG: "ingest"},
     )
     train = dg.define_asset_job(
         f"{spec.name}_train",
         selection=dg.AssetSelection.assets([spec.name, "validated_dataset"]).downstream(),
         description="Dataset snapshot, models, thresholds and releases.",
+        tags=TRAIN_TAGS,
     )
     relabel = dg.define_asset_job(
         f"{spec.name}_relabel",

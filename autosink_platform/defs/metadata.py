@@ -1,6 +1,7 @@
 """Asset metadata the Dagster UI renders well: inline plots and small tables."""
 
 import base64
+import warnings
 from pathlib import Path
 
 import dagster as dg
@@ -19,6 +20,14 @@ def markdown_table(df) -> dg.MetadataValue:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def versioned_output(value, version: str, metadata: dict) -> dg.Output:
+    """An output whose Dagster data version is ``version`` (a content hash), so staleness in
+    Dagster means "the data changed". The parameter is still marked beta; we rely on it knowingly."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return dg.Output(value, data_version=dg.DataVersion(version), metadata=metadata)
 
 
 def validation_failure(e) -> dg.Failure:

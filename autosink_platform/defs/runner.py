@@ -1,7 +1,10 @@
 """Materialize a pipeline on a Dagster instance from a script (``autosink demo``, tests):
 the same jobs the UI and sensors launch, run in this process against a real instance."""
 
+import os
+
 import dagster as dg
+from dagster._core.definitions.reconstruct import ReconstructableRepository
 from tqdm import tqdm
 
 from autosink_platform.defs.factory import sessions_partitions
@@ -22,6 +25,13 @@ def register_sessions(instance: dg.DagsterInstance, spec: PipelineSpec, lake: La
     return new
 
 
+def unlabeled_sessions(instance: dg.DagsterInstance, spec: PipelineSpec, lake: Lake) -> list[str]:
+    """Register new sessions as partitions; return every partition not yet labeled."""
+    register_sessions(instance, spec, lake)
+    done = instance.get_materialized_partitions(dg.AssetKey([spec.name, "labeled_frames"]))
+    return [s for s in instance.get_dynamic_partitions(sessions_partitions(spec).name) if s not in done]
+
+
 def materialize_pipeline(
     defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, lake: Lake, progress: bool = True
 ) -> dict:
@@ -29,10 +39,7 @@ def materialize_pipeline(
 
     Returns the train job's outputs by asset name (dataset ref, models, thresholds, releases).
     """
-    register_sessions(instance, spec, lake)
-    labeled_key = dg.AssetKey([spec.name, "labeled_frames"])
-    done = instance.get_materialized_partitions(labeled_key)
-    todo = [s for s in instance.get_dynamic_partitions(sessions_partitions(spec).name) if s not in done]
+    todo = unlabeled_sessions(instance, spec, lake)
     ingest = defs.resolve_job_def(f"{spec.name}_ingest")
     for session_id in tqdm(todo, desc=f"{spec.name}: ingest + label", unit="session", disable=not progress):
         ingest.execute_in_process(instance=instance, partition_key=session_id, run_config=QUIET, raise_on_error=True)
@@ -44,3 +51,27 @@ def materialize_pipeline(
     ]
     outputs = {name: result.asset_value(dg.AssetKey([spec.name, name])) for name in names}
     return outputs | {"ingested_now": todo, "run_id": result.run_id}
+
+
+def launch_pipeline(
+    spec: PipelineSpec,
+    instance: dg.DagsterInstance,
+    lake: Lake,
+    module: str = "autosink_platform.definitions",
+    progress: bool = True,
+) -> list[str]:
+    """The same runs as ``materialize_pipeline``, executed the way a deployment executes them:
+    the jobs are reconstructed from the code location module, so the configured executor (e.g.
+    Celery workers in other processes) runs the steps. Needs a persistent instance (Postgres).
+    Returns the run ids (ingest runs, then the train run); raises if any run fails."""
+    repo = ReconstructableRepository.for_module(module, "defs", working_directory=os.getcwd())
+    todo = unlabeled_sessions(instance, spec, lake)
+    runs = [(f"{spec.name}_ingest", {"dagster/partition": s}) for s in todo] + [(f"{spec.name}_train", {})]
+    run_ids = []
+    for job, tags in tqdm(runs, desc=f"{spec.name}: runs", unit="run", disable=not progress):
+        with dg.execute_job(repo.get_reconstructable_job(job), instance, run_config=QUIET, tags=tags) as result:
+            if not result.success:
+                failed = [e.message for e in result.all_events if e.is_failure]
+                raise RuntimeError(f"{job} {tags or ''} failed (run {result.run_id}): {failed[:3]}")
+            run_ids.append(result.run_id)
+    return run_ids

@@ -20,7 +20,7 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
     def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
         # only what was committed since the last one, however large the lake grows.
-        commits, offset = lake.get().read_commits(int(context.cursor or 0))
+        commits, cursor = lake.get().read_commits(context.cursor)
         new: list[str] = []
         for session_id, _ in commits:
             # A reset cursor, a re-indexed log or a duplicate line must not add a partition twice.
@@ -29,7 +29,7 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
         return dg.SensorResult(
             run_requests=[dg.RunRequest(partition_key=s, run_key=s) for s in new],
             dynamic_partitions_requests=[partitions.build_add_request(new)] if new else [],
-            cursor=str(offset),
+            cursor=cursor,
         )
 
     return sensor
@@ -82,13 +82,12 @@ def review_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition
         description="Re-labels exactly the sessions a reviewer corrected.",
     )
     def sensor(context: dg.SensorEvaluationContext, store: FeatureStoreResource) -> dg.SensorResult:
-        offset = int(context.cursor or 0)
-        sessions, new_offset = ReviewLog(store.get(spec.name).root).reviewed_sessions_since(offset)
+        sessions, new_offset = ReviewLog(store.get(spec.name).root).reviewed_sessions_since(context.cursor)
         known = [s for s in sessions if context.instance.has_dynamic_partition(partitions.name, s)]
         return dg.SensorResult(
             # One run per corrected session per batch of corrections: the log offset makes the key unique.
             run_requests=[dg.RunRequest(partition_key=s, run_key=f"review:{s}:{new_offset}") for s in known],
-            cursor=str(new_offset),
+            cursor=new_offset,
         )
 
     return sensor

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from autosink_platform.files import atomic_write
+from autosink_platform.files import put_bytes
 from autosink_platform.labeling.propagation import LabelingConfig, propagate_labels
 from autosink_platform.labeling.review import ReviewLog, apply_reviews, review_queue
 from autosink_platform.lake.demo import read_truth
-from autosink_platform.lake.sessions import Lake, SessionFormatError, read_session
+from autosink_platform.lake.sessions import Lake, Session, SessionFormatError, read_session
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
 from autosink_platform.models.corruptions import FAULTS, corrupt
@@ -20,6 +20,7 @@ from autosink_platform.pipelines.lifecycle import torch_scorer
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
 from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
 from autosink_platform.validation.cases import CaseFloors, Slice
+from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
 from autosink_platform.validation.splits import SplitConfig
 
 GUARD_TARGET_FPR = 0.01  # one ordinary frame in a hundred may be flagged; the device then holds its state
@@ -34,8 +35,12 @@ def ingest_session(lake: Lake, store: FeatureStore, session_id: str) -> dict:
     path = lake.session_path(session_id)
     try:
         session = read_session(path)
+        validate(session_record(session), SessionRecords, f"{store.root.name}/raw_sessions")
     except SessionFormatError as e:
         record = lake.quarantine(session_id, e)
+        return {"status": "quarantined", "reason": record.reason, "detail": record.detail}
+    except DataValidationError as e:
+        record = lake.quarantine(session_id, SessionFormatError(path, "schema", str(e)))
         return {"status": "quarantined", "reason": record.reason, "detail": record.detail}
     store.put_session(session, lake.root)
     return {
@@ -48,6 +53,31 @@ def ingest_session(lake: Lake, store: FeatureStore, session_id: str) -> dict:
     }
 
 
+def _utc(value: str) -> pd.Timestamp:
+    t = pd.Timestamp(value)
+    return t.tz_convert("UTC") if t.tzinfo else t.tz_localize("UTC")
+
+
+def session_record(session: Session) -> pd.DataFrame:
+    """The one-row table ``SessionRecords`` checks."""
+    meta = session.meta
+    return pd.DataFrame(
+        [
+            {
+                **{k: meta[k] for k in ("session_id", "device_id", "fps", "firmware", "model_version")},
+                "started_at": _utc(meta["started_at"]),
+                "ended_at": _utc(meta["ended_at"]),
+                "schema_version": meta["schema_version"],
+                "frames": len(session.frames),
+                "width": session.frame_size[0],
+                "height": session.frame_size[1],
+                "events": len(session.events),
+                "content_sha256": session.content_sha256,
+            }
+        ]
+    )
+
+
 def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> dict:
     record = store.get_session(session_id)
     meta = record["meta"]
@@ -57,6 +87,7 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
     table.insert(4, "frame_path", record["frames"])
     corrections = ReviewLog(store.root).for_session(session_id)
     table = apply_reviews(table, corrections)  # a reviewer's label beats any automatic one
+    table = validate(table, LabeledFrames, f"{store.root.name}/labeled_frames")
     store.put_labels(session_id, table)
     by_source = table["label_source"].value_counts().to_dict()
     return {
@@ -209,7 +240,7 @@ def build_review_queue(
     """Rank the dataset's frames for human review with the champion's scores; written to the store."""
     probs = torch_scorer(champion)(data.images)[model.decision_output]
     queue = review_queue(data.table, probs, ReviewLog(store.root).reviewed_frames(), limit)
-    atomic_write(store.root / "review_queue.parquet", lambda tmp: queue.to_parquet(tmp, index=False))
+    put_bytes(store.root / "review_queue.parquet", queue.to_parquet(index=False))
     return queue
 
 
