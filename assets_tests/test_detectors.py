@@ -89,6 +89,8 @@ def test_training_is_deterministic_and_reported(fitted):
     np.testing.assert_array_equal(again.decision_function(X), det.decision_function(X))
     if isinstance(det, TorchDetector):
         assert det.history and len(det.history) <= det.fit_config.epochs
+        held_out = max(1, round(len(normal) * det.val_fraction))
+        assert len(normal) - held_out - 1 <= det.fit_result.samples_per_epoch <= len(normal) - held_out
         assert all(np.isfinite(h["val_loss"]) for h in det.history)
         assert [m["epoch"] for m in epochs if "val_loss" in m] == [h["epoch"] for h in det.history]
 
@@ -128,6 +130,7 @@ def test_labels_mean_only_normal_samples_are_fitted():
         (lambda: build_detector("conv_ae").fit(np.zeros((8, 1, 10, 10))), "divisible by 4"),
         (lambda: build_detector("dense_ae").decision_function(np.zeros((2, 3))), "not fitted"),
         (lambda: build_detector("pca").fit(np.zeros((5, 2)), y=np.ones(5)), "at least 4 normal samples"),
+        (lambda: build_detector("conv_ae", precision="fp16"), "precision must be one of"),
     ],
 )
 def test_bad_input_gets_a_clear_error(call, match):
@@ -143,3 +146,20 @@ def test_every_recurrent_cell_trains_and_exports(cell, tmp_path):
     ours = det.decision_function(X)
     theirs = OnnxDetector(det.export_onnx(tmp_path / f"{cell}.onnx")).decision_function(X)
     assert np.isfinite(ours).all() and np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)) <= 1e-4
+
+
+@pytest.mark.parametrize("name", ["conv_ae", "anogan"])
+def test_bf16_training_keeps_float32_weights_and_exports_the_same_scores(name, tmp_path):
+    make, params = CASES[name]
+    normal, anomalies = make(np.random.default_rng(0))
+    det = build_detector(name, **params, precision="bf16").fit(normal)
+    X = np.concatenate([normal[:100], anomalies])
+    y = np.r_[np.zeros(100), np.ones(len(anomalies))].astype(int)
+    ours = det.decision_function(X)
+    assert all(p.dtype == torch.float32 for p in det.scorer.parameters())
+    assert np.isfinite(ours).all() and auroc(ours, y) > 0.9
+    np.testing.assert_array_equal(
+        build_detector(name, **params, precision="bf16").fit(normal).decision_function(X), ours
+    )
+    theirs = OnnxDetector(det.export_onnx(tmp_path / f"{name}.onnx")).decision_function(X)
+    assert np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)) <= 1e-4

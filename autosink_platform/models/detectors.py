@@ -30,7 +30,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything
+from autosink_platform.models.training import FitConfig, FitResult, autocast_for, fit, seed_everything
 
 ONNX_INPUT, ONNX_OPSET = "x", 18
 
@@ -203,11 +203,14 @@ class TorchDetector(Detector):
         weight_decay: float = 0.0,
         patience: int = 5,
         val_fraction: float = 0.1,
+        precision: str = "fp32",
         on_epoch: Callable[[dict], None] | None = None,
         **kw,
     ):
         super().__init__(**kw)
-        self.fit_config = FitConfig(epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience, seed=self.seed)
+        self.fit_config = FitConfig(
+            epochs=epochs, lr=lr, weight_decay=weight_decay, patience=patience, seed=self.seed, precision=precision
+        )
         self.val_fraction = val_fraction
         self.on_epoch = on_epoch or (lambda m: None)
         self.fit_result: FitResult | None = None
@@ -546,12 +549,14 @@ class AnoGANDetector(TorchDetector):
             totals = np.zeros(2)
             for (real,) in self._batches(train, True, gen)():
                 z = torch.randn(len(real), self.latent, generator=gen)
-                fake = g(z)
-                loss_d = bce(d(real), torch.ones(len(real))) + bce(d(fake.detach()), torch.zeros(len(real)))
+                with autocast_for(self.fit_config):
+                    fake = g(z)
+                    loss_d = bce(d(real), torch.ones(len(real))) + bce(d(fake.detach()), torch.zeros(len(real)))
                 opt_d.zero_grad()
                 loss_d.backward()
                 opt_d.step()
-                loss_g = bce(d(fake), torch.ones(len(real)))
+                with autocast_for(self.fit_config):
+                    loss_g = bce(d(fake), torch.ones(len(real)))
                 opt_g.zero_grad()
                 loss_g.backward()
                 opt_g.step()

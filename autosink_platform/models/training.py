@@ -21,6 +21,17 @@ class FitConfig:
     weight_decay: float = 1e-4
     patience: int = 3  # epochs without a better validation loss before stopping
     seed: int = 0
+    # "bf16": training steps run under CPU autocast to bfloat16 (weights, optimiser state,
+    # validation and the exported model stay float32). About 1.5x faster per step on CPUs with
+    # native bf16 (AVX512-BF16, AMX); elsewhere correct but slower, so it is opt-in.
+    precision: str = "fp32"
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -28,6 +39,13 @@ class FitResult:
     history: list[dict]
     best_epoch: int
     stopped_early: bool
+    samples_per_epoch: int = 0  # examples the training steps saw in one epoch
+
+
+def autocast_for(cfg: FitConfig) -> torch.autocast:
+    """The autocast context a training step runs under (a no-op for fp32)."""
+    dtype = PRECISIONS[cfg.precision]
+    return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -50,12 +68,14 @@ def fit(
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
     best_loss, best_state, best_epoch, history = float("inf"), None, 0, []
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, unit="epoch", disable=None)
+    autocast = autocast_for(cfg)
     for epoch in bar:
         model.train()
         total, n = 0.0, 0
         for batch in train_batches():
             opt.zero_grad()
-            loss = loss_fn(model, batch)
+            with autocast:
+                loss = loss_fn(model, batch)
             loss.backward()
             opt.step()
             total, n = total + loss.item() * len(batch[0]), n + len(batch[0])
@@ -74,7 +94,7 @@ def fit(
             break
     model.load_state_dict(best_state)
     model.eval()
-    return FitResult(history, best_epoch, stopped_early=len(history) < cfg.epochs)
+    return FitResult(history, best_epoch, stopped_early=len(history) < cfg.epochs, samples_per_epoch=n)
 
 
 def to_float_tensor(images: np.ndarray) -> torch.Tensor:
