@@ -99,7 +99,9 @@ SMALL = {
     "digits": _small(
         DIGITS,
         DigitsConfig(mnist_sample=500, train=300, validation=80, test=80),
-        DetectorModel("conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"}),
+        DetectorModel(
+            "conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"}
+        ),
     ),
     "bearing": dataclasses.replace(
         _small(

@@ -23,6 +23,7 @@ from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.reference import lifecycle
 from autosink_platform.reference.pipelines import ROBOTARM
+from autosink_platform.testing import POSTGRES, celery_worker_command, scratch_postgres_database
 
 from .conftest import free_port, stop, wait_for_http
 from .fake_reference_data import make_fake_datasets
@@ -33,27 +34,17 @@ psycopg2 = pytest.importorskip("psycopg2", reason="needs psycopg2 (the scale ext
 boto3 = pytest.importorskip("boto3", reason="needs boto3 (the scale extra)")
 
 INFRA = Path(__file__).resolve().parents[1] / "infra"
-POSTGRES = os.environ.get("AUTOSINK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 @pytest.fixture
 def pg_database():
     """A fresh database on the local PostgreSQL server, dropped afterwards."""
     try:
-        admin = psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3)
+        psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
     except psycopg2.OperationalError as e:
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES} (set AUTOSINK_TEST_POSTGRES): {e}")
-    admin.autocommit = True
-    name = f"autosink_test_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}".replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
+    with scratch_postgres_database("autosink_test") as url:
+        yield url
 
 
 def _query(url: str, sql: str) -> list[tuple]:
@@ -183,24 +174,10 @@ def test_sink_pipeline_steps_run_on_celery_workers(
     }.items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DAGSTER_HOME", str(postgres_dagster_home))
-    celery = Path(sys.executable).with_name("celery")
     logs = [(tmp_path / f"worker-{i}.log").open("w") for i in range(2)]
     workers = [
         subprocess.Popen(
-            [
-                str(celery),
-                "-A",
-                "dagster_celery.app",
-                "worker",
-                "-Q",
-                queue,
-                "-n",
-                f"{queue}-{i}@%h",
-                "--concurrency",
-                "1",
-                "-l",
-                "INFO",
-            ],
+            [*celery_worker_command(queue, i), "-l", "INFO"],
             env=os.environ | {"DAGSTER_CELERY_BROKER_HOST": "127.0.0.1"},
             stdout=log,
             stderr=subprocess.STDOUT,

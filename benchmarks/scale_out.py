@@ -26,8 +26,9 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
+from autosink_platform.testing import celery_worker_command, scratch_postgres_database
+
 REPO = Path(__file__).resolve().parents[1]
-POSTGRES = os.environ.get("AUTOSINK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
 
 
 @contextmanager
@@ -55,24 +56,6 @@ def fresh_home(lake_template: Path):
                     os.environ[k] = v
 
 
-@contextmanager
-def postgres_database():
-    import psycopg2
-
-    admin = psycopg2.connect(f"{POSTGRES}/postgres")
-    admin.autocommit = True
-    name = f"autosink_bench_{uuid.uuid4().hex[:8]}"
-    with admin.cursor() as cur:
-        cur.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{POSTGRES}/{name}".replace("postgresql://", "postgresql+psycopg2://", 1)
-    finally:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-        admin.close()
-
-
 def embedded(lake_template: Path) -> float:
     import dagster as dg
 
@@ -97,7 +80,7 @@ def on_postgres(lake_template: Path) -> float:
     from autosink_platform.lake.sessions import Lake
     from autosink_platform.pipelines.sink import SINK
 
-    with fresh_home(lake_template) as (home, tmp), postgres_database() as url:
+    with fresh_home(lake_template) as (home, tmp), scratch_postgres_database("autosink_bench") as url:
         (tmp / "dagster_home").mkdir()
         shutil.copy(REPO / "infra" / "dagster" / "dagster.yaml", tmp / "dagster_home" / "dagster.yaml")
         os.environ["DAGSTER_POSTGRES_URL"] = url
@@ -108,7 +91,7 @@ def on_postgres(lake_template: Path) -> float:
 
 
 def on_celery(lake_template: Path, workers: int = 2) -> float:
-    with fresh_home(lake_template) as (home, tmp), postgres_database() as url:
+    with fresh_home(lake_template) as (home, tmp), scratch_postgres_database("autosink_bench") as url:
         dagster_home = tmp / "dagster_home"
         dagster_home.mkdir()
         shutil.copy(REPO / "infra" / "dagster" / "dagster.yaml", dagster_home / "dagster.yaml")
@@ -122,18 +105,7 @@ def on_celery(lake_template: Path, workers: int = 2) -> float:
         bin_dir = Path(sys.executable).parent
         procs = [
             subprocess.Popen(
-                [
-                    str(bin_dir / "celery"),
-                    "-A",
-                    "dagster_celery.app",
-                    "worker",
-                    "-Q",
-                    queue,
-                    "-n",
-                    f"{queue}-{i}@%h",
-                    "--concurrency",
-                    "1",
-                ],
+                celery_worker_command(queue, i),
                 env=env,
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
