@@ -34,10 +34,11 @@ def scratch_postgres_database(prefix: str, server: str = POSTGRES) -> Iterator[s
         admin.close()
 
 
-def celery_worker_command(queue: str, index: int, python: str | None = None) -> list[str]:
-    """argv for one single-process dagster-celery worker that takes steps from ``queue`` only,
-    so a test's or benchmark's workers never pick up another run's steps."""
-    celery = Path(python or sys.executable).with_name("celery")
+def celery_worker_command(queue: str, index: int) -> list[str]:
+    """argv for one single-process dagster-celery worker (from this interpreter's environment)
+    that takes steps from ``queue`` only, so a test's or benchmark's workers never pick up
+    another run's steps."""
+    celery = Path(sys.executable).with_name("celery")
     return [
         str(celery),
         "-A",

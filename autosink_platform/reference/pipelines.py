@@ -182,8 +182,8 @@ DIGITS = ReferenceSpec(
     # lr 1e-3, 15 epochs: fp32 0.982 test in 224 s; bf16 0.986 / 0.984 in 159 s. Width 16, bf16:
     # batch 128, lr 2e-3, 40 epochs 0.985 / 0.983 in 167 s; lr 4e-3, 20 epochs 0.986 / 0.983 in
     # 91 s; batch 256, lr 6e-3, 20 epochs 0.987 / 0.984 in 90 s, the best validation F1 of the
-    # width-16 runs, hence this one. The narrower network trains 5x the tutorial's images/s
-    # (benchmarks/conv_ae_throughput.py) and the larger steps recover its F1.
+    # width-16 runs, hence this one. With channels-last and bf16 it trains about 4x the
+    # tutorial's images/s (benchmarks/conv_ae_throughput.py); the larger steps recover its F1.
     models=(
         DetectorModel(
             "conv_ae",
