@@ -32,7 +32,7 @@ from tqdm import tqdm
 from autosink_platform.models.detectors import ConvAEDetector, _ConvAE
 from autosink_platform.reference.pipelines import DIGITS, DigitsConfig, extract_digits, resize
 from autosink_platform.reference.sources import datasets_root
-from autosink_platform.thresholds import best_f1
+from autosink_platform.thresholds import best_f1, metrics_at
 
 # The tutorial's training: our reconstruction of its network (width 32, 16-d code), Adam at 1e-3,
 # batch 128, a fixed number of epochs.
@@ -77,9 +77,7 @@ def tutorial_fit(images: np.ndarray, epochs: int, seed: int = 0) -> torch.nn.Mod
 def test_f1(score, split: np.ndarray, label: np.ndarray) -> float:
     """Threshold chosen on validation only, F1 on test (the tutorial's protocol)."""
     val, test = split == "validation", split == "test"
-    threshold = best_f1(score(val), label[val]).threshold
-    pred, truth = score(test) >= threshold, label[test] == 1
-    return float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()))
+    return metrics_at(score(test), label[test], best_f1(score(val), label[val]).threshold)["f1"]
 
 
 def main() -> None:
