@@ -163,3 +163,44 @@ def test_bf16_training_keeps_float32_weights_and_exports_the_same_scores(name, t
     )
     theirs = OnnxDetector(det.export_onnx(tmp_path / f"{name}.onnx")).decision_function(X)
     assert np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)) <= 1e-4
+
+
+def test_conv_ae_pools_before_relu_with_the_function_and_gradients_of_relu_then_pool():
+    from torch import nn
+
+    from autosink_platform.models.detectors import _ConvAE
+
+    torch.manual_seed(0)
+    ours = _ConvAE(1, 16, 16, 8, 8)
+    theirs = _ConvAE(1, 16, 16, 8, 8)
+    theirs.load_state_dict(ours.state_dict())
+    layers = list(theirs.encoder)
+    swapped = 0
+    for k, layer in enumerate(layers[:-1]):
+        if isinstance(layer, nn.MaxPool2d) and isinstance(layers[k + 1], nn.ReLU):
+            layers[k], layers[k + 1] = layers[k + 1], layer
+            swapped += 1
+    assert swapped == 2  # two stages at 16x16
+    theirs.encoder = nn.Sequential(*layers)
+    x = torch.from_numpy(images(np.random.default_rng(0), n=64)[0])
+    ours.loss(x).backward()
+    theirs.loss(x).backward()
+    torch.testing.assert_close(ours.reconstruct(x), theirs.reconstruct(x), rtol=0, atol=0)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_conv_ae_without_the_refining_conv_ends_in_a_transposed_conv_and_exports(tmp_path):
+    from torch import nn
+
+    normal, anomalies = images(np.random.default_rng(0))
+    det = build_detector("conv_ae", **CASES["conv_ae"][1], refine=False).fit(normal)
+    decoder = list(det.scorer.net.decoder)
+    assert isinstance(decoder[-2], nn.ConvTranspose2d) and decoder[-2].out_channels == 1
+    assert not any(isinstance(m, nn.Conv2d) for m in decoder)
+    X = np.concatenate([normal[:100], anomalies])
+    y = np.r_[np.zeros(100), np.ones(len(anomalies))].astype(int)
+    ours = det.decision_function(X)
+    assert np.isfinite(ours).all() and auroc(ours, y) > 0.9
+    theirs = OnnxDetector(det.export_onnx(tmp_path / "conv_ae.onnx")).decision_function(X)
+    assert np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)) <= 1e-4

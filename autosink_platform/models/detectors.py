@@ -303,9 +303,13 @@ class DenseAEDetector(TorchDetector):
 class _ConvAE(nn.Module):
     """conv-BN-ReLU-pool stages down to a 4x4 map (so the code sees the whole image), a 1x1 conv
     to ``code`` channels and global average pooling; a linear layer and transposed-conv stages
-    decode it back."""
+    decode it back, optionally followed by a 3x3 conv (``refine``) over the full-size output.
 
-    def __init__(self, c: int, h: int, w: int, width: int, code: int):
+    Each stage pools before its ReLU: max-pooling commutes with ReLU (both are monotone), so the
+    function and its gradients are those of conv-BN-ReLU-pool, but the ReLU touches a quarter of
+    the pixels."""
+
+    def __init__(self, c: int, h: int, w: int, width: int, code: int, refine: bool = True):
         super().__init__()
         stages = 0
         while min(h, w) >> (stages + 1) >= 4:
@@ -315,17 +319,19 @@ class _ConvAE(nn.Module):
         chans = [c] + [width * 2**k for k in range(stages)]
         down = []
         for i, o in zip(chans[:-1], chans[1:], strict=True):
-            down += [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2)]
+            down += [nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.MaxPool2d(2), nn.ReLU()]
         self.encoder = nn.Sequential(*down, nn.Conv2d(chans[-1], code, 1))
         self.shape = (chans[-1], h >> stages, w >> stages)
         self.expand = nn.Linear(code, int(np.prod(self.shape)))
+        last = max(width // 2, 4) if refine else c  # channels out of the last transposed conv
         up: list[nn.Module] = []
         for i, o in zip(chans[:0:-1], chans[-2::-1], strict=True):
-            up += [nn.ReLU(), nn.ConvTranspose2d(i, o if o != c else max(width // 2, 4), 2, stride=2)]
+            up += [nn.ReLU(), nn.ConvTranspose2d(i, o if o != c else last, 2, stride=2)]
             if o != c:
                 up += [nn.BatchNorm2d(o)]
-        up += [nn.ReLU(), nn.Conv2d(max(width // 2, 4), c, 3, padding=1), nn.Sigmoid()]
-        self.decoder = nn.Sequential(*up)
+        if refine:
+            up += [nn.ReLU(), nn.Conv2d(last, c, 3, padding=1)]
+        self.decoder = nn.Sequential(*up, nn.Sigmoid())
 
     def reconstruct(self, x):
         code = self.encoder(x).mean(dim=(2, 3))  # global average pooling
@@ -339,16 +345,19 @@ class _ConvAE(nn.Module):
 
 
 class ConvAEDetector(TorchDetector):
-    """Convolutional autoencoder for images; score = per-image mean squared reconstruction error."""
+    """Convolutional autoencoder for images; score = per-image mean squared reconstruction error.
+
+    ``refine=False`` ends the decoder with its last transposed conv instead of a 3x3 conv over
+    the full-size image: at 32x32 that trains ~1.4x faster (the full-size layers dominate a step)."""
 
     kind = "images"
 
-    def __init__(self, width: int = 32, code: int = 64, **kw):
+    def __init__(self, width: int = 32, code: int = 64, refine: bool = True, **kw):
         super().__init__(**kw)
-        self.width, self.code = width, code
+        self.width, self.code, self.refine = width, code, refine
 
     def _net(self, X):
-        return _ConvAE(*X.shape[1:], self.width, self.code)
+        return _ConvAE(*X.shape[1:], self.width, self.code, self.refine)
 
 
 class _RNNAE(nn.Module):
