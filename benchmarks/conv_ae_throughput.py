@@ -8,8 +8,9 @@ speed-up is compared at the F1 each reaches, not after a couple of epochs.
 The middle rows take the tutorial's network and schedule and change one thing at a time, so
 the table says where the speed comes from.
 
-    .venv/bin/python benchmarks/conv_ae_throughput.py            # full protocol, ~15 min on 2 cores
-    .venv/bin/python benchmarks/conv_ae_throughput.py --quick    # 4,000 images, 2 epochs: a smoke run
+    .venv/bin/python benchmarks/conv_ae_throughput.py --repeats 3   # full protocol, ~11 min on 2 cores
+    .venv/bin/python benchmarks/conv_ae_throughput.py --ablation    # one run with the middle rows, ~10 min
+    .venv/bin/python benchmarks/conv_ae_throughput.py --quick       # 4,000 images, 2 epochs: a smoke run
 
 Needs ../shared/datasets (MNIST, KMNIST). Prints a markdown table, writes JSON.
 """
