@@ -45,6 +45,17 @@ def is_local(path) -> bool:
     return isinstance(path, Path)
 
 
+def read_all(paths: list[Path | UPath]) -> list[bytes]:
+    """Each file's bytes, in order. From an object store (all ``paths`` under one root) it is one
+    batched ``cat``, which fsspec's async stores fetch concurrently, not one round trip per file."""
+    if not paths:
+        return []
+    if is_local(paths[0]):
+        return [p.read_bytes() for p in paths]
+    found = paths[0].fs.cat([p.path for p in paths])
+    return [found[p.path] for p in paths]
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Path:
     """Call ``write(tmp)`` on a temporary sibling of ``path``, then rename it over ``path``."""
     path = Path(path)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from autosink_platform.files import location, put_bytes, put_text
+from autosink_platform.files import location, put_bytes, put_text, read_all
 from autosink_platform.lake.sessions import Event, Session
 
 
@@ -56,8 +56,8 @@ class FeatureStore:
         return sorted(p.stem for p in (self.root / "labeled_frames").glob("*.parquet"))
 
     def get_labels(self, session_ids: list[str]) -> pd.DataFrame:
-        paths = [self.root / "labeled_frames" / f"{s}.parquet" for s in session_ids]
-        return pd.concat([pd.read_parquet(io.BytesIO(p.read_bytes())) for p in paths], ignore_index=True)
+        blobs = read_all([self._path("labeled_frames", f"{s}.parquet") for s in session_ids])
+        return pd.concat([pd.read_parquet(io.BytesIO(b)) for b in blobs], ignore_index=True)
 
     def dataset_dir(self, snapshot_id: str) -> Path:
         return self.root / "datasets" / snapshot_id

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder
+from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder, read_all
 from autosink_platform.home import resolve_home
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.validation.frame_stats import frame_stats
@@ -90,11 +90,7 @@ def _counts(table: pd.DataFrame) -> dict:
 def _frames(lake_root, table: pd.DataFrame) -> list[bytes]:
     """Every frame's bytes, in table order; from an object store in one batched request."""
     root = location(lake_root)
-    paths = [root / p for p in table["frame_path"]]
-    if is_local(root):
-        return [p.read_bytes() for p in paths]
-    found = root.fs.cat([p.path for p in paths])
-    return [found[p.path] for p in paths]
+    return read_all([root / p for p in table["frame_path"]])
 
 
 def build_dataset(
