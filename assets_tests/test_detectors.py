@@ -190,6 +190,31 @@ def test_conv_ae_pools_before_relu_with_the_function_and_gradients_of_relu_then_
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-7, msg=name)
 
 
+@pytest.mark.parametrize("memory_format", [torch.channels_last, torch.contiguous_format])
+def test_2x2_transposed_conv_as_a_matrix_product_is_torchs_transposed_conv(memory_format):
+    from torch import nn
+
+    from autosink_platform.models.detectors import _ConvTranspose2x2
+
+    torch.manual_seed(0)
+    ours = _ConvTranspose2x2(6, 5)
+    theirs = nn.ConvTranspose2d(6, 5, 2, stride=2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(3, 6, 4, 7).contiguous(memory_format=memory_format)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, expected = ours(a), theirs(b)
+    assert out.shape == (3, 5, 8, 14)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    grad = torch.randn_like(expected)
+    out.backward(grad)
+    expected.backward(grad)
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
+    for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # the same bf16 dot products
+
+
 def test_conv_ae_without_the_refining_conv_ends_in_a_transposed_conv_and_exports(tmp_path):
     from torch import nn
 

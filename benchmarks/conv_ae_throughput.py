@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
-from autosink_platform.models.detectors import ConvAEDetector, _ConvAE
+from autosink_platform.models.detectors import ConvAEDetector, _ConvAE, _ConvTranspose2x2
 from autosink_platform.reference.pipelines import DIGITS, DigitsConfig, extract_digits, resize
 from autosink_platform.reference.sources import datasets_root
 from autosink_platform.thresholds import best_f1, metrics_at
@@ -56,24 +56,41 @@ class TutorialImages(Dataset):
 
 
 class TutorialConvAE(_ConvAE):
-    """Our reconstruction of the tutorial's network: ReLU before each max-pool (ours pools first:
-    the same function, with the ReLU on a quarter of the pixels) and a 3x3 conv after the last
-    transposed conv."""
+    """Our reconstruction of the tutorial's network: ReLU before each max-pool, torch's own
+    transposed-conv kernel, and a 3x3 conv after the last transposed conv. Ours pools first (the
+    same function, with the ReLU on a quarter of the pixels) and computes its 2x2 transposed
+    convs as matrix products (the same function, a faster kernel); ``pool_first`` keeps the
+    first of those two changes."""
 
-    def __init__(self, c: int, h: int, w: int, width: int, code: int):
+    def __init__(self, c: int, h: int, w: int, width: int, code: int, pool_first: bool = False):
         super().__init__(c, h, w, width, code, refine=True)
         layers = list(self.encoder)
         for k, layer in enumerate(layers[:-1]):
-            if isinstance(layer, nn.MaxPool2d) and isinstance(layers[k + 1], nn.ReLU):
+            if not pool_first and isinstance(layer, nn.MaxPool2d) and isinstance(layers[k + 1], nn.ReLU):
                 layers[k], layers[k + 1] = layers[k + 1], layer
         self.encoder = nn.Sequential(*layers)
+        self.decoder = nn.Sequential(*(native(m) if isinstance(m, _ConvTranspose2x2) else m for m in self.decoder))
+
+
+def native(m: _ConvTranspose2x2) -> nn.ConvTranspose2d:
+    """The same layer, with the same weights, on torch's transposed-conv kernel (built without
+    drawing from the random generator, so the tutorial's shuffles stay what they were)."""
+    layer = torch.nn.utils.skip_init(nn.ConvTranspose2d, m.in_channels, m.out_channels, 2, stride=2)
+    layer.load_state_dict(m.state_dict())
+    return layer
 
 
 class TutorialNetwork(ConvAEDetector):
     """The detector (resized once, channels-last, optional bf16) around the tutorial's network."""
 
+    pool_first = False
+
     def _net(self, X):
-        return TutorialConvAE(*X.shape[1:], self.width, self.code)
+        return TutorialConvAE(*X.shape[1:], self.width, self.code, self.pool_first)
+
+
+class PoolFirstTutorialNetwork(TutorialNetwork):
+    pool_first = True
 
 
 class ContiguousTutorialNetwork(TutorialNetwork):
@@ -132,7 +149,13 @@ def main() -> None:
         ("tutorial network, resized once (data pipeline only)", ContiguousTutorialNetwork, as_tutorial, "fp32"),
         ("tutorial network, resized once, channels-last", TutorialNetwork, as_tutorial, "fp32"),
         ("tutorial network, resized once, channels-last, bf16", TutorialNetwork, as_tutorial | bf16, ""),
-        ("the same, pool before ReLU (our conv AE, width 32)", ConvAEDetector, as_tutorial | bf16, ""),
+        ("the same, pool before ReLU", PoolFirstTutorialNetwork, as_tutorial | bf16, ""),
+        (
+            "the same, 2x2 transposed convs as matrix products (our conv AE, width 32)",
+            ConvAEDetector,
+            as_tutorial | bf16,
+            "",
+        ),
     ]
     if not (args.quick or args.ablation):
         variants = []
