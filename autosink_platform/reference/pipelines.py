@@ -185,7 +185,8 @@ DIGITS = ReferenceSpec(
     # the full-size 3x3 refining conv (refine=False) a step is ~1.4x faster: code 16 0.980 /
     # 0.978 (40 epochs 0.985 / 0.983), code 64 0.985 / 0.985, batch 512 at lr 1e-2 0.977 / 0.976,
     # code 32 0.987 / 0.986 in 40 s, the best validation F1 of all, hence this one. With
-    # channels-last and bf16 it trains ~4.7x the tutorial's images/s (benchmarks/conv_ae_throughput.py).
+    # channels-last, bf16 and its transposed convs as matrix products it trains 5.7-6.1x the tutorial's
+    # images/s (benchmarks/conv_ae_throughput.py --repeats 3).
     models=(
         DetectorModel(
             "conv_ae",
