@@ -9,6 +9,7 @@ import pytest
 from autosink_platform.models import build_detector
 from autosink_platform.reference.skab import (
     LEADERBOARD,
+    PER_FILE_RNN_AE,
     SkabProtocol,
     evaluate,
     labelled_files,
@@ -69,8 +70,7 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 def test_one_model_per_file_beats_the_leaderboard_on_its_own_protocol():
     if not (REAL / "skab").exists():
         pytest.skip(f"SKAB not found at {REAL / 'skab'}")
-    params = {"cell": "gru", "hidden": 32, "epochs": 30, "batch_size": 32, "patience": 5}  # the benchmark's
-    result = evaluate(REAL, partial(build_detector, "rnn_ae", **params), progress=False, workers=2)
+    result = evaluate(REAL, partial(build_detector, "rnn_ae", **PER_FILE_RNN_AE), progress=False, workers=2)
     ours = result["pooled"]
     print(f"SKAB protocol, one GRU autoencoder per file: {ours}")
     best_f1, best_far, best_mar = LEADERBOARD["Conv-AE"]

@@ -17,17 +17,17 @@ from functools import partial
 from pathlib import Path
 
 from autosink_platform.models import build_detector
-from autosink_platform.reference.skab import LEADERBOARD, evaluate
+from autosink_platform.reference.skab import LEADERBOARD, PER_FILE_RNN_AE, evaluate
 from autosink_platform.reference.sources import datasets_root
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cell", default="gru", choices=["rnn", "gru", "lstm"])
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=30)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--patience", type=int, default=5)
+    parser.add_argument("--cell", default=PER_FILE_RNN_AE["cell"], choices=["rnn", "gru", "lstm"])
+    parser.add_argument("--hidden", type=int, default=PER_FILE_RNN_AE["hidden"])
+    parser.add_argument("--epochs", type=int, default=PER_FILE_RNN_AE["epochs"])
+    parser.add_argument("--batch-size", type=int, default=PER_FILE_RNN_AE["batch_size"])
+    parser.add_argument("--patience", type=int, default=PER_FILE_RNN_AE["patience"])
     parser.add_argument(
         "--workers", type=int, default=len(os.sched_getaffinity(0)), help="files fitted at once, one thread each"
     )
