@@ -316,9 +316,7 @@ def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarra
             raise ValueError(f"valve/{key}: {len(frame)} rows; the protocol needs >= {cfg.train_rows + cfg.window}")
         values = frame[list(skab.SENSORS)].to_numpy(np.float64)
         anomaly = frame["anomaly"].to_numpy().astype(np.int8)
-        mean, std = values[: cfg.train_rows].mean(axis=0), values[: cfg.train_rows].std(axis=0)
-        std[std < 1e-12] = 1.0
-        z = ((values - mean) / std).astype(np.float32)
+        z = skab.scaled(values, cfg.train_rows)
         for part, lo, hi in (("train", 0, cfg.train_rows), ("test", cfg.train_rows, len(values))):
             starts = np.arange(lo, hi - cfg.window + 1)
             label = anomaly[starts + cfg.window - 1]

@@ -78,6 +78,14 @@ def read_file(path: Path) -> pd.DataFrame:
     )
 
 
+def scaled(values: np.ndarray, train_rows: int) -> np.ndarray:
+    """(n, D) -> float32 (n, D), standardised by the first ``train_rows`` rows' mean and std (the
+    protocol's scaler, fitted on the training part only; a constant sensor keeps its scale)."""
+    mean, std = values[:train_rows].mean(axis=0), values[:train_rows].std(axis=0)
+    std[std < 1e-12] = 1.0
+    return ((values - mean) / std).astype(np.float32)
+
+
 def windows(values: np.ndarray, window: int) -> np.ndarray:
     """(n, D) -> (n - window + 1, window, D), stride 1."""
     return np.lib.stride_tricks.sliding_window_view(values, window, axis=0).transpose(0, 2, 1).copy()
@@ -112,15 +120,12 @@ def _evaluate_file(path: Path, make_detector: Callable[[], object], protocol: Sk
     """One file as the protocol says: scaler and model fitted on its first rows, UCL from their
     residuals, each test row flagged by the window-to-row rule."""
     frame = read_file(path)
-    values = frame[list(SENSORS)].to_numpy(np.float64)
-    train, test = values[: protocol.train_rows], values[protocol.train_rows :]
-    mean, std = train.mean(axis=0), train.std(axis=0)
-    std[std < 1e-12] = 1.0
-    train_w = windows(((train - mean) / std).astype(np.float32), protocol.window)
-    test_w = windows(((test - mean) / std).astype(np.float32), protocol.window)
+    z = scaled(frame[list(SENSORS)].to_numpy(np.float64), protocol.train_rows)
+    train_w = windows(z[: protocol.train_rows], protocol.window)
+    test_w = windows(z[protocol.train_rows :], protocol.window)
     detector = make_detector().fit(train_w)
     ucl = np.quantile(detector.decision_function(train_w), protocol.ucl_quantile) * protocol.ucl_factor
-    pred = rows_flagged(detector.decision_function(test_w) > ucl, len(test), protocol.window)
+    pred = rows_flagged(detector.decision_function(test_w) > ucl, len(z) - protocol.train_rows, protocol.window)
     true = frame["anomaly"].to_numpy()[protocol.train_rows :].astype(np.int8)
     return {
         "file": f"{path.parent.name}/{path.name}",
