@@ -68,3 +68,26 @@ def test_unsupervised_policies():
     assert quantile(normal, 0.99).fpr == pytest.approx(0.01, abs=0.001)
     with pytest.raises(ValueError):
         quantile(normal, 1.5)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.integers(0, 1)), min_size=2, max_size=80), st.floats(0, 0.5))
+def test_centred_target_fpr_keeps_recall_and_moves_into_the_gap(pairs, fpr):
+    scores, labels = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    if labels.min() == labels.max():
+        return
+    edge, mid = target_fpr(scores, labels, fpr), target_fpr(scores, labels, fpr, centred=True)
+    at_mid = metrics_at(scores, labels, mid.threshold)
+    assert mid.threshold >= edge.threshold
+    assert at_mid["recall"] == pytest.approx(edge.recall) and mid.recall == pytest.approx(edge.recall)
+    assert at_mid["fpr"] <= edge.fpr + 1e-12 and mid.fpr == pytest.approx(at_mid["fpr"])
+    caught = scores[(labels == 1) & (scores >= edge.threshold)]
+    if caught.size:
+        assert mid.threshold == pytest.approx((edge.threshold + caught.min()) / 2)
+
+
+def test_centred_target_fpr_sits_midway_between_the_negative_tail_and_the_positives():
+    scores = np.r_[np.linspace(0, 1, 100), [3.0, 4.0]]
+    labels = np.r_[np.zeros(100), [1, 1]].astype(int)
+    assert target_fpr(scores, labels, 0.05).threshold == pytest.approx(scores[95])
+    assert target_fpr(scores, labels, 0.05, centred=True).threshold == pytest.approx((scores[95] + 3.0) / 2)

@@ -71,20 +71,31 @@ def best_f1(scores, labels) -> OperatingPoint:
     return _point("best_f1", thr[i], tp[i], fp[i], n_pos, len(labels) - n_pos, {})
 
 
-def target_fpr(scores, labels, fpr: float) -> OperatingPoint:
-    """The lowest threshold (highest recall) whose false-positive rate is at most ``fpr``."""
+def target_fpr(scores, labels, fpr: float, centred: bool = False) -> OperatingPoint:
+    """The lowest threshold (highest recall) whose false-positive rate is at most ``fpr``.
+
+    ``centred``: every threshold between that one and the lowest positive score above it gives
+    the same recall and no more false positives; take the middle of that gap instead of its
+    lower edge. The edge sits on the tail of the negatives seen in validation, so negatives from
+    sessions validation never saw cross it more often; the middle leaves them the most room."""
     if not 0 <= fpr < 1:
         raise ValueError(f"fpr must be in [0, 1): {fpr}")
     scores, labels = _check(scores, labels)
     thr, tp, fp = _cut_points(scores, labels)
     n_pos, n_neg = int(labels.sum()), len(labels) - int(labels.sum())
+    params = {"fpr": fpr} | ({"centred": True} if centred else {})
     ok = np.flatnonzero(fp / n_neg <= fpr)
     if ok.size == 0:  # even the highest score is a false positive: flag nothing
         return OperatingPoint(
-            "target_fpr", float(np.nextafter(thr[0], np.inf)), 0.0, 0.0, 0.0, 0.0, n_pos, n_neg, {"fpr": fpr}
+            "target_fpr", float(np.nextafter(thr[0], np.inf)), 0.0, 0.0, 0.0, 0.0, n_pos, n_neg, params
         )
     i = int(ok[-1])
-    return _point("target_fpr", thr[i], tp[i], fp[i], n_pos, n_neg, {"fpr": fpr})
+    if not centred:
+        return _point("target_fpr", thr[i], tp[i], fp[i], n_pos, n_neg, params)
+    caught = scores[(labels == 1) & (scores >= thr[i])]
+    t = thr[i] if caught.size == 0 else (thr[i] + caught.min()) / 2
+    fp_t = int(np.sum((labels == 0) & (scores >= t)))
+    return _point("target_fpr", t, tp[i], fp_t, n_pos, n_neg, params)
 
 
 def k_sigma(normal_scores, k: float = 3.0) -> OperatingPoint:
