@@ -1,20 +1,30 @@
-"""The frame guard: flags frames unlike anything seen in training (fogged lens, covered camera),
-so the device can refuse to act on them.
+"""The frame guard: flags frames the device must not act on (a fogged lens, a covered camera, a
+scene unlike anything seen in training), so the device can hold its valve state instead.
 
-Two calibrated terms, both computed inside the exported module:
+Three terms, each computed inside the exported module and each put on one scale: 0 is the
+median of ordinary calibration frames, 1 is their ``CALIBRATION_QUANTILE``. ``score``, the
+thresholded output, is the larger of the two fault terms (2 and 3), so one threshold serves both.
 
-1. *novelty*: a convolutional autoencoder on per-channel standardised 32x32 frames. Standardising
-   removes lighting level and tint, which vary widely between sessions and would otherwise
-   dominate the error. The term is the reconstruction error plus the Mahalanobis distance of the
-   code to the training codes. This catches a covered lens, or a scene that was never seen.
-2. *low contrast*: standardising also removes contrast, and contrast is what a fogged lens
-   destroys. An autoencoder cannot see fog in any case: a hazy frame is smooth, and smooth
-   frames are the easiest to reconstruct (we measured fog scoring *below* clear frames on raw,
-   mean-scaled and standardised inputs). So contrast (std/mean of a 16x16 downsample, which
-   does not depend on lighting level and averages sensor noise away) is compared with the
-   training frames.
+1. *novelty* (reported, not thresholded): a convolutional autoencoder on per-channel
+   standardised 32x32 frames (standardising removes lighting level and tint): reconstruction
+   error plus the shrunk Mahalanobis distance of the code to the training codes, calibrated on
+   held-out sessions. It tells how unlike the training scenes a frame is, which is a drift
+   signal, not a fault: on held-out demo sessions it flagged whole ordinary sessions (a new
+   arrangement of dishes is new to it), so a valve that obeyed it would stop working in kitchens
+   it had not seen.
+2. *haze*: condensation lays a bright veil over the scene: contrast falls and the darkest parts
+   of the frame (the drain, dark dishes) are lifted towards the veil, relative to the frame's
+   own brightness. An autoencoder cannot see this (a hazy frame is smooth, and smooth frames are
+   the easiest to reconstruct), so the term is the sum of two standardised log ratios: low
+   contrast (std/mean of a 16x16 downsample) and a raised dark floor (the mean of the darkest
+   cells of a 32x32 per-pixel channel minimum, over the frame mean). Neither depends on light level.
+3. *structure*: the fixed scene (basin rim, faucet, drain) gives every ordinary frame the same
+   edges in nearly the same places, whatever the lighting and whatever is in the basin. The term is
+   one minus the correlation of the frame's normalised edge map with the training frames' mean
+   edge map: a lens covered by a hand or a cloth hides those edges.
 
-Each term is divided by its 99th percentile on training frames; ``score`` is the larger of the two.
+Terms 2 and 3 have no fitted weights beyond their calibration statistics, so they behave the
+same on the training sessions as on sessions never seen.
 """
 
 from __future__ import annotations
@@ -30,6 +40,9 @@ from torch.nn import functional as F
 from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything, to_float_tensor
 
 INPUT_SIZE = 64
+CALIBRATION_QUANTILE = 0.995  # where each term reads 1.0 on ordinary calibration frames
+DARK_CELLS = 8  # of the 32x32 = 1024 cells: the drain alone covers about this many
+EPS = 0.02  # of full scale: keeps ratios finite on black frames and damps sensor noise
 
 
 @dataclass(frozen=True)
@@ -40,13 +53,17 @@ class FrameGuardConfig:
     code_dim: int = 32
     batch_size: int = 64
     max_shift: int = 3  # pixels; camera mounts move a little between sessions
+    # Codes of one session are strongly correlated, so the code covariance is estimated from
+    # few independent scenes; shrinking it towards its diagonal keeps unseen sessions ordinary.
+    covariance_shrinkage: float = 0.5
     fit: FitConfig = FitConfig(epochs=15, lr=2e-3, patience=3)
 
 
 class FrameGuardOutput(NamedTuple):  # field names become the ONNX output names
-    score: torch.Tensor  # (B,) max(novelty, low_contrast): the thresholded value
-    novelty: torch.Tensor  # (B,) autoencoder term, 1.0 = training 99th percentile
-    low_contrast: torch.Tensor  # (B,) contrast term, 1.0 = training 99th percentile
+    score: torch.Tensor  # (B,) max(haze, structure): the thresholded value
+    novelty: torch.Tensor  # (B,) autoencoder term: scene drift, reported only
+    haze: torch.Tensor  # (B,) fog term: low contrast and a lifted dark floor
+    structure: torch.Tensor  # (B,) covered-lens term: the fixed scene's edges missing
 
 
 def _down(cin: int, cout: int) -> nn.Sequential:
@@ -84,13 +101,32 @@ class ConvAutoencoder(nn.Module):
 def standardise(frames: torch.Tensor) -> torch.Tensor:
     """(B, 3, 64, 64) in [0, 1] -> (B, 3, 32, 32), zero mean and unit std per frame and channel."""
     x = F.avg_pool2d(frames, 2)
-    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + 0.02)
+    return (x - x.mean(dim=(2, 3), keepdim=True)) / (x.std(dim=(2, 3), keepdim=True) + EPS)
 
 
-def contrast(frames: torch.Tensor) -> torch.Tensor:
-    """(B, 3, 64, 64) -> (B,) std/mean of a 16x16 downsample, averaged over channels."""
-    x = F.avg_pool2d(frames, 4)
-    return (x.std(dim=(2, 3)) / (x.mean(dim=(2, 3)) + 0.02)).mean(dim=1)
+def haze_cues(frames: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 3, 64, 64) -> (log contrast, log dark floor), each (B,) and independent of light level.
+
+    Contrast: std/mean of a 16x16 downsample (which averages sensor noise away), mean over
+    channels. Dark floor: the mean of the ``DARK_CELLS`` darkest cells of the per-pixel channel
+    minimum at 32x32, over the frame's mean brightness."""
+    x = F.avg_pool2d(frames, 4)  # (B, 3, 16, 16)
+    contrast = (x.std(dim=(2, 3)) / (x.mean(dim=(2, 3)) + EPS)).mean(dim=1)
+    darkest = F.avg_pool2d(frames, 2).amin(dim=1).flatten(1)  # (B, 1024)
+    floor = (-torch.topk(-darkest, DARK_CELLS, dim=1).values).mean(dim=1)  # (B,)
+    return torch.log(contrast + 1e-4), torch.log((floor + EPS) / (frames.mean(dim=(1, 2, 3)) + EPS))
+
+
+def edge_map(frames: torch.Tensor) -> torch.Tensor:
+    """(B, 3, 64, 64) -> (B, 31, 31) grey-level gradient magnitude at 32x32, mean 1 per frame."""
+    g = F.avg_pool2d(frames, 2).mean(dim=1)  # (B, 32, 32)
+    m = (g[:, 1:, :-1] - g[:, :-1, :-1]).abs() + (g[:, :-1, 1:] - g[:, :-1, :-1]).abs()  # (B, 31, 31)
+    return m / (m.mean(dim=(1, 2), keepdim=True) + 1e-4)
+
+
+def _tail_scaled(raw: torch.Tensor, median: torch.Tensor, tail: torch.Tensor) -> torch.Tensor:
+    """0 at the calibration median, 1 at its tail quantile."""
+    return (raw - median) / (tail - median).clamp_min(1e-6)
 
 
 class FrameGuard(nn.Module):
@@ -99,12 +135,15 @@ class FrameGuard(nn.Module):
     def __init__(self, width: int = 16, code_dim: int = 32):
         super().__init__()
         self.autoencoder = ConvAutoencoder(width, code_dim)
-        # Calibration from training frames, part of the state dict and the ONNX graph.
+        # Calibration statistics: part of the state dict and of the ONNX graph.
         self.register_buffer("code_mean", torch.zeros(code_dim))
         self.register_buffer("code_precision", torch.eye(code_dim))
         self.register_buffer("recon_median", torch.ones(()))
-        self.register_buffer("novelty_q99", torch.ones(()))
-        self.register_buffer("contrast_q01", torch.ones(()))
+        self.register_buffer("haze_centre", torch.zeros(2))  # medians of (-log contrast, log floor)
+        self.register_buffer("haze_spread", torch.ones(2))  # and their standard deviations
+        self.register_buffer("edge_template", torch.zeros(31, 31))  # centred mean edge map
+        self.register_buffer("median", torch.zeros(3))  # per term: novelty, haze, structure
+        self.register_buffer("tail", torch.ones(3))
 
     def reconstruction_loss(self, frames: torch.Tensor) -> torch.Tensor:
         x = standardise(frames)
@@ -118,36 +157,70 @@ class FrameGuard(nn.Module):
         mahalanobis = ((d @ self.code_precision) * d).sum(dim=1) / d.shape[1]  # (B,)
         return error, code, error / self.recon_median + mahalanobis
 
+    def _raw_haze(self, frames: torch.Tensor) -> torch.Tensor:
+        log_contrast, log_floor = haze_cues(frames)
+        cues = torch.stack([-log_contrast, log_floor], dim=1)  # (B, 2): both rise with fog
+        return ((cues - self.haze_centre) / self.haze_spread).sum(dim=1)
+
+    def _raw_structure(self, frames: torch.Tensor) -> torch.Tensor:
+        m = edge_map(frames)
+        m = m - m.mean(dim=(1, 2), keepdim=True)
+        t = self.edge_template
+        corr = (m * t).sum(dim=(1, 2)) / ((m * m).sum(dim=(1, 2)).sqrt() * (t * t).sum().sqrt() + 1e-6)
+        return 1 - corr
+
+    def _raw_terms(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, 3, 64, 64) -> (B, 3): novelty, haze, structure before scaling."""
+        return torch.stack([self._raw_novelty(frames)[2], self._raw_haze(frames), self._raw_structure(frames)], dim=1)
+
     def forward(self, frames: torch.Tensor) -> FrameGuardOutput:
-        novelty = self._raw_novelty(frames)[2] / self.novelty_q99
-        low_contrast = self.contrast_q01 / contrast(frames).clamp_min(1e-6)
-        return FrameGuardOutput(torch.maximum(novelty, low_contrast), novelty, low_contrast)
+        terms = _tail_scaled(self._raw_terms(frames), self.median, self.tail)  # (B, 3)
+        return FrameGuardOutput(terms[:, 1:].amax(dim=1), terms[:, 0], terms[:, 1], terms[:, 2])
 
     @torch.no_grad()
-    def calibrate(self, frames: torch.Tensor, batch_size: int = 256) -> None:
-        """Fit the reference statistics on training frames (after the autoencoder is trained)."""
+    def calibrate(
+        self, train: torch.Tensor, reference: torch.Tensor, shrinkage: float = 0.5, batch_size: int = 256
+    ) -> None:
+        """Fit the reference statistics (after the autoencoder is trained).
+
+        1. Code mean and shrunk precision, reconstruction median, haze cue centres and spreads, and
+           the edge template, from the training frames.
+        2. Each term's median and tail quantile: novelty on ``reference`` frames only (held-out
+           sessions; see the module docstring), haze and structure on training and reference frames.
+        """
         self.eval()
-        errors, codes = zip(
-            *(self._raw_novelty(frames[i : i + batch_size])[:2] for i in range(0, len(frames), batch_size)), strict=True
-        )
-        errors, codes = torch.cat(errors), torch.cat(codes).double()
+
+        def batched(fn, frames):
+            return torch.cat([fn(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size)])
+
+        # 1.
+        errors = batched(lambda f: self._raw_novelty(f)[0], train)
+        codes = batched(lambda f: self._raw_novelty(f)[1], train).double()
         self.code_mean.copy_(codes.mean(0).float())
-        cov = torch.cov(codes.T) + 1e-3 * torch.eye(
-            codes.shape[1], dtype=torch.float64
-        )  # ridge: codes can be collinear
+        cov = torch.cov(codes.T)
+        cov = (1 - shrinkage) * cov + shrinkage * torch.diag(torch.diag(cov))
+        cov += 1e-3 * torch.eye(codes.shape[1], dtype=torch.float64)  # ridge: codes can be collinear
         self.code_precision.copy_(torch.linalg.inv(cov).float())
         self.recon_median.copy_(errors.median())
-        novelty = torch.cat(
-            [self._raw_novelty(frames[i : i + batch_size])[2] for i in range(0, len(frames), batch_size)]
-        )
-        self.novelty_q99.copy_(torch.quantile(novelty, 0.99))
-        self.contrast_q01.copy_(torch.quantile(contrast(frames), 0.01))
+        cues = batched(lambda f: torch.stack(haze_cues(f), dim=1), train) * torch.tensor([-1.0, 1.0])
+        self.haze_centre.copy_(cues.median(dim=0).values)
+        self.haze_spread.copy_(cues.std(dim=0))
+        template = batched(edge_map, train).mean(dim=0)
+        self.edge_template.copy_(template - template.mean())
+        # 2.
+        both = torch.cat([train, reference])
+        novelty = batched(lambda f: self._raw_novelty(f)[2], reference)
+        haze, structure = batched(self._raw_haze, both), batched(self._raw_structure, both)
+        for i, raw in enumerate((novelty, haze, structure)):
+            self.median[i] = raw.median()
+            self.tail[i] = torch.quantile(raw, CALIBRATION_QUANTILE)
 
 
 def train_frame_guard(
     images: dict[str, np.ndarray], cfg: FrameGuardConfig, warm_start: dict | None = None, on_epoch=lambda m: None
 ) -> tuple[FrameGuard, FitResult]:
-    """Trained on every train-split frame (all are ordinary camera frames), then calibrated."""
+    """The autoencoder trained on every train-split frame (all are ordinary camera frames), then
+    the guard calibrated on train and validation frames."""
     gen = seed_everything(cfg.fit.seed)
     model = FrameGuard(cfg.width, cfg.code_dim)
     if warm_start is not None:
@@ -176,5 +249,5 @@ def train_frame_guard(
         on_epoch,
         desc="frame guard",
     )
-    model.calibrate(x["train"])
+    model.calibrate(x["train"], x["validation"], cfg.covariance_shrinkage)
     return model, result
