@@ -10,7 +10,7 @@ from autosink_platform.release.onnx_export import OnnxScorer, export_onnx, parit
 
 MODELS = {m.name: m for m in SINK.models}
 # Each family's training objective (the thresholded output need not carry every gradient:
-# the guard's score is a max over its autoencoder and contrast terms).
+# the guard's score is a max over its autoencoder, haze and structure terms).
 TRAINING_LOSS = {
     "classifier": lambda m, x: m(x).logit.sum(),
     "frame_guard": lambda m, x: m.reconstruction_loss(x),
@@ -64,3 +64,18 @@ def test_camera_faults_are_deterministic_and_change_the_frame(fault):
     np.testing.assert_array_equal(a, b)
     assert a.dtype == np.uint8 and a.shape == images.shape
     assert np.abs(a.astype(int) - images).mean() > 10
+
+
+def test_focal_loss_is_weighted_cross_entropy_that_favours_hard_examples():
+    from torch.nn import functional as F
+
+    from autosink_platform.models.classifier import focal_loss
+
+    logit = torch.tensor([4.0, -4.0, 0.2, -0.3])  # two easy, two hard examples
+    target, weight = torch.tensor([1.0, 0.0, 1.0, 1.0]), torch.tensor([1.0, 0.6, 0.8, 1.0])
+    plain = F.binary_cross_entropy_with_logits(logit, target, weight=weight)
+    assert torch.allclose(focal_loss(logit, target, weight, 0.0), plain)
+    per_sample = [focal_loss(logit[i : i + 1], target[i : i + 1], weight[i : i + 1], 2.0) for i in range(4)]
+    ce = F.binary_cross_entropy_with_logits(logit, target, weight=weight, reduction="none")
+    ratios = [float(f / c) for f, c in zip(per_sample, ce, strict=True)]
+    assert max(ratios[:2]) < 1e-3 < min(ratios[2:])  # easy examples all but vanish, hard ones stay

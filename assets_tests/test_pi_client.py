@@ -14,7 +14,7 @@ import torch
 from autosink_pi.client import PiConfig, Scorer, SyncRefused, in_rollout, read_state, rollback, sync
 from PIL import Image
 
-from autosink_platform.models.classifier import ValveClassifier
+from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, export_onnx
 from autosink_platform.release.signing import generate_keypair, load_private_key, sign, sign_pointer
@@ -25,7 +25,7 @@ OUTPUTS = ["logit", "valve_open_prob"]
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory):
     torch.manual_seed(0)
-    module = ValveClassifier("shufflenet_v2_x0_5").eval()
+    module = ValveClassifier(ClassifierConfig()).eval()
     path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     return export_onnx(module, torch.rand(2, 3, 64, 64), path, OUTPUTS)
 

@@ -91,3 +91,31 @@ def test_centred_target_fpr_sits_midway_between_the_negative_tail_and_the_positi
     labels = np.r_[np.zeros(100), [1, 1]].astype(int)
     assert target_fpr(scores, labels, 0.05).threshold == pytest.approx(scores[95])
     assert target_fpr(scores, labels, 0.05, centred=True).threshold == pytest.approx((scores[95] + 3.0) / 2)
+
+
+def test_best_f1_plateau_takes_the_middle_of_the_near_best_range():
+    rng = np.random.default_rng(0)
+    # Two clear classes and, between them, a few frames whose labels alternate (label noise):
+    # F1 barely moves as the threshold crosses them, so its argmax sits at an arbitrary end.
+    noisy = np.linspace(0.2, 0.8, 20)
+    scores = np.r_[rng.uniform(0, 0.15, 400), rng.uniform(0.85, 1, 400), noisy]
+    labels = np.r_[np.zeros(400), np.ones(400), np.arange(20) % 2].astype(int)
+    argmax, mid = best_f1(scores, labels), best_f1(scores, labels, plateau=True)
+    lo, hi = mid.params["range"]
+    assert hi - lo > 0.4  # the plateau spans most of the noisy stretch
+    assert mid.threshold == pytest.approx((lo + hi) / 2) and 0.35 < mid.threshold < 0.65
+    assert not 0.35 < argmax.threshold < 0.65
+    assert mid.f1 >= argmax.f1 - mid.params["tolerance"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.integers(0, 1)), min_size=2, max_size=80))
+def test_best_f1_plateau_reports_the_f1_at_its_own_threshold(pairs):
+    scores, labels = np.array([p[0] for p in pairs]), np.array([p[1] for p in pairs])
+    if labels.min() == labels.max():
+        return
+    op = best_f1(scores, labels, plateau=True)
+    at = metrics_at(scores, labels, op.threshold)
+    assert op.f1 == pytest.approx(at["f1"]) and op.precision == pytest.approx(at["precision"])
+    lo, hi = op.params["range"]
+    assert lo <= op.threshold <= hi and lo <= best_f1(scores, labels).threshold <= hi

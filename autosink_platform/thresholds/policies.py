@@ -61,14 +61,28 @@ def _point(policy, thr, tp, fp, n_pos, n_neg, params) -> OperatingPoint:
     )
 
 
-def best_f1(scores, labels) -> OperatingPoint:
-    """The threshold with the highest F1, exact over every distinct cut point, O(n log n)."""
+def best_f1(scores, labels, plateau: bool = False) -> OperatingPoint:
+    """The threshold with the highest F1, exact over every distinct cut point, O(n log n).
+
+    ``plateau``: on noisy validation labels F1 is flat over a wide range of thresholds, and its
+    argmax lands anywhere on that range from one dataset (or one training run) to the next. Take
+    instead the middle of the range of thresholds whose F1 is within one standard error of the
+    best, sqrt(F1 (1 - F1) / positives) (the one-standard-error rule of model selection)."""
     scores, labels = _check(scores, labels)
     thr, tp, fp = _cut_points(scores, labels)
-    n_pos = int(labels.sum())
+    n_pos, n_neg = int(labels.sum()), len(labels) - int(labels.sum())
     f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
     i = int(np.argmax(f1))  # first maximum = highest threshold among equals
-    return _point("best_f1", thr[i], tp[i], fp[i], n_pos, len(labels) - n_pos, {})
+    if not plateau:
+        return _point("best_f1", thr[i], tp[i], fp[i], n_pos, n_neg, {})
+    tolerance = float(np.sqrt(f1[i] * (1 - f1[i]) / n_pos))
+    near = thr[f1 >= f1[i] - tolerance]
+    t = float((near.min() + near.max()) / 2)
+    pred = scores >= t
+    params = {"plateau": True, "tolerance": tolerance, "range": [float(near.min()), float(near.max())]}
+    return _point(
+        "best_f1", t, int(np.sum(pred & (labels == 1))), int(np.sum(pred & (labels == 0))), n_pos, n_neg, params
+    )
 
 
 def target_fpr(scores, labels, fpr: float, centred: bool = False) -> OperatingPoint:
