@@ -62,9 +62,9 @@ class ValveCNN(nn.Module):
         self.features = nn.Sequential(  # (B, 3, 64, 64) -> (B, 4w, 4, 4)
             _block(3, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 4 * w)
         )
-        self.head = nn.Sequential(  # (B, 4w, 4, 4) -> (B, 16 * 4w) -> (B, 1)
-            nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * w, 64), nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, 1)
-        )
+        # One linear map of the whole grid: a hidden ReLU layer here died in the first steps on
+        # some seeds (every unit negative), leaving a network that predicts the class prior.
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(64 * w, 1))  # (B, 4w, 4, 4) -> (B, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
@@ -149,6 +149,7 @@ def train_classifier(
 ) -> tuple[ValveClassifier, FitResult]:
     """``images[split]`` uint8 (N, H, W, 3); labels 0/1; weights = label confidence. Each member
     is fitted on its own seed; ``on_epoch`` sees their epochs numbered one after another."""
+    seed_everything(cfg.fit.seed)  # the members' initial weights
     model = ValveClassifier(cfg)
     if warm_start is not None:
         model.load_state_dict(warm_start)
