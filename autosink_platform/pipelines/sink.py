@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
 from autosink_platform.pipelines.lifecycle import torch_scorer
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
+from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
-from autosink_platform.validation.cases import CaseFloors, Slice
+from autosink_platform.validation.cases import CaseFloors, Slice, slice_table
+from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
 from autosink_platform.validation.splits import SplitConfig
 
@@ -201,33 +204,33 @@ SINK = PipelineSpec(
         ModelSpec(
             name="classifier",
             config=ClassifierConfig(),
-            code_version="2",
-            build=lambda cfg: ValveClassifier(cfg.arch),
+            code_version="3",
+            build=ValveClassifier,
             train=_classifier_train,
             operating_data=_classifier_operating_data,
-            choose_threshold=best_f1,
+            choose_threshold=lambda s, y: best_f1(s, y, plateau=True),
             evaluate=_classifier_evaluate,
             output_names=("logit", "valve_open_prob"),
             decision_output="valve_open_prob",
             input_size=64,
-            description="Valve classifier (torchvision backbone); threshold at best F1 on validation labels.",
+            description="Valve classifier (layout-keeping CNN); threshold mid-plateau of best F1 on validation labels.",
             cases=CaseFloors(metric="accuracy", floor=0.85),
         ),
         ModelSpec(
             name="frame_guard",
             config=FrameGuardConfig(),
-            code_version="1",
+            code_version="2",
             build=lambda cfg: FrameGuard(cfg.width, cfg.code_dim),
             train=_guard_train,
             operating_data=_guard_operating_data,
-            choose_threshold=lambda s, y: target_fpr(s, y, GUARD_TARGET_FPR),
+            choose_threshold=lambda s, y: target_fpr(s, y, GUARD_TARGET_FPR, centred=True),
             evaluate=_guard_evaluate,
-            output_names=("score", "novelty", "low_contrast"),
+            output_names=("score", "novelty", "haze", "structure"),
             decision_output="score",
             input_size=64,
-            description="Frame guard (conv autoencoder + contrast); threshold at 1% FPR on validation frames.",
-            # A catastrophe floor: fog detection is weak (see the README), so this stops a guard
-            # that misses most faults or flags most ordinary frames in some situation.
+            description="Frame guard (haze and structure terms, autoencoder drift); threshold centred in the gap above 1% FPR on validation frames.",
+            # A catastrophe floor: it stops a guard that misses most faults or flags most ordinary
+            # frames in some situation.
             cases=CaseFloors(metric="accuracy", floor=0.5),
         ),
     ),
@@ -244,11 +247,16 @@ def build_review_queue(
     return queue
 
 
-def truth_metrics(
-    lake_root: str | Path, data: LoadedDataset, score: ScoreFn, threshold: float, split: str = "test"
-) -> dict[str, float]:
+def truth_report(
+    lake_root: str | Path,
+    data: LoadedDataset,
+    score: ScoreFn,
+    threshold: float,
+    floors: CaseFloors,
+    split: str = "test",
+) -> tuple[dict[str, float], pd.DataFrame]:
     """Demo lakes only: the classifier on every frame of a split against the generator's truth,
-    next to the on-device model's own decisions on the same frames."""
+    overall (next to the on-device model's own decisions on the same frames) and per case slice."""
     m = data.mask(split)
     rows = data.table[m]
     truth = pd.concat([read_truth(lake_root, s).assign(session_id=s) for s in rows["session_id"].unique()])
@@ -256,6 +264,39 @@ def truth_metrics(
         truth, on=["session_id", "frame_index"], how="left", validate="one_to_one"
     )
     y = merged["valve_should_open"].to_numpy()
-    out = metrics_at(score(data.images[m])["valve_open_prob"], y, threshold)
+    scores = score(data.images[m])["valve_open_prob"]
+    out = metrics_at(scores, y, threshold)
     out["deployed_model_f1"] = metrics_at(merged["model_decision"].to_numpy(), y, 0.5)["f1"]
+    slices = slice_table(data.frames(np.flatnonzero(m)), scores, y, threshold, SINK_SLICES, floors)
+    return out, slices
+
+
+def release_quality(lake_root: str | Path, store: FeatureStore, release_dir: str | Path) -> dict:
+    """Demo lakes only: what a published sink release does on its dataset's test split, scored by
+    its ONNX build the way a device runs it: the case gate's margins and, for the classifier,
+    metrics against the generator's truth overall and per slice; for the frame guard, its false
+    alarms on ordinary test frames and its detection of each camera fault."""
+    release_dir = Path(release_dir)
+    manifest = json.loads((release_dir / "manifest.json").read_text())
+    model = next(m for m in SINK.models if m.name == manifest["model"])
+    threshold = manifest["threshold"]["threshold"]
+    cases = pd.DataFrame(manifest["case_validation"])
+    gated = cases[cases["status"] != "too few"]
+    out = {
+        "model": manifest["registered_model"],
+        "version": manifest["mlflow_version"],
+        "threshold": threshold,
+        "test": manifest["metrics"]["test"],
+        "case_floor": model.cases.floor,
+        "case_min": float(gated["value"].min()),
+        "case_min_group": "{slice}={group}".format(**gated.loc[gated["value"].idxmin()]),
+        "case_margin": float(gated["value"].min() - model.cases.floor),
+    }
+    if model.name == "classifier":
+        data = LoadedDataset.load(DatasetRef.of_snapshot(store.dataset_dir(manifest["dataset_snapshot_id"])))
+        truth, slices = truth_report(lake_root, data, OnnxScorer(release_dir / "model.onnx"), threshold, model.cases)
+        big = slices[slices["n"] >= model.cases.min_examples]
+        out["truth"] = truth
+        out["truth_slices"] = big[["slice", "group", "n", "value"]].to_dict(orient="records")
+        out["truth_min_slice_accuracy"] = float(big["value"].min())
     return out

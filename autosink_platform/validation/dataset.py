@@ -35,6 +35,13 @@ class DatasetRef:
     sessions: dict[str, str]  # session_id -> raw content sha256: the exact sessions it saw
     counts: dict
 
+    @classmethod
+    def of_snapshot(cls, path: str | os.PathLike) -> DatasetRef:
+        """The reference a finished snapshot folder was written with."""
+        meta = json.loads((location(path) / "manifest.json").read_text())
+        fields = {k: meta[k] for k in ("pipeline", "snapshot_id", "sessions", "counts")}
+        return cls(**fields, path=str(path))
+
     def load(self) -> tuple[pd.DataFrame, np.ndarray]:
         """(table, images) with images uint8 (N, H, W, 3) in table order."""
         return load_snapshot(self.path)
