@@ -40,9 +40,9 @@ home_option = click.option("--home", default=None, help="Home directory (default
 def _lake_options(f):
     for opt in reversed(
         [
-            click.option("--devices", default=3, show_default=True, help="Simulated Pis."),
-            click.option("--sessions", default=8, show_default=True, help="Sessions per device."),
-            click.option("--frames", default=240, show_default=True, help="Frames per session (5 fps)."),
+            click.option("--devices", type=int, help="Simulated Pis (default: DemoLakeConfig's)."),
+            click.option("--sessions", type=int, help="Sessions per device (default: DemoLakeConfig's)."),
+            click.option("--frames", type=int, help="Frames per session at 5 fps (default: DemoLakeConfig's)."),
             click.option("--seed", default=0, show_default=True),
         ]
     ):
@@ -50,16 +50,23 @@ def _lake_options(f):
     return f
 
 
+def _lake_config(devices, sessions, frames, seed):
+    """The generator's defaults, with what the command line set."""
+    from autosink_platform.lake.demo import DemoLakeConfig
+
+    given = {"devices": devices, "sessions_per_device": sessions, "frames_per_session": frames, "seed": seed}
+    return DemoLakeConfig(**{k: v for k, v in given.items() if v is not None})
+
+
 @main.command("demo-lake")
 @home_option
 @_lake_options
 def demo_lake(home, devices, sessions, frames, seed) -> None:
     """Write simulated Pi sessions into the lake (public session format)."""
-    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+    from autosink_platform.lake.demo import generate_demo_lake
 
     h = _use_home(home)
-    cfg = DemoLakeConfig(devices=devices, sessions_per_device=sessions, frames_per_session=frames, seed=seed)
-    paths = generate_demo_lake(h.lake, cfg)
+    paths = generate_demo_lake(h.lake, _lake_config(devices, sessions, frames, seed))
     click.echo(f"wrote {len(paths)} sessions to {h.lake / 'raw'}")
 
 
@@ -74,16 +81,15 @@ def demo(home, devices, sessions, frames, seed) -> None:
 
     from autosink_platform.definitions import defs
     from autosink_platform.defs.runner import materialize_pipeline
-    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+    from autosink_platform.lake.demo import generate_demo_lake
     from autosink_platform.lake.sessions import Lake
     from autosink_platform.pipelines.lifecycle import load_module, torch_scorer
-    from autosink_platform.pipelines.sink import SINK, truth_metrics
+    from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.pipelines.spec import LoadedDataset
 
     lake = Lake(h.lake)
     if not lake.committed_sessions():
-        cfg = DemoLakeConfig(devices=devices, sessions_per_device=sessions, frames_per_session=frames, seed=seed)
-        generate_demo_lake(h.lake, cfg)
+        generate_demo_lake(h.lake, _lake_config(devices, sessions, frames, seed))
     with dg.DagsterInstance.get() as instance:
         out = materialize_pipeline(defs, SINK, instance, lake)
 
@@ -118,10 +124,23 @@ def demo(home, devices, sessions, frames, seed) -> None:
         )
         click.echo("  test              " + "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "n"))
         if model.name == "classifier":
-            truth = truth_metrics(h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold)
+            truth, slices = truth_report(
+                h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold, model.cases
+            )
+            worst = slices[slices["n"] >= model.cases.min_examples].nsmallest(1, "value").iloc[0]
             click.echo(
                 f"  test vs truth     f1 {truth['f1']:.3f} precision {truth['precision']:.3f} recall {truth['recall']:.3f} "
                 f"accuracy {truth['accuracy']:.3f}  (deployed on-device model: f1 {truth['deployed_model_f1']:.3f})"
+            )
+            click.echo(
+                f"                    weakest slice {worst['slice']}={worst['group']}: accuracy {worst['value']:.3f} (n={worst['n']})"
+            )
+        if rel.cases is not None:
+            gated = rel.cases[rel.cases["status"] != "too few"]
+            low = gated.nsmallest(1, "value").iloc[0]
+            click.echo(
+                f"  case gate         {len(gated)} slice groups pass; lowest {low['slice']}={low['group']} "
+                f"{low['metric']} {low['value']:.3f} (floor {low['floor']}, n={low['n']})"
             )
         click.echo(f"  release           {rel.path}")
     click.echo(f"\nMLflow              {registry.tracking_uri}")

@@ -51,9 +51,11 @@ COUNTERS = [(120, 85, 60), (210, 205, 195), (60, 60, 65), (170, 150, 120), (90, 
 
 @dataclass(frozen=True)
 class DemoLakeConfig:
-    devices: int = 3
-    sessions_per_device: int = 8
-    frames_per_session: int = 240
+    # Many short sessions rather than few long ones: a model learns a kitchen from the variety of
+    # sessions (lighting, dishes put aside), not from more frames of the same one.
+    devices: int = 4
+    sessions_per_device: int = 12
+    frames_per_session: int = 120
     fps: float = 5.0  # the Pi client decides at 5 Hz: fast enough for a faucet, cheap on a Pi
     image_size: int = 64
     seed: int = 0
