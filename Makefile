@@ -43,6 +43,7 @@ lint: install
 
 ## Every benchmark (minutes; needs ../shared/datasets, and PostgreSQL + RabbitMQ for scale_out): markdown tables, JSON in benchmarks/results/.
 bench: install
+	$(BIN)/python benchmarks/demo_quality.py
 	$(BIN)/python benchmarks/thresholds.py
 	$(BIN)/python benchmarks/conv_ae_throughput.py --repeats 3
 	$(BIN)/python benchmarks/reference_pipelines.py
