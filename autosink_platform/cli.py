@@ -86,6 +86,7 @@ def demo(home, devices, sessions, frames, seed) -> None:
     from autosink_platform.pipelines.lifecycle import load_module, torch_scorer
     from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.pipelines.spec import LoadedDataset
+    from autosink_platform.validation.cases import weakest
 
     lake = Lake(h.lake)
     if not lake.committed_sessions():
@@ -127,7 +128,7 @@ def demo(home, devices, sessions, frames, seed) -> None:
             truth, slices = truth_report(
                 h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold, model.cases
             )
-            worst = slices[slices["n"] >= model.cases.min_examples].nsmallest(1, "value").iloc[0]
+            worst = weakest(slices)
             click.echo(
                 f"  test vs truth     f1 {truth['f1']:.3f} precision {truth['precision']:.3f} recall {truth['recall']:.3f} "
                 f"accuracy {truth['accuracy']:.3f}  (deployed on-device model: f1 {truth['deployed_model_f1']:.3f})"
@@ -136,10 +137,9 @@ def demo(home, devices, sessions, frames, seed) -> None:
                 f"                    weakest slice {worst['slice']}={worst['group']}: accuracy {worst['value']:.3f} (n={worst['n']})"
             )
         if rel.cases is not None:
-            gated = rel.cases[rel.cases["status"] != "too few"]
-            low = gated.nsmallest(1, "value").iloc[0]
+            low = weakest(rel.cases)
             click.echo(
-                f"  case gate         {len(gated)} slice groups pass; lowest {low['slice']}={low['group']} "
+                f"  case gate         {(rel.cases['status'] == 'pass').sum()} slice groups pass; lowest {low['slice']}={low['group']} "
                 f"{low['metric']} {low['value']:.3f} (floor {low['floor']}, n={low['n']})"
             )
         click.echo(f"  release           {rel.path}")

@@ -23,7 +23,7 @@ def _save(fig, path: Path) -> Path:
 def training_curves(history: list[dict], path: Path, title: str) -> Path:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     epochs = [h["epoch"] for h in history]
-    for key in sorted({k for h in history for k in h if k not in ("epoch", "member")}):
+    for key in sorted({k for h in history for k in h if k != "epoch"}):
         ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
     ax.set(xlabel="epoch", title=title)
     ax.legend()

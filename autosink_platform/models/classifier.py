@@ -29,9 +29,6 @@ class ClassifierConfig:
     # in a bright kitchen is a faint pale ring; narrower networks missed it on some seeds.
     width: int = 32
     dropout: float = 0.3  # valve_cnn head: few sessions to learn from, so a strong regulariser
-    # Networks trained from seeds fit.seed, fit.seed + 1, ..., logits averaged in one exported
-    # graph: less variance between training runs, at members times the training time.
-    members: int = 1
     image_size: int = 64
     batch_size: int = 64
     # Short and annealed to zero, keeping the last weights: the validation loss is measured on
@@ -76,44 +73,18 @@ def backbone(cfg: ClassifierConfig) -> nn.Module:
     return torchvision.models.get_model(cfg.arch, weights=None, num_classes=1)
 
 
-class Normalise(nn.Module):
-    """ImageNet channel statistics, inside the exported graph, so the device only scales to [0, 1]."""
-
-    def __init__(self):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return (frames - self.mean) / self.std
-
-
-class _Member(nn.Module):
-    """One member on its own: what a training loop fits."""
-
-    def __init__(self, normalise: Normalise, net: nn.Module):
-        super().__init__()
-        self.normalise, self.net = normalise, net
-
-    def forward(self, frames: torch.Tensor) -> ClassifierOutput:
-        logit = self.net(self.normalise(frames)).squeeze(1)  # (B, 1) -> (B,)
-        return ClassifierOutput(logit, torch.sigmoid(logit))
-
-
 class ValveClassifier(nn.Module):
-    """frames (B, 3, H, W) float in [0, 1] -> ClassifierOutput: the members' mean logit."""
+    """frames (B, 3, H, W) float in [0, 1] -> ClassifierOutput. Normalisation is inside the
+    module, so the device only scales pixels to [0, 1]."""
 
     def __init__(self, cfg: ClassifierConfig):
         super().__init__()
-        self.normalise = Normalise()
-        self.members = nn.ModuleList(backbone(cfg) for _ in range(cfg.members))
-
-    def member(self, k: int) -> nn.Module:
-        return _Member(self.normalise, self.members[k])
+        self.backbone = backbone(cfg)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
 
     def forward(self, frames: torch.Tensor) -> ClassifierOutput:
-        x = self.normalise(frames)
-        logit = torch.stack([net(x).squeeze(1) for net in self.members]).mean(dim=0)  # (M, B) -> (B,)
+        logit = self.backbone((frames - self.mean) / self.std).squeeze(1)  # (B, 1) -> (B,)
         return ClassifierOutput(logit, torch.sigmoid(logit))
 
 
@@ -147,15 +118,21 @@ def train_classifier(
     warm_start: dict | None = None,
     on_epoch=lambda m: None,
 ) -> tuple[ValveClassifier, FitResult]:
-    """``images[split]`` uint8 (N, H, W, 3); labels 0/1; weights = label confidence. Each member
-    is fitted on its own seed; ``on_epoch`` sees their epochs numbered one after another."""
-    seed_everything(cfg.fit.seed)  # the members' initial weights
+    """``images[split]`` uint8 (N, H, W, 3); labels 0/1; weights = label confidence."""
+    seed_everything(cfg.fit.seed)  # the initial weights
     model = ValveClassifier(cfg)
     if warm_start is not None:
         model.load_state_dict(warm_start)
+    gen = seed_everything(cfg.fit.seed)  # batch order, augmentation and dropout
     x = {s: to_float_tensor(images[s]) for s in ("train", "validation")}
     y = {s: torch.as_tensor(labels[s], dtype=torch.float32) for s in ("train", "validation")}
     w = {s: torch.as_tensor(weights[s], dtype=torch.float32) for s in ("train", "validation")}
+
+    def train_batches():
+        order = torch.randperm(len(x["train"]), generator=gen)
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i : i + cfg.batch_size]
+            yield torch.stack([_AUGMENT(img) for img in x["train"][idx]]), y["train"][idx], w["train"][idx]
 
     def val_batches():
         for i in range(0, len(x["validation"]), 256):
@@ -166,25 +143,5 @@ def train_classifier(
         frames, target, weight = batch
         return focal_loss(m(frames).logit, target, weight, cfg.focal_gamma)
 
-    history, samples = [], 0
-    for k in range(cfg.members):
-        gen = seed_everything(cfg.fit.seed + k)
-
-        def train_batches(gen=gen):
-            order = torch.randperm(len(x["train"]), generator=gen)
-            for i in range(0, len(order), cfg.batch_size):
-                idx = order[i : i + cfg.batch_size]
-                yield torch.stack([_AUGMENT(img) for img in x["train"][idx]]), y["train"][idx], w["train"][idx]
-
-        offset = len(history)
-
-        def renumbered(metrics, offset=offset, k=k):
-            on_epoch(metrics | {"epoch": offset + metrics["epoch"]})
-
-        result = fit(
-            model.member(k), loss_fn, train_batches, val_batches, cfg.fit, renumbered, desc=f"valve classifier {k + 1}"
-        )
-        history += [h | {"epoch": offset + h["epoch"], "member": k} for h in result.history]
-        samples += result.samples_per_epoch
-    model.eval()
-    return model, FitResult(history, len(history), stopped_early=False, samples_per_epoch=samples)
+    result = fit(model, loss_fn, train_batches, val_batches, cfg.fit, on_epoch, desc="valve classifier")
+    return model, result

@@ -194,8 +194,8 @@ class FrameGuard(nn.Module):
             return torch.cat([fn(frames[i : i + batch_size]) for i in range(0, len(frames), batch_size)])
 
         # 1.
-        errors = batched(lambda f: self._raw_novelty(f)[0], train)
-        codes = batched(lambda f: self._raw_novelty(f)[1], train).double()
+        both_parts = [self._raw_novelty(train[i : i + batch_size])[:2] for i in range(0, len(train), batch_size)]
+        errors, codes = torch.cat([e for e, _ in both_parts]), torch.cat([c for _, c in both_parts]).double()
         self.code_mean.copy_(codes.mean(0).float())
         cov = torch.cov(codes.T)
         cov = (1 - shrinkage) * cov + shrinkage * torch.diag(torch.diag(cov))

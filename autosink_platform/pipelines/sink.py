@@ -21,7 +21,7 @@ from autosink_platform.pipelines.lifecycle import torch_scorer
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
-from autosink_platform.validation.cases import CaseFloors, Slice, slice_table
+from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
 from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
 from autosink_platform.validation.splits import SplitConfig
@@ -280,23 +280,22 @@ def release_quality(lake_root: str | Path, store: FeatureStore, release_dir: str
     manifest = json.loads((release_dir / "manifest.json").read_text())
     model = next(m for m in SINK.models if m.name == manifest["model"])
     threshold = manifest["threshold"]["threshold"]
-    cases = pd.DataFrame(manifest["case_validation"])
-    gated = cases[cases["status"] != "too few"]
+    low = weakest(pd.DataFrame(manifest["case_validation"]))
     out = {
         "model": manifest["registered_model"],
         "version": manifest["mlflow_version"],
         "threshold": threshold,
         "test": manifest["metrics"]["test"],
         "case_floor": model.cases.floor,
-        "case_min": float(gated["value"].min()),
-        "case_min_group": "{slice}={group}".format(**gated.loc[gated["value"].idxmin()]),
-        "case_margin": float(gated["value"].min() - model.cases.floor),
+        "case_min": float(low["value"]),
+        "case_min_group": f"{low['slice']}={low['group']}",
+        "case_margin": float(low["value"] - model.cases.floor),
     }
     if model.name == "classifier":
         data = LoadedDataset.load(DatasetRef.of_snapshot(store.dataset_dir(manifest["dataset_snapshot_id"])))
         truth, slices = truth_report(lake_root, data, OnnxScorer(release_dir / "model.onnx"), threshold, model.cases)
-        big = slices[slices["n"] >= model.cases.min_examples]
+        counted = slices[slices["status"] != TOO_FEW]
         out["truth"] = truth
-        out["truth_slices"] = big[["slice", "group", "n", "value"]].to_dict(orient="records")
-        out["truth_min_slice_accuracy"] = float(big["value"].min())
+        out["truth_slices"] = counted[["slice", "group", "n", "value"]].to_dict(orient="records")
+        out["truth_min_slice_accuracy"] = float(weakest(slices)["value"])
     return out

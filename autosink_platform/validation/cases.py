@@ -85,6 +85,12 @@ def slice_table(
     return pd.DataFrame(rows)
 
 
+def weakest(table: pd.DataFrame) -> pd.Series:
+    """The slice group with the lowest metric among those with enough examples to count."""
+    counted = table[table["status"] != TOO_FEW]
+    return counted.loc[counted["value"].idxmin()]
+
+
 def check_floors(model: str, table: pd.DataFrame) -> None:
     if (table["status"] == BELOW_FLOOR).any():
         raise CaseValidationFailed(model, table)
