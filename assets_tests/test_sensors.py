@@ -7,6 +7,7 @@ import pytest
 
 from autosink_platform.definitions import defs
 from autosink_platform.defs.resources import LakeResource
+from autosink_platform.defs.sensors import INGEST_BATCH, RANGE_END, RANGE_START, partition_range_request
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines.sink import SINK
@@ -33,13 +34,25 @@ def _tick(instance, lake_root, cursor=None) -> dg.SensorResult:
     return result
 
 
+def _partitions_of(instance, request: dg.RunRequest) -> list[str]:
+    """The session partitions one run request covers (a single key or a range of them)."""
+    if request.partition_key is not None:
+        return [request.partition_key]
+    order = instance.get_dynamic_partitions(PARTITIONS)
+    start, end = order.index(request.tags[RANGE_START]), order.index(request.tags[RANGE_END])
+    assert start < end, request.tags
+    return order[start : end + 1]
+
+
 def test_new_sessions_become_partitions_and_runs_exactly_once(instance, tiny_lake):
     lake = Lake(tiny_lake)
     sessions = sorted(lake.committed_sessions())
 
     first = _tick(instance, tiny_lake)
-    assert sorted(r.partition_key for r in first.run_requests) == sessions
-    assert all(r.run_key == r.partition_key for r in first.run_requests)
+    covered = [s for r in first.run_requests for s in _partitions_of(instance, r)]
+    assert sorted(covered) == sessions  # every new session in exactly one run
+    assert len(first.run_requests) == -(-len(sessions) // INGEST_BATCH)
+    assert len({r.run_key for r in first.run_requests}) == len(first.run_requests)
     assert sorted(instance.get_dynamic_partitions(PARTITIONS)) == sessions
 
     # Later ticks with the cursor: nothing new, nothing requested.
@@ -129,3 +142,26 @@ def test_downstream_stages_follow_by_declarative_automation():
             )
     # Session stages run from the new-sessions sensor, not from automation.
     assert condition("raw_sessions") is None and condition("labeled_frames") is None
+
+
+def test_a_multi_session_ingest_run_counts_each_session_once(home, instance):
+    """The new-session sensor's batched run, executed for real: the retrain sensor must count the
+    labeled frames of every session in it once (each materialization carries the whole run's
+    metadata)."""
+    from autosink_platform.defs.runner import QUIET, register_sessions
+    from autosink_platform.lake.store import FeatureStore
+
+    sessions = register_sessions(instance, SINK, Lake(home / "lake"))
+    request = partition_range_request(sessions)
+    assert len(sessions) > 1 and request.partition_key is None
+    result = defs.resolve_job_def("sink_ingest").execute_in_process(
+        instance=instance, run_config=QUIET, tags=request.tags
+    )
+    assert result.success
+    assert instance.get_materialized_partitions(dg.AssetKey(["sink", "labeled_frames"])) == set(sessions)
+    labeled = int(FeatureStore(home / "store", "sink").get_labels(sessions)["label"].notna().sum())
+    outcome = defs.resolve_sensor_def("sink_retrain")(dg.build_sensor_context(instance=instance))
+    counted = (
+        outcome.tags["autosink/new_labeled_frames"] if isinstance(outcome, dg.RunRequest) else outcome.skip_message
+    )
+    assert f"{labeled} new labeled" in counted or counted == str(labeled), (labeled, counted)

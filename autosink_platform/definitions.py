@@ -22,16 +22,21 @@ CELERY_BROKER = "pyamqp://guest@localhost//"  # dagster-celery's default: a loca
 CELERY_QUEUE = "dagster"
 
 
-def executor() -> dg.ExecutorDefinition | None:
-    """Unset: Dagster's default (each step a subprocess of the run). ``AUTOSINK_EXECUTOR=celery``:
-    each step is a Celery task on ``$AUTOSINK_CELERY_BROKER`` (default: the local RabbitMQ),
-    queue ``$AUTOSINK_CELERY_QUEUE`` (default ``dagster``), run by ``dagster-celery`` workers
-    that share the Dagster instance (Postgres) and the stores."""
+def executor() -> dg.ExecutorDefinition:
+    """Unset: every step of a run in the run's own process, so the code location (torch, MLflow)
+    is imported once per run rather than once per step: on the small machines the embedded
+    default targets that start-up cost would outweigh the steps of an ingest run.
+    ``AUTOSINK_EXECUTOR=multiprocess``: Dagster's default, each step a subprocess of the run.
+    ``AUTOSINK_EXECUTOR=celery``: each step is a Celery task on ``$AUTOSINK_CELERY_BROKER``
+    (default: the local RabbitMQ), queue ``$AUTOSINK_CELERY_QUEUE`` (default ``dagster``), run by
+    ``dagster-celery`` workers that share the Dagster instance (Postgres) and the stores."""
     kind = os.environ.get("AUTOSINK_EXECUTOR", "")
-    if kind in ("", "default"):
-        return None
+    if kind in ("", "in_process"):
+        return dg.in_process_executor
+    if kind == "multiprocess":
+        return dg.multiprocess_executor
     if kind != "celery":
-        raise ValueError(f"AUTOSINK_EXECUTOR={kind!r}: expected 'celery' or unset")
+        raise ValueError(f"AUTOSINK_EXECUTOR={kind!r}: expected 'in_process', 'multiprocess', 'celery' or unset")
     from dagster_celery import celery_executor  # the scale extra
 
     return celery_executor.configured(
@@ -43,6 +48,17 @@ def executor() -> dg.ExecutorDefinition | None:
         name="celery",
     )
 
+
+# Declarative automation (eager follow-through, the nightly rebuild) evaluated by the daemon from
+# the start: without a sensor of its own, Dagster's default one is created stopped and the loop
+# from feedback to fleet would wait for someone to switch it on in the UI.
+AUTOMATION = dg.AutomationConditionSensorDefinition(
+    "autosink_automation",
+    target=dg.AssetSelection.all(),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Evaluates every asset's automation condition (eager follow-through, nightly rebuild).",
+)
 
 defs = dg.Definitions.merge(
     *(build_pipeline_defs(spec) for spec in PIPELINES),
@@ -57,5 +73,6 @@ defs = dg.Definitions.merge(
             "datasets": ReferenceDataResource(),
         },
         executor=executor(),
+        sensors=[AUTOMATION],
     ),
 )

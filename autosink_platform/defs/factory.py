@@ -124,11 +124,15 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
 
 
 def _partition_metadata(results: dict[str, dict]) -> dict:
+    """A run over one session records that session's figures. A run over several records one
+    materialization per session with the same metadata, so it keeps each session's figures
+    under its key (``by_session``): the retrain sensor reads the count of its own partition."""
     if len(results) == 1:
         return next(iter(results.values()))
     return {
         "sessions": len(results),
         "quarantined": [pk for pk, r in results.items() if r.get("status") == "quarantined"],
+        "by_session": dg.MetadataValue.json(results),
     }
 
 

@@ -8,6 +8,7 @@ from dagster._core.definitions.reconstruct import ReconstructableRepository
 from tqdm import tqdm
 
 from autosink_platform.defs.factory import sessions_partitions
+from autosink_platform.defs.sensors import INGEST_BATCH, partition_range_request
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines.spec import PipelineSpec
 
@@ -32,6 +33,28 @@ def unlabeled_sessions(instance: dg.DagsterInstance, spec: PipelineSpec, lake: L
     return [s for s in instance.get_dynamic_partitions(sessions_partitions(spec).name) if s not in done]
 
 
+def _batches(instance: dg.DagsterInstance, spec: PipelineSpec, todo: list[str]) -> list[list[str]]:
+    """``todo`` in runs of consecutive partitions (partition order), at most INGEST_BATCH each."""
+    order = instance.get_dynamic_partitions(sessions_partitions(spec).name)
+    wanted, batches, current = set(todo), [], []
+    for key in order:
+        if key in wanted and len(current) < INGEST_BATCH:
+            current.append(key)
+            continue
+        if current:
+            batches.append(current)
+        current = [key] if key in wanted else []
+    return batches + ([current] if current else [])
+
+
+def _partition_args(request: dg.RunRequest) -> dict:
+    return {"partition_key": request.partition_key} if request.partition_key else {"tags": request.tags}
+
+
+def _tags(request: dg.RunRequest) -> dict:
+    return {"dagster/partition": request.partition_key} if request.partition_key else dict(request.tags)
+
+
 def materialize_pipeline(
     defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, lake: Lake, progress: bool = True
 ) -> dict:
@@ -41,8 +64,15 @@ def materialize_pipeline(
     """
     todo = unlabeled_sessions(instance, spec, lake)
     ingest = defs.resolve_job_def(f"{spec.name}_ingest")
-    for session_id in tqdm(todo, desc=f"{spec.name}: ingest + label", unit="session", disable=not progress):
-        ingest.execute_in_process(instance=instance, partition_key=session_id, run_config=QUIET, raise_on_error=True)
+    with tqdm(total=len(todo), desc=f"{spec.name}: ingest + label", unit="session", disable=not progress) as bar:
+        for batch in _batches(instance, spec, todo):  # the runs the new-session sensor would request
+            ingest.execute_in_process(
+                instance=instance,
+                run_config=QUIET,
+                raise_on_error=True,
+                **_partition_args(partition_range_request(batch)),
+            )
+            bar.update(len(batch))
     result = defs.resolve_job_def(f"{spec.name}_train").execute_in_process(
         instance=instance, run_config=QUIET, raise_on_error=True
     )
@@ -66,7 +96,8 @@ def launch_pipeline(
     Returns the run ids (ingest runs, then the train run); raises if any run fails."""
     repo = ReconstructableRepository.for_module(module, "defs", working_directory=os.getcwd())
     todo = unlabeled_sessions(instance, spec, lake)
-    runs = [(f"{spec.name}_ingest", {"dagster/partition": s}) for s in todo] + [(f"{spec.name}_train", {})]
+    runs = [(f"{spec.name}_ingest", _tags(partition_range_request(b))) for b in _batches(instance, spec, todo)]
+    runs.append((f"{spec.name}_train", {}))
     run_ids = []
     for job, tags in tqdm(runs, desc=f"{spec.name}: runs", unit="run", disable=not progress):
         with dg.execute_job(repo.get_reconstructable_job(job), instance, run_config=QUIET, tags=tags) as result:

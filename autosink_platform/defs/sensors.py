@@ -8,14 +8,28 @@ from autosink_platform.labeling.review import ReviewLog
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.registry.mlflow_registry import CHAMPION
 
+# A tick's new sessions are ingested in runs of at most this many partitions: one process start
+# per run instead of per session, and a backlog still shows its progress run by run.
+INGEST_BATCH = 32
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+
+
+def partition_range_request(keys: list[str]) -> dg.RunRequest:
+    """One run over consecutive partitions (in the order they were added)."""
+    if len(keys) == 1:
+        return dg.RunRequest(partition_key=keys[0], run_key=keys[0])
+    return dg.RunRequest(run_key=f"{keys[0]}..{keys[-1]}", tags={RANGE_START: keys[0], RANGE_END: keys[-1]})
+
 
 def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition, job) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.name}_new_sessions",
         job=job,
-        minimum_interval_seconds=30,
+        # A tick reads only the commits since its cursor, so it can look often: its interval is
+        # part of the time from a device's upload to a model on the fleet.
+        minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description="Adds a partition per newly committed session and requests its ingest run.",
+        description="Adds a partition per newly committed session and requests ingest runs for them.",
     )
     def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
@@ -26,13 +40,25 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
             # A reset cursor, a re-indexed log or a duplicate line must not add a partition twice.
             if session_id not in new and not context.instance.has_dynamic_partition(partitions.name, session_id):
                 new.append(session_id)
+        # The partitions are appended in this order before the runs launch, so each batch is a
+        # contiguous range of them.
+        batches = [new[i : i + INGEST_BATCH] for i in range(0, len(new), INGEST_BATCH)]
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=s, run_key=s) for s in new],
+            run_requests=[partition_range_request(b) for b in batches],
             dynamic_partitions_requests=[partitions.build_add_request(new)] if new else [],
             cursor=cursor,
         )
 
     return sensor
+
+
+def _labeled(materialization: dg.AssetMaterialization) -> int:
+    """Labeled frames one session's materialization added (a quarantined session: none)."""
+    metadata = materialization.metadata
+    if "by_session" in metadata:  # one of a multi-session run's materializations
+        metadata = metadata["by_session"].value.get(materialization.partition, {})
+        return int(metadata.get("labeled", 0))
+    return int(metadata["labeled"].value) if "labeled" in metadata else 0
 
 
 def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
@@ -43,7 +69,9 @@ def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
     @dg.sensor(
         name=f"{spec.name}_retrain",
         job=job,
-        minimum_interval_seconds=300,
+        # Cheap (it reads only materializations since the last dataset build), so it can look
+        # often: its interval is part of the time from feedback to a device.
+        minimum_interval_seconds=10,
         default_status=dg.DefaultSensorStatus.RUNNING if threshold else dg.DefaultSensorStatus.STOPPED,
         description=f"Rebuilds the dataset and retrains once {threshold} new labeled frames have accumulated.",
     )
@@ -60,8 +88,7 @@ def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
                 dg.AssetRecordsFilter(asset_key=labeled_key, after_storage_id=after), limit=1000, cursor=cursor
             )
             for record in page.records:
-                metadata = record.asset_materialization.metadata
-                new_labels += int(metadata["labeled"].value) if "labeled" in metadata else 0  # quarantined: none
+                new_labels += _labeled(record.asset_materialization)
                 newest = max(newest or 0, record.storage_id)
             if not page.has_more:
                 break

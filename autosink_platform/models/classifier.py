@@ -10,14 +10,13 @@ aside read as "open") and failed on sessions they had not seen."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 from torch.nn import functional as F
-from torchvision.transforms import v2
 
 from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything, to_float_tensor
 
@@ -34,6 +33,9 @@ class ClassifierConfig:
     # Short and annealed to zero, keeping the last weights: the validation loss is measured on
     # noisy weak labels, and its minimum fell on an early epoch at a high learning rate.
     fit: FitConfig = FitConfig(epochs=6, lr=2e-3, keep="last")
+    # A retrain that starts from the champion's weights fine-tunes: a shorter schedule at a lower
+    # rate keeps what the champion knows while the new sessions teach it what it got wrong.
+    finetune: FitConfig = FitConfig(epochs=3, lr=5e-4, keep="last")
     # Focal loss (Lin et al., 2017): down-weights the many frames the network already gets right,
     # so the few hard positives (faint glasses, dishes half under the spout) carry the gradient.
     focal_gamma: float = 2.0
@@ -70,6 +72,8 @@ class ValveCNN(nn.Module):
 def backbone(cfg: ClassifierConfig) -> nn.Module:
     if cfg.arch == "valve_cnn":
         return ValveCNN(cfg.width, cfg.dropout)
+    import torchvision  # imported when used: it pulls in torch's compiler stack, slow to load in every run
+
     return torchvision.models.get_model(cfg.arch, weights=None, num_classes=1)
 
 
@@ -88,17 +92,21 @@ class ValveClassifier(nn.Module):
         return ClassifierOutput(logit, torch.sigmoid(logit))
 
 
-_AUGMENT = v2.Compose(
-    [
-        # The scene is symmetric about the faucet, so a mirrored frame keeps its label; it doubles
-        # the layouts of dishes put aside.
-        v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=0, translate=(0.04, 0.04)),  # camera mounts shift a little
-        # Kitchen light varies about threefold between a dim evening and a sunny morning, more
-        # than the training sessions span: a narrower range left dim sessions misread.
-        v2.ColorJitter(brightness=(0.5, 1.5), contrast=0.2, saturation=0.2, hue=0.02),
-    ]
-)
+@cache
+def _augment():
+    from torchvision.transforms import v2  # see backbone()
+
+    return v2.Compose(
+        [
+            # The scene is symmetric about the faucet, so a mirrored frame keeps its label; it doubles
+            # the layouts of dishes put aside.
+            v2.RandomHorizontalFlip(),
+            v2.RandomAffine(degrees=0, translate=(0.04, 0.04)),  # camera mounts shift a little
+            # Kitchen light varies about threefold between a dim evening and a sunny morning, more
+            # than the training sessions span: a narrower range left dim sessions misread.
+            v2.ColorJitter(brightness=(0.5, 1.5), contrast=0.2, saturation=0.2, hue=0.02),
+        ]
+    )
 
 
 def focal_loss(logit: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -132,7 +140,8 @@ def train_classifier(
         order = torch.randperm(len(x["train"]), generator=gen)
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            yield torch.stack([_AUGMENT(img) for img in x["train"][idx]]), y["train"][idx], w["train"][idx]
+            augment = _augment()
+            yield torch.stack([augment(img) for img in x["train"][idx]]), y["train"][idx], w["train"][idx]
 
     def val_batches():
         for i in range(0, len(x["validation"]), 256):
@@ -143,5 +152,6 @@ def train_classifier(
         frames, target, weight = batch
         return focal_loss(m(frames).logit, target, weight, cfg.focal_gamma)
 
-    result = fit(model, loss_fn, train_batches, val_batches, cfg.fit, on_epoch, desc="valve classifier")
+    schedule = cfg.fit if warm_start is None else cfg.finetune
+    result = fit(model, loss_fn, train_batches, val_batches, schedule, on_epoch, desc="valve classifier")
     return model, result
