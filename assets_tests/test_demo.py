@@ -1,7 +1,12 @@
 """`autosink demo` as a new user runs it: the command line at its defaults, a fresh home, a fresh
-MLflow registry and a fresh signing key. Its releases must pass every floor with room to spare,
-and the sink models must be good against the generator's truth, not only against the labels."""
+MLflow registry and a fresh signing key. Its first releases must pass every floor with room to
+spare, and the sink models must be good against the generator's truth, not only against the
+labels. Its second act runs the platform unattended (the Dagster daemon, the fleet API, a device
+client on its timer): the day of feedback must reach the device as a better champion. Then, on
+the same running platform, a day of bad feedback must produce a worse candidate that is refused
+while the device keeps the champion."""
 
+import json
 import os
 import subprocess
 import sys
@@ -33,8 +38,8 @@ def demo(tmp_path_factory) -> dict:
     store = FeatureStore(home.store, SINK.name)
     out = {"stdout": proc.stdout}
     for model in SINK.models:
-        (version,) = (home.fleet / SINK.name / model.name / "versions").iterdir()
-        out[model.name] = release_quality(home.lake, store, version)
+        out[model.name] = release_quality(home.lake, store, home.fleet / SINK.name / model.name / "versions" / "1")
+    out["home"], out["env"] = home, env
     return out
 
 
@@ -61,3 +66,79 @@ def test_demo_frame_guard_catches_faults_without_false_alarms(demo):
     assert test["fpr"] <= GUARD_MAX_FPR, test
     for fault in FAULTS:
         assert test[f"detection_{fault}"] >= GUARD_MIN_DETECTION, (fault, test)
+
+
+def _heartbeats(home: Home) -> list[dict]:
+    return [json.loads(line) for line in home.heartbeats.read_text().splitlines()]
+
+
+def _champion(env: dict, name: str) -> str:
+    from mlflow import MlflowClient
+
+    return str(MlflowClient(env["MLFLOW_TRACKING_URI"]).get_model_version_by_alias(name, "champion").version)
+
+
+@pytest.mark.slow
+def test_demo_second_act_reaches_a_device_unattended(demo):
+    home, out = demo["home"], demo["stdout"]
+    assert "== second act" in out and "feedback -> device" in out, out[-3000:]
+    # The release stage promoted v2 by the sink's policy, and the watched Pi runs it: its last
+    # heartbeat, received by the fleet API, names v2 at the pointer's sequence.
+    assert _champion(demo["env"], "sink.classifier") == "2"
+    (entry,) = [e for e in _audit(home) if e["model"] == "sink.classifier" and e["to"] == "2"]
+    assert entry["who"] == "promotion policy" and entry["from"] == "1"
+    beats = [b for b in _heartbeats(home) if b["model"] == "classifier"]
+    assert beats[0]["version"] == "1" and beats[-1]["version"] == "2", beats
+    # The new champion is better where the feedback came from (the renovated kitchens), judged
+    # against the generator's truth on frames neither saw in training.
+    q = release_quality(home.lake, FeatureStore(home.store, SINK.name), home.fleet / "sink/classifier/versions/2")
+    for s in q["truth_slices"]:
+        if s["slice"] == "device" and s["group"] in ("pi-003", "pi-004"):
+            assert s["value"] >= TRUTH_SLICE_ACCURACY, s
+    assert q["truth"]["f1"] >= TRUTH_F1, q["truth"]
+    # Promoted on the comparison with v1 on the same (new) test split, by the policy's margin.
+    manifest = json.loads((home.fleet / "sink/classifier/versions/2/manifest.json").read_text())
+    assert (
+        manifest["vs_champion"]["delta"] >= SINK.promotion.margin and not manifest["vs_champion"]["slice_regressions"]
+    )
+
+
+def _audit(home: Home) -> list[dict]:
+    return [json.loads(line) for line in (home.root / "audit" / "promotions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, monkeypatch):
+    """A night of sessions recorded by a broken on-device model build, with nobody there to
+    correct it: its weak labels are wrong on almost half the frames. The loop trains on them
+    unattended; the candidate must not reach the fleet."""
+    import dagster as dg
+
+    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+    from autosink_platform.live import Device, DeviceTimer, Services, feedback_to_device
+
+    home, env = demo["home"], demo["env"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    champion = _champion(env, "sink.classifier")
+    cfg = DemoLakeConfig(first_session=19, sessions_per_device=7, model_error_rate=0.45, override_prob=0.0)
+    folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
+    public = home.root / "devices" / "channel-key.pem"
+    with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
+        devices = {
+            d: Device.provision(home, services.api, d, public, home.root / "devices-bad-night" / d)
+            for d in sorted({f.name.split("-20")[0] for f in folders})
+        }
+        watched = devices["pi-001"]
+        watched.sync()
+        assert watched.version == champion
+        with DeviceTimer(watched, 5.0):
+            report = feedback_to_device(
+                home, instance, [(devices[f.name.split("-20")[0]], f) for f in folders], watched, services=services
+            )
+    assert report.outcome == "kept", report
+    assert report.candidate is not None and int(report.candidate) > int(champion), report  # it was trained
+    assert _champion(env, "sink.classifier") == champion and watched.version == champion
+    assert "not promoted" in report.decision or "refused" in report.decision, report.decision
+    assert not [e for e in _audit(home) if e["model"] == "sink.classifier" and e["to"] == report.candidate]

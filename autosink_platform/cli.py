@@ -73,8 +73,15 @@ def demo_lake(home, devices, sessions, frames, seed) -> None:
 @main.command()
 @home_option
 @_lake_options
-def demo(home, devices, sessions, frames, seed) -> None:
-    """The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel."""
+@click.option(
+    "--second-act/--no-second-act",
+    default=True,
+    show_default=True,
+    help="After the first release, a day of feedback through the fleet API and the Dagster daemon to a device.",
+)
+def demo(home, devices, sessions, frames, seed, second_act) -> None:
+    """The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel, then a
+    day of feedback through the running platform to a device."""
     started = time.perf_counter()
     h = _use_home(home)
     import dagster as dg
@@ -88,9 +95,10 @@ def demo(home, devices, sessions, frames, seed) -> None:
     from autosink_platform.pipelines.spec import LoadedDataset
     from autosink_platform.validation.cases import weakest
 
-    lake = Lake(h.lake)
-    if not lake.committed_sessions():
-        generate_demo_lake(h.lake, _lake_config(devices, sessions, frames, seed))
+    lake, lake_cfg = Lake(h.lake), _lake_config(devices, sessions, frames, seed)
+    fresh = not lake.committed_sessions()
+    if fresh:
+        generate_demo_lake(h.lake, lake_cfg)
     with dg.DagsterInstance.get() as instance:
         out = materialize_pipeline(defs, SINK, instance, lake)
 
@@ -143,6 +151,15 @@ def demo(home, devices, sessions, frames, seed) -> None:
                 f"{low['metric']} {low['value']:.3f} (floor {low['floor']}, n={low['n']})"
             )
         click.echo(f"  release           {rel.path}")
+    if second_act and not fresh:
+        click.echo("\nsecond act skipped: this home's lake was not new (start from a fresh home to see it)")
+    elif second_act:
+        from autosink_platform import demo_day
+
+        click.echo(f"\nfirst act           {time.perf_counter() - started:.1f} s\n")
+        with dg.DagsterInstance.get() as instance:
+            report, device = demo_day.run_day(h, lake_cfg, instance)
+        click.echo(demo_day.summary(h, report, device))
     click.echo(f"\nMLflow              {registry.tracking_uri}")
     click.echo(f"Dagster             DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (make dev shows these runs)")
     click.echo(f"wall time           {time.perf_counter() - started:.1f} s")

@@ -62,6 +62,14 @@ class DemoLakeConfig:
     model_error_rate: float = 0.08  # the deployed model is wrong on ~8 % of frames
     override_prob: float = 0.75  # users fix most, not all, wrong decisions they notice
     start: str = "2026-11-02T07:30:00+00:00"
+    # A later day of the same fleet: sessions are numbered from ``first_session`` and only
+    # devices from ``first_device`` record (the devices before it exist, unchanged, so a higher
+    # ``devices`` count adds new Pis to the same fleet).
+    first_session: int = 0
+    first_device: int = 0
+    # Devices from this index on are installed over dark composite (granite) sinks, a kitchen
+    # the first devices never showed: what new feedback has to teach a model. None: none are.
+    dark_basins_from: int | None = None
 
 
 @dataclass
@@ -80,8 +88,10 @@ class _Device:
     firmware: str
 
 
-def _device(rng: np.random.Generator, index: int) -> _Device:
+def _device(rng: np.random.Generator, index: int, dark_basin: bool = False) -> _Device:
     grey = int(rng.integers(150, 200))
+    if dark_basin:  # the same draws, mapped onto a dark grey
+        grey = 95 + (grey - 150) // 2
     return _Device(
         device_id=f"pi-{index + 1:03d}",
         counter=COUNTERS[int(rng.integers(len(COUNTERS)))],
@@ -316,19 +326,21 @@ def _session(rng: np.random.Generator, cfg: DemoLakeConfig, device: _Device, sta
 def generate_demo_lake(
     lake_root: str | Path, cfg: DemoLakeConfig = DemoLakeConfig(), progress: bool = True
 ) -> list[Path]:
-    """Write ``devices x sessions_per_device`` committed sessions; return their folders.
+    """Write ``sessions_per_device`` committed sessions for each recording device; return their folders.
 
     Deterministic: the same config gives byte-identical frames, events and truth.
     """
     lake = Lake(lake_root)
     rng = np.random.default_rng(cfg.seed)
-    devices = [_device(rng, d) for d in range(cfg.devices)]
+    dark = cfg.devices if cfg.dark_basins_from is None else cfg.dark_basins_from
+    devices = [_device(rng, d, dark_basin=d >= dark) for d in range(cfg.devices)]
     start = datetime.fromisoformat(cfg.start)
     truth_dir = location(lake_root) / TRUTH_DIR
     if is_local(truth_dir):
         truth_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    jobs = [(d, s) for s in range(cfg.sessions_per_device) for d in range(cfg.devices)]
+    sessions = range(cfg.first_session, cfg.first_session + cfg.sessions_per_device)
+    jobs = [(d, s) for s in sessions for d in range(cfg.first_device, cfg.devices)]
     for d, s in tqdm(jobs, desc="demo lake", unit="session", disable=not progress):
         session_rng = np.random.default_rng([cfg.seed, d, s])
         started = start + timedelta(hours=7 * s, minutes=13 * d)

@@ -57,6 +57,7 @@ class FrameGuardConfig:
     # few independent scenes; shrinking it towards its diagonal keeps unseen sessions ordinary.
     covariance_shrinkage: float = 0.5
     fit: FitConfig = FitConfig(epochs=15, lr=2e-3, patience=3)
+    finetune: FitConfig = FitConfig(epochs=5, lr=5e-4, patience=2)  # from the champion's weights
 
 
 class FrameGuardOutput(NamedTuple):  # field names become the ONNX output names
@@ -245,7 +246,7 @@ def train_frame_guard(
         lambda m, b: m.reconstruction_loss(b[0]),
         train_batches,
         val_batches,
-        cfg.fit,
+        cfg.fit if warm_start is None else cfg.finetune,
         on_epoch,
         desc="frame guard",
     )

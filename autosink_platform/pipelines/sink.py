@@ -18,7 +18,14 @@ from autosink_platform.models.classifier import ClassifierConfig, ValveClassifie
 from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
 from autosink_platform.pipelines.lifecycle import torch_scorer
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, OperatingData, PipelineSpec, ScoreFn
+from autosink_platform.pipelines.spec import (
+    LoadedDataset,
+    ModelSpec,
+    OperatingData,
+    PipelineSpec,
+    PromotionPolicy,
+    ScoreFn,
+)
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
@@ -200,6 +207,9 @@ SINK = PipelineSpec(
     split=SplitConfig(validation=0.2, test=0.2),
     code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "2"},
     slices=SINK_SLICES,
+    # Feedback reaches the fleet unattended: a candidate that beats the champion on the same test
+    # split by the margin, with no case slice regressed, is promoted by the release stage.
+    promotion=PromotionPolicy(mode="auto"),
     models=(
         ModelSpec(
             name="classifier",

@@ -1,0 +1,387 @@
+"""The platform running unattended, as a deployment runs it, on one home:
+
+- the Dagster daemon (``dagster-daemon run -w workspace.yaml``, what ``make dev`` starts beside
+  the webserver): the new-session, retrain, review and champion sensors and declarative
+  automation, each launching runs in their own processes;
+- the fleet API (``autosink fleet serve``): uploads, heartbeats and the release channel;
+- devices: a token each (``autosink fleet add-device``), sessions uploaded over HTTP, and the
+  device client (``autosink_pi``) syncing from the channel and reporting its version.
+
+``feedback_to_device`` uploads a batch of sessions and follows them until a device runs the
+model they produced, or until the release stage decides not to promote it; the report breaks the
+time down by stage from the Dagster instance's own event log. The demo's second act, the loop
+test and ``benchmarks/feedback_to_device.py`` all run this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from autosink_platform.fleet.uploads import pack_session
+from autosink_platform.home import PROJECT_ROOT, Home
+
+WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _now() -> float:
+    return datetime.now(UTC).timestamp()
+
+
+class ServiceFailed(RuntimeError):
+    """A service exited or did not come up; the message ends with its log."""
+
+
+class Services:
+    """The daemon and the fleet API as subprocesses on ``home`` (environment: this process's,
+    which must already point at the home, its Dagster instance and its MLflow registry)."""
+
+    def __init__(self, home: Home, log_dir: Path, env: dict[str, str] | None = None):
+        self.home, self.log_dir = home, Path(log_dir)
+        self.env = dict(os.environ if env is None else env)
+        self.port = _free_port()
+        self.api = f"http://127.0.0.1:{self.port}"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, argv: list[str]) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("w")
+        self.procs[name] = subprocess.Popen(argv, env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        log.close()  # the child holds its own descriptor
+
+    def log(self, name: str, tail: int = 3000) -> str:
+        path = self.log_dir / f"{name}.log"
+        return path.read_text(errors="replace")[-tail:] if path.exists() else ""
+
+    def __enter__(self) -> Services:
+        bin_dir = Path(sys.executable).parent
+        self._start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(WORKSPACE)])
+        self._start(
+            "fleet-api",
+            [str(bin_dir / "autosink"), "fleet", "serve", "--home", str(self.home.root), "--port", str(self.port)],
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.api}/v1/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            self.check()
+            if time.monotonic() > deadline:
+                raise ServiceFailed(f"the fleet API did not answer in 120 s:\n{self.log('fleet-api')}")
+            time.sleep(0.3)
+        return self
+
+    def check(self) -> None:
+        """Raise if a service has exited."""
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise ServiceFailed(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
+
+    def __exit__(self, *exc) -> None:
+        for proc in self.procs.values():
+            proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@dataclass
+class Device:
+    """One Pi of the fleet: provisioned with a token and the channel's public key."""
+
+    device_id: str
+    api: str
+    token: str
+    config: object  # autosink_pi.client.PiConfig
+    beats: list[dict] = field(default_factory=list)  # heartbeats sent: version, sequence, at
+
+    @classmethod
+    def provision(cls, home: Home, api: str, device_id: str, public_key: Path, state_dir: Path) -> Device:
+        from autosink_pi.client import PiConfig
+
+        from autosink_platform.fleet.devices import DeviceRegistry
+
+        token = DeviceRegistry(home.devices_db).add(device_id)
+        cfg = PiConfig(device_id, f"{api}/v1/fleet", str(public_key), str(state_dir), retries=1, timeout_s=10)
+        return cls(device_id, api, token, cfg)
+
+    def upload(self, folder: Path) -> tuple[int, dict, float]:
+        """POST one session folder; returns the status, the answer and when it came."""
+        request = urllib.request.Request(
+            f"{self.api}/v1/sessions",
+            data=pack_session(folder),
+            method="POST",
+            headers={"Authorization": f"Bearer {self.token}", "Content-Type": "application/gzip"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as r:
+                return r.status, json.loads(r.read()), _now()
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read() or b"{}"), _now()
+
+    def sync(self) -> dict:
+        """What the device's timer does: pull and verify the channel's release, then report the
+        active version in a heartbeat."""
+        from autosink_pi.cli import heartbeat
+        from autosink_pi.client import SyncRefused, read_state, sync
+
+        try:
+            result = sync(self.config)
+            outcome = {"status": result.status, "version": result.version}
+        except SyncRefused as e:
+            outcome = {"status": "refused", "reason": e.reason, "detail": e.detail}
+        heartbeat(self.config, self.api, self.token)
+        state = read_state(self.config)
+        self.beats.append({"version": state["current"], "sequence": state["sequence"], "at": _now()})
+        return outcome | {"current": state["current"]}
+
+    @property
+    def version(self) -> str | None:
+        return self.beats[-1]["version"] if self.beats else None
+
+
+class DeviceTimer:
+    """The device's sync timer, every ``interval`` seconds in a background thread (the real one,
+    ``infra/pi``'s systemd timer, runs every five minutes)."""
+
+    def __init__(self, device: Device, interval: float):
+        self.device, self.interval = device, interval
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.device.sync()
+            except Exception as e:  # a device keeps its model and tries again at the next tick
+                self.errors.append(f"{type(e).__name__}: {e}")
+
+    def __enter__(self) -> DeviceTimer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+@dataclass
+class LoopReport:
+    outcome: str  # "promoted": a device runs the new model; "kept": the champion stayed
+    champion_before: str | None
+    champion_after: str | None
+    candidate: str | None  # the version the feedback produced (None: no training run finished)
+    device_version: str | None
+    uploads: int  # sessions accepted by the fleet API (201)
+    seconds: float  # the first upload's 201 -> the device's heartbeat on the new version (or the decision)
+    stages: list[dict]  # name, start, end, seconds (relative to the first 201)
+    runs: list[dict]  # the Dagster runs the feedback caused: job, status, run id
+    decision: str  # why the champion moved or stayed (the release stage's audit entry or tags)
+
+    def table(self) -> str:
+        rows = [f"{'stage':<34} {'from s':>8} {'to s':>8} {'seconds':>8}"]
+        for s in self.stages:
+            rows.append(f"{s['name']:<34} {s['start']:>8.1f} {s['end']:>8.1f} {s['seconds']:>8.1f}")
+        return "\n".join(rows)
+
+    def to_json(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _runs_since(instance, since: float) -> list:
+    import dagster as dg
+
+    records = instance.get_run_records(dg.RunsFilter(created_after=datetime.fromtimestamp(since, UTC)))
+    return sorted(records, key=lambda r: r.create_timestamp)
+
+
+def feedback_to_device(
+    home: Home,
+    instance,
+    uploads: list[tuple[Device, Path]],
+    device: Device,
+    pipeline: str = "sink",
+    model: str = "classifier",
+    timeout: float = 900,
+    services: Services | None = None,
+    progress=None,
+) -> LoopReport:
+    """Upload the sessions, then wait, touching nothing, until ``device`` reports the model they
+    produced or the release stage keeps the champion; the device must be syncing on its timer."""
+    import dagster as dg
+
+    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+    from autosink_platform.registry.mlflow_registry import CHAMPION
+
+    name = f"{pipeline}.{model}"
+    registry, channel = MlflowResource().get(), FleetChannelResource().get()
+    before = registry.alias_version(name, CHAMPION)
+    before = None if before is None else str(before.version)
+    start = _now()
+    answered = []
+    for dev, folder in uploads:
+        status, body, at = dev.upload(folder)
+        if status != 201:
+            raise RuntimeError(f"upload of {folder.name} from {dev.device_id} answered {status}: {body}")
+        answered.append(at)
+    t0 = answered[0]
+    deadline = time.monotonic() + timeout
+    train, outcome = None, None
+    while outcome is None:
+        if services is not None:
+            services.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"no decision {timeout:.0f} s after the uploads; runs: {_describe(_runs_since(instance, start))}"
+            )
+        time.sleep(1)
+        runs = _runs_since(instance, start)
+        trains = [r for r in runs if r.dagster_run.job_name == f"{pipeline}_train"]
+        champion = registry.alias_version(name, CHAMPION)
+        champion = None if champion is None else str(champion.version)
+        if champion != before and device.version == champion:
+            outcome = "promoted"
+        elif trains and trains[0].dagster_run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
+            if champion == before:
+                outcome = "kept"
+        if progress is not None:
+            progress(runs, champion, device.version)
+        train = trains[0] if trains else None
+    end = device.beats[-1]["at"] if outcome == "promoted" else train.end_time
+    # The runs go on after the device has its model (the other model's release, the review
+    # queue): wait for them, so nothing is cut off when the services stop.
+    runs = _wait_for_runs(instance, start, deadline, services)
+    train = next(r for r in runs if r.dagster_run.job_name == f"{pipeline}_train")
+    candidate = _candidate(registry, name, train)
+    return LoopReport(
+        outcome=outcome,
+        champion_before=before,
+        champion_after=champion,
+        candidate=candidate,
+        device_version=device.version,
+        uploads=len(answered),
+        seconds=end - t0,
+        stages=_stages(instance, channel, pipeline, model, runs, answered, device, outcome, t0),
+        runs=[
+            {"job": r.dagster_run.job_name, "status": r.dagster_run.status.value, "run_id": r.dagster_run.run_id}
+            for r in runs
+        ],
+        decision=_decision(home, registry, name, candidate, outcome),
+    )
+
+
+def _wait_for_runs(instance, since: float, deadline: float, services: Services | None) -> list:
+    while True:
+        runs = _runs_since(instance, since)
+        if all(r.dagster_run.is_finished for r in runs):
+            return runs
+        if services is not None:
+            services.check()
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"runs still going at the deadline: {_describe(runs)}")
+        time.sleep(1)
+
+
+def _describe(runs) -> str:
+    return ", ".join(f"{r.dagster_run.job_name}:{r.dagster_run.status.value}" for r in runs) or "none"
+
+
+def _candidate(registry, name: str, train) -> str | None:
+    if train is None:
+        return None
+    found = registry.client.search_model_versions(
+        f"name = '{name}' and tag.dagster_run_id = '{train.dagster_run.run_id}'"
+    )
+    return str(max(int(v.version) for v in found)) if found else None
+
+
+def _decision(home: Home, registry, name: str, candidate: str | None, outcome: str) -> str:
+    from autosink_platform.registry.promotion import AuditLog
+
+    if candidate is None:
+        return "no candidate was trained"
+    entries = [e for e in AuditLog(home.root / "audit" / "promotions.jsonl").entries(name) if e.get("to") == candidate]
+    if outcome == "promoted" and entries:
+        return f"v{candidate} promoted by {entries[-1].get('who')}: {entries[-1].get('reason')}"
+    tags = registry.client.get_model_version(name, candidate).tags
+    status = tags.get("validation_status", "?")
+    if status != "passed":
+        return f"v{candidate} refused by the release gate ({status})"
+    vs = json.loads(tags["vs_champion"]) if "vs_champion" in tags else {}
+    regressions = vs.get("slice_regressions") or []
+    detail = f"{vs.get('metric', 'f1')} delta {vs.get('delta', float('nan')):+.4f}" if vs else "no comparison"
+    if regressions:
+        detail += ", regressed: " + ", ".join(f"{r['slice']}={r['group']}" for r in regressions)
+    return f"v{candidate} passed the gate, not promoted by the policy ({detail})"
+
+
+def _stages(instance, channel, pipeline, model, runs, answered, device, outcome, t0) -> list[dict]:
+    """When each stage ran, from the run records and step events the daemon's runs wrote."""
+    import dagster as dg
+
+    stages = [("upload (fleet API, 201s)", t0, answered[-1])]
+    ingest = [r for r in runs if r.dagster_run.job_name == f"{pipeline}_ingest" and r.start_time]
+    train = next((r for r in runs if r.dagster_run.job_name == f"{pipeline}_train"), None)
+    if ingest:
+        stages.append(("new-session sensor -> ingest run", answered[-1], ingest[0].create_timestamp.timestamp()))
+        stages.append(
+            ("ingest + label runs", min(r.start_time for r in ingest), max(r.end_time or _now() for r in ingest))
+        )
+    if train is not None:
+        if ingest:
+            stages.append(
+                (
+                    "retrain sensor -> train run",
+                    max(r.end_time or 0 for r in ingest),
+                    train.create_timestamp.timestamp(),
+                )
+            )
+        if train.start_time:
+            stages.append(("train run: queue + process start", train.create_timestamp.timestamp(), train.start_time))
+        steps: dict[str, list[float]] = {}
+        for e in instance.all_logs(train.dagster_run.run_id):
+            if (
+                e.step_key
+                and e.dagster_event is not None
+                and e.dagster_event.event_type
+                in (
+                    dg.DagsterEventType.STEP_START,
+                    dg.DagsterEventType.STEP_SUCCESS,
+                    dg.DagsterEventType.STEP_FAILURE,
+                )
+            ):
+                steps.setdefault(e.step_key, []).append(e.timestamp)
+        for key, times in sorted(steps.items(), key=lambda kv: min(kv[1])):
+            stages.append((f"  {key.removeprefix(pipeline + '__')}", min(times), max(times)))
+    if outcome == "promoted":
+        pointer = channel.read_pointer(pipeline, model, "stable")
+        published = datetime.fromisoformat(pointer["published_at"]).timestamp()
+        adopted = next(b["at"] for b in device.beats if b["version"] == pointer["version"])
+        stages.append(("device sync + heartbeat", published, adopted))
+    return [
+        {"name": n, "start": round(a - t0, 2), "end": round(b - t0, 2), "seconds": round(b - a, 2)}
+        for n, a, b in stages
+    ]
