@@ -15,7 +15,8 @@ $(BIN)/autosink: pyproject.toml pi_client/pyproject.toml
 
 install: $(BIN)/autosink
 
-## The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel.
+## The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel, then a
+## day of feedback through the running daemon and fleet API to a device.
 demo: install
 	$(BIN)/autosink demo
 
@@ -44,6 +45,7 @@ lint: install
 ## Every benchmark (minutes; needs ../shared/datasets, and PostgreSQL + RabbitMQ for scale_out): markdown tables, JSON in benchmarks/results/.
 bench: install
 	$(BIN)/python benchmarks/demo_quality.py
+	$(BIN)/python benchmarks/feedback_to_device.py
 	$(BIN)/python benchmarks/thresholds.py
 	$(BIN)/python benchmarks/conv_ae_throughput.py --repeats 3
 	$(BIN)/python benchmarks/reference_pipelines.py

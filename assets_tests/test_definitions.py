@@ -54,4 +54,12 @@ def test_jobs_and_sensors_exist():
         "sink_retrain",
         "sink_reviews",
         "sink_champion_moved",
+        "autosink_automation",
     }
+    # Nothing in the loop waits for someone to switch it on in the UI.
+    assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
+    automation = defs.resolve_sensor_def("autosink_automation")
+    assert isinstance(automation, dg.AutomationConditionSensorDefinition)
+    graph = defs.resolve_asset_graph()
+    automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
+    assert automated and automated <= set(automation.asset_selection.resolve(graph))

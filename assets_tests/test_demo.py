@@ -122,12 +122,13 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
     champion = _champion(env, "sink.classifier")
-    cfg = DemoLakeConfig(first_session=19, sessions_per_device=7, model_error_rate=0.45, override_prob=0.0)
+    # Enough sessions for the retrain policy: with no overrides, fewer of their frames get labels.
+    cfg = DemoLakeConfig(first_session=19, sessions_per_device=11, model_error_rate=0.45, override_prob=0.0)
     folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
     public = home.root / "devices" / "channel-key.pem"
     with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
         devices = {
-            d: Device.provision(home, services.api, d, public, home.root / "devices-bad-night" / d)
+            d: Device.provision(home, services.api, d, public, home.root / "devices" / d)  # the same Pis
             for d in sorted({f.name.split("-20")[0] for f in folders})
         }
         watched = devices["pi-001"]
@@ -135,7 +136,12 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
         assert watched.version == champion
         with DeviceTimer(watched, 5.0):
             report = feedback_to_device(
-                home, instance, [(devices[f.name.split("-20")[0]], f) for f in folders], watched, services=services
+                home,
+                instance,
+                [(devices[f.name.split("-20")[0]], f) for f in folders],
+                watched,
+                services=services,
+                timeout=600,
             )
     assert report.outcome == "kept", report
     assert report.candidate is not None and int(report.candidate) > int(champion), report  # it was trained

@@ -15,8 +15,9 @@ import uvicorn
 from click.testing import CliRunner
 
 import mlflow
+from autosink_platform import definitions
 from autosink_platform.cli import main
-from autosink_platform.definitions import defs
+from autosink_platform.defs.factory import build_pipeline_defs
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
@@ -25,14 +26,21 @@ from autosink_platform.models.classifier import ClassifierConfig
 from autosink_platform.models.training import FitConfig
 from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.lifecycle import load_module
-from autosink_platform.pipelines.sink import SINK
-from autosink_platform.pipelines.spec import LoadedDataset
+from autosink_platform.pipelines.sink import SINK as AUTO_SINK
+from autosink_platform.pipelines.spec import LoadedDataset, PromotionPolicy
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
 from autosink_platform.release.signing import default_key_path, verify
 from autosink_platform.validation.cases import CaseFloors
 
 pytestmark = pytest.mark.slow
+
+# The operator's path: candidates wait for `autosink promote`. The sink's own `auto` policy runs
+# in test_demo.py, through the daemon; here the same asset factory builds a manual twin.
+SINK = dataclasses.replace(AUTO_SINK, promotion=PromotionPolicy(mode="manual"))
+defs = dg.Definitions.merge(
+    build_pipeline_defs(SINK), dg.Definitions(resources=definitions.defs.resources, executor=definitions.executor())
+)
 
 MANIFEST_FIELDS = {
     "registered_model",

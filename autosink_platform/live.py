@@ -119,11 +119,20 @@ class Device:
 
     @classmethod
     def provision(cls, home: Home, api: str, device_id: str, public_key: Path, state_dir: Path) -> Device:
+        """A device's first start registers it and keeps its token in its state folder (as a Pi
+        keeps it in its configuration); later starts reuse it."""
         from autosink_pi.client import PiConfig
 
         from autosink_platform.fleet.devices import DeviceRegistry
 
-        token = DeviceRegistry(home.devices_db).add(device_id)
+        kept = Path(state_dir) / "token"
+        if kept.exists():
+            token = kept.read_text().strip()
+        else:
+            token = DeviceRegistry(home.devices_db).add(device_id)
+            kept.parent.mkdir(parents=True, exist_ok=True)
+            kept.touch(mode=0o600)
+            kept.write_text(token)
         cfg = PiConfig(device_id, f"{api}/v1/fleet", str(public_key), str(state_dir), retries=1, timeout_s=10)
         return cls(device_id, api, token, cfg)
 
