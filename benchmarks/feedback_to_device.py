@@ -40,7 +40,10 @@ def run(seed: int, sync_every: float, workdir: Path) -> dict:
     }
     first = time.perf_counter()
     subprocess.run(
-        [str(CLI), "demo", "--seed", str(seed), "--no-second-act"], env=os.environ | env, check=True, capture_output=True
+        [str(CLI), "demo", "--seed", str(seed), "--no-second-act"],
+        env=os.environ | env,
+        check=True,
+        capture_output=True,
     )
     first_act_s = time.perf_counter() - first
     os.environ.update(env)  # this process and the services it starts share the home
@@ -66,12 +69,11 @@ def main() -> None:
     rows = []
     for seed in args.seeds:
         # One process per seed: the services and the instance bind to the home at start.
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "row.json"
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp, tempfile.NamedTemporaryFile() as out:
             subprocess.run(
-                [sys.executable, __file__, "--one", str(seed), str(args.sync_every), tmp, str(out)], check=True
+                [sys.executable, __file__, "--one", str(seed), str(args.sync_every), tmp, out.name], check=True
             )
-            rows.append(json.loads(out.read_text()))
+            rows.append(json.loads(Path(out.name).read_text()))
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
@@ -85,8 +87,10 @@ def main() -> None:
         )
     )
     for r in rows:
-        print(f"\nseed {r['seed']}: {r['outcome']} (v{r['champion_before']} -> v{r['champion_after']}), "
-              f"{r['seconds']:.0f} s from the first upload's 201; {r['decision']}")
+        print(
+            f"\nseed {r['seed']}: {r['outcome']} (v{r['champion_before']} -> v{r['champion_after']}), "
+            f"{r['seconds']:.0f} s from the first upload's 201; {r['decision']}"
+        )
         print("| stage | from s | to s | seconds |\n|---|---:|---:|---:|")
         for s in r["stages"]:
             print(f"| {s['name'].strip()} | {s['start']:.1f} | {s['end']:.1f} | {s['seconds']:.1f} |")
