@@ -115,7 +115,7 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
     import dagster as dg
 
     from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
-    from autosink_platform.live import Device, DeviceTimer, Services, feedback_to_device
+    from autosink_platform.live import DeviceTimer, Services, feedback_to_device, provision_fleet
 
     home, env = demo["home"], demo["env"]
     for k, v in env.items():
@@ -125,12 +125,8 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
     # Enough sessions for the retrain policy: with no overrides, fewer of their frames get labels.
     cfg = DemoLakeConfig(first_session=19, sessions_per_device=11, model_error_rate=0.45, override_prob=0.0)
     folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
-    public = home.root / "devices" / "channel-key.pem"
     with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
-        devices = {
-            d: Device.provision(home, services.api, d, public, home.root / "devices" / d)  # the same Pis
-            for d in sorted({f.name.split("-20")[0] for f in folders})
-        }
+        devices = provision_fleet(home, services.api, folders)  # the same Pis, with their tokens
         watched = devices["pi-001"]
         watched.sync()
         assert watched.version == champion
@@ -138,7 +134,8 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
             report = feedback_to_device(
                 home,
                 instance,
-                [(devices[f.name.split("-20")[0]], f) for f in folders],
+                folders,
+                devices,
                 watched,
                 services=services,
                 timeout=600,

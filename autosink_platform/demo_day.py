@@ -19,7 +19,14 @@ from tqdm import tqdm
 
 from autosink_platform.home import Home
 from autosink_platform.lake.demo import TRUTH_DIR, DemoLakeConfig, generate_demo_lake
-from autosink_platform.live import Device, DeviceTimer, LoopReport, Services, feedback_to_device
+from autosink_platform.live import (
+    Device,
+    DeviceTimer,
+    LoopReport,
+    Services,
+    feedback_to_device,
+    provision_fleet,
+)
 
 DAY_SESSIONS = 7  # per device: enough labeled frames for the sink's retrain policy
 RENOVATED_FROM = 2  # devices from this index on have the new dark sinks
@@ -46,17 +53,8 @@ def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) 
     for f in (outbox / TRUTH_DIR).glob("*.csv"):
         shutil.copy(f, home.lake / TRUTH_DIR / f.name)
 
-    from autosink_platform.defs.resources import FleetChannelResource
-
-    channel = FleetChannelResource().get()
-    public_key = home.root / "devices" / "channel-key.pem"  # provisioning: the key never comes from the channel
-    public_key.parent.mkdir(parents=True, exist_ok=True)
-    public_key.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
     with Services(home, home.root / "logs") as services:
-        devices = {
-            d: Device.provision(home, services.api, d, public_key, home.root / "devices" / d)
-            for d in sorted({f.name.split("-20")[0] for f in folders})
-        }
+        devices = provision_fleet(home, services.api, folders)
         watched = devices[sorted(devices)[RENOVATED_FROM]]  # a Pi over one of the new sinks
         watched.sync()  # on the first release before the day starts
         bar = tqdm(desc="feedback -> device", unit="s", disable=not progress, bar_format="{desc}: {elapsed} {postfix}")
@@ -76,7 +74,8 @@ def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) 
             report = feedback_to_device(
                 home,
                 instance,
-                [(devices[f.name.split("-20")[0]], f) for f in folders],
+                folders,
+                devices,
                 watched,
                 services=services,
                 progress=show,

@@ -171,6 +171,26 @@ class Device:
         return self.beats[-1]["version"] if self.beats else None
 
 
+def provision_fleet(home: Home, api: str, sessions: list[Path]) -> dict[str, Device]:
+    """A device per recorder of ``sessions`` (folders named ``<device id>-<start>``), provisioned
+    under ``<home>/devices/<id>`` with the channel's public key, as installation would: the key
+    comes from provisioning, never from the channel a device then trusts."""
+    from autosink_platform.defs.resources import FleetChannelResource
+
+    public_key = home.root / "devices" / "channel-key.pem"
+    if not public_key.exists():
+        channel = FleetChannelResource().get()
+        public_key.parent.mkdir(parents=True, exist_ok=True)
+        public_key.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    ids = sorted({recorder(s) for s in sessions})
+    return {d: Device.provision(home, api, d, public_key, home.root / "devices" / d) for d in ids}
+
+
+def recorder(session: Path) -> str:
+    """The device that recorded a session folder (``<device id>-<start time>``)."""
+    return session.name.rsplit("-", 1)[0]
+
+
 class DeviceTimer:
     """The device's sync timer, every ``interval`` seconds in a background thread (the real one,
     ``infra/pi``'s systemd timer, runs every five minutes)."""
@@ -230,7 +250,8 @@ def _runs_since(instance, since: float) -> list:
 def feedback_to_device(
     home: Home,
     instance,
-    uploads: list[tuple[Device, Path]],
+    sessions: list[Path],
+    fleet: dict[str, Device],
     device: Device,
     pipeline: str = "sink",
     model: str = "classifier",
@@ -238,8 +259,9 @@ def feedback_to_device(
     services: Services | None = None,
     progress=None,
 ) -> LoopReport:
-    """Upload the sessions, then wait, touching nothing, until ``device`` reports the model they
-    produced or the release stage keeps the champion; the device must be syncing on its timer."""
+    """Upload each session folder from the ``fleet`` device that recorded it, then wait, touching
+    nothing, until ``device`` reports the model they produced or the release stage keeps the
+    champion; the device must be syncing on its timer."""
     import dagster as dg
 
     from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
@@ -251,10 +273,10 @@ def feedback_to_device(
     before = None if before is None else str(before.version)
     start = _now()
     answered = []
-    for dev, folder in uploads:
-        status, body, at = dev.upload(folder)
+    for folder in sessions:
+        status, body, at = fleet[recorder(folder)].upload(folder)
         if status != 201:
-            raise RuntimeError(f"upload of {folder.name} from {dev.device_id} answered {status}: {body}")
+            raise RuntimeError(f"upload of {folder.name} from {recorder(folder)} answered {status}: {body}")
         answered.append(at)
     t0 = answered[0]
     deadline = time.monotonic() + timeout
