@@ -132,7 +132,6 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
         assert watched.version == champion
         with DeviceTimer(watched, 5.0):
             report = feedback_to_device(
-                home,
                 instance,
                 folders,
                 devices,

@@ -21,12 +21,13 @@ from autosink_platform.defs.resources import FleetChannelResource, MlflowResourc
 from autosink_platform.defs.runner import materialize_pipeline
 from autosink_platform.defs.sensors import INGEST_BATCH
 from autosink_platform.lake.sessions import Lake
+from autosink_platform.live import free_port
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.reference import lifecycle
 from autosink_platform.reference.pipelines import ROBOTARM
 from autosink_platform.testing import POSTGRES, celery_worker_command, scratch_postgres_database
 
-from .conftest import free_port, stop, wait_for_http
+from .conftest import stop, wait_for_http
 from .fake_reference_data import make_fake_datasets
 
 pytestmark = pytest.mark.services

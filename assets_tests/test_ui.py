@@ -15,8 +15,9 @@ import pytest
 
 from autosink_platform.cli import DAGSTER_YAML
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+from autosink_platform.live import free_port
 
-from .conftest import free_port, stop, wait_for_http
+from .conftest import stop, wait_for_http
 from .fake_reference_data import make_fake_datasets
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]

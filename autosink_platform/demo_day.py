@@ -72,7 +72,6 @@ def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) 
 
         with DeviceTimer(watched, DEVICE_SYNC_EVERY):
             report = feedback_to_device(
-                home,
                 instance,
                 folders,
                 devices,
@@ -88,7 +87,7 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
     """Both versions on the candidate's test split against the generator's truth: overall, and
     per case slice (accuracy)."""
     from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
-    from autosink_platform.pipelines.lifecycle import torch_scorer
+    from autosink_platform.pipelines.lifecycle import load_version_module, torch_scorer
     from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.pipelines.spec import LoadedDataset
     from autosink_platform.release.onnx_export import OnnxScorer
@@ -107,7 +106,7 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
             threshold = json.loads((vdir / "manifest.json").read_text())["threshold"]["threshold"]
         else:  # refused at the gate: never published, scored from the registry
             mv = registry.client.get_model_version(name, version)
-            score = torch_scorer(_module(model, registry, mv))
+            score = torch_scorer(load_version_module(model, mv, registry))
             threshold = json.loads(mv.tags["threshold"])["threshold"]
         truth, table = truth_report(home.lake, data, score, threshold, model.cases)
         column = f"v{version} ({label})"
@@ -115,12 +114,6 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
         slices.append(table.set_index(["slice", "group"])[["n", "value"]].rename(columns={"value": column}))
     by_slice = slices[0].join(slices[1].drop(columns="n"))
     return pd.DataFrame(overall), by_slice.reset_index()
-
-
-def _module(model, registry, mv):
-    module = model.build(model.config)
-    module.load_state_dict(registry.load_state_dict(mv))
-    return module.eval()
 
 
 def summary(home: Home, report: LoopReport, device: Device) -> str:

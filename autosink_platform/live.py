@@ -16,7 +16,6 @@ test and ``benchmarks/feedback_to_device.py`` all run this.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -34,7 +33,7 @@ from autosink_platform.home import PROJECT_ROOT, Home
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -52,17 +51,16 @@ class Services:
     """The daemon and the fleet API as subprocesses on ``home`` (environment: this process's,
     which must already point at the home, its Dagster instance and its MLflow registry)."""
 
-    def __init__(self, home: Home, log_dir: Path, env: dict[str, str] | None = None):
+    def __init__(self, home: Home, log_dir: Path):
         self.home, self.log_dir = home, Path(log_dir)
-        self.env = dict(os.environ if env is None else env)
-        self.port = _free_port()
+        self.port = free_port()
         self.api = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
 
     def _start(self, name: str, argv: list[str]) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = (self.log_dir / f"{name}.log").open("w")
-        self.procs[name] = subprocess.Popen(argv, env=self.env, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = subprocess.Popen(argv, cwd=PROJECT_ROOT, stdout=log, stderr=subprocess.STDOUT)
         log.close()  # the child holds its own descriptor
 
     def log(self, name: str, tail: int = 3000) -> str:
@@ -248,7 +246,6 @@ def _runs_since(instance, since: float) -> list:
 
 
 def feedback_to_device(
-    home: Home,
     instance,
     sessions: list[Path],
     fleet: dict[str, Device],
@@ -320,7 +317,7 @@ def feedback_to_device(
             {"job": r.dagster_run.job_name, "status": r.dagster_run.status.value, "run_id": r.dagster_run.run_id}
             for r in runs
         ],
-        decision=_decision(home, registry, name, candidate, outcome),
+        decision=_decision(registry, name, candidate, outcome),
     )
 
 
@@ -349,12 +346,12 @@ def _candidate(registry, name: str, train) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
-def _decision(home: Home, registry, name: str, candidate: str | None, outcome: str) -> str:
-    from autosink_platform.registry.promotion import AuditLog
+def _decision(registry, name: str, candidate: str | None, outcome: str) -> str:
+    from autosink_platform.defs.resources import FleetChannelResource
 
     if candidate is None:
         return "no candidate was trained"
-    entries = [e for e in AuditLog(home.root / "audit" / "promotions.jsonl").entries(name) if e.get("to") == candidate]
+    entries = [e for e in FleetChannelResource().audit().entries(name) if e.get("to") == candidate]
     if outcome == "promoted" and entries:
         return f"v{candidate} promoted by {entries[-1].get('who')}: {entries[-1].get('reason')}"
     tags = registry.client.get_model_version(name, candidate).tags
@@ -393,18 +390,9 @@ def _stages(instance, channel, pipeline, model, runs, answered, device, outcome,
         if train.start_time:
             stages.append(("train run: queue + process start", train.create_timestamp.timestamp(), train.start_time))
         steps: dict[str, list[float]] = {}
-        for e in instance.all_logs(train.dagster_run.run_id):
-            if (
-                e.step_key
-                and e.dagster_event is not None
-                and e.dagster_event.event_type
-                in (
-                    dg.DagsterEventType.STEP_START,
-                    dg.DagsterEventType.STEP_SUCCESS,
-                    dg.DagsterEventType.STEP_FAILURE,
-                )
-            ):
-                steps.setdefault(e.step_key, []).append(e.timestamp)
+        kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+        for e in instance.all_logs(train.dagster_run.run_id, of_type=kinds):
+            steps.setdefault(e.step_key, []).append(e.timestamp)
         for key, times in sorted(steps.items(), key=lambda kv: min(kv[1])):
             stages.append((f"  {key.removeprefix(pipeline + '__')}", min(times), max(times)))
     if outcome == "promoted":

@@ -136,11 +136,12 @@ def train_classifier(
     y = {s: torch.as_tensor(labels[s], dtype=torch.float32) for s in ("train", "validation")}
     w = {s: torch.as_tensor(weights[s], dtype=torch.float32) for s in ("train", "validation")}
 
+    augment = _augment()
+
     def train_batches():
         order = torch.randperm(len(x["train"]), generator=gen)
         for i in range(0, len(order), cfg.batch_size):
             idx = order[i : i + cfg.batch_size]
-            augment = _augment()
             yield torch.stack([augment(img) for img in x["train"][idx]]), y["train"][idx], w["train"][idx]
 
     def val_batches():

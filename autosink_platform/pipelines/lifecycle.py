@@ -191,12 +191,17 @@ def _history(registry: Registry, run_id: str) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:
+def load_version_module(model: ModelSpec, version, registry: Registry) -> nn.Module:
+    """The module a registered MLflow model version was logged with."""
     module = model.build(model.config)
-    module.load_state_dict(
-        registry.load_state_dict(registry.client.get_model_version(trained.registered_name, trained.version))
-    )
+    module.load_state_dict(registry.load_state_dict(version))
     return module.eval()
+
+
+def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:
+    return load_version_module(
+        model, registry.client.get_model_version(trained.registered_name, trained.version), registry
+    )
 
 
 def load_alias_module(model: ModelSpec, name: str, alias: str, registry: Registry) -> nn.Module:
@@ -208,9 +213,7 @@ def load_alias_module(model: ModelSpec, name: str, alias: str, registry: Registr
         raise LookupError(
             f"{name} v{version.version} ({alias}) was trained with another config than the current code builds"
         )
-    module = model.build(model.config)
-    module.load_state_dict(registry.load_state_dict(version))
-    return module.eval()
+    return load_version_module(model, version, registry)
 
 
 def choose_threshold(
