@@ -23,6 +23,7 @@ from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
 from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
+from autosink_platform.registry.releases import Release, ReleaseRejected
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 from autosink_platform.validation.schemas import DataValidationError
@@ -224,7 +225,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         dataset: DatasetRef,
         mlflow: MlflowResource,
         fleet: FleetChannelResource,
-    ) -> dg.Output[lifecycle.Release]:
+    ) -> dg.Output[Release]:
         """ONNX build checked against PyTorch, evaluated on test and per case slice, published with
         its manifest."""
         try:
@@ -239,7 +240,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
                 fleet.audit(),
                 context.run.run_id,
             )
-        except lifecycle.ReleaseRejected as e:  # the slice table belongs in the UI, not only the log
+        except ReleaseRejected as e:  # the slice table belongs in the UI, not only the log
             raise dg.Failure(
                 description=str(e),
                 metadata={"mlflow_version": trained.version}

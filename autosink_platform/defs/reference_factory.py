@@ -13,10 +13,10 @@ from autosink_platform import plots
 from autosink_platform.defs.factory import TRAIN_TAGS
 from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
-from autosink_platform.pipelines.lifecycle import Release, ReleaseRejected
 from autosink_platform.reference import lifecycle
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec
 from autosink_platform.reference.sources import DatasetMissing, datasets_root, fingerprint, require
+from autosink_platform.registry.releases import Release, ReleaseRejected
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.schemas import DataValidationError
 

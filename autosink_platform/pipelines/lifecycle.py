@@ -19,9 +19,21 @@ from torch import nn
 import mlflow
 from autosink_platform import plots
 from autosink_platform.models.training import to_float_tensor
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, PromotionPolicy, ScoreFn
-from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
-from autosink_platform.registry.promotion import AuditLog, promote
+from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
+from autosink_platform.registry import releases
+from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
+from autosink_platform.registry.promotion import AuditLog
+from autosink_platform.registry.releases import (
+    Release,
+    ReleaseRejected,
+    accept_release,
+    aliases,
+    champion_comparison,
+    flat_metrics,
+    gate_on_cases,
+    published_release,
+    record_threshold,
+)
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.release.onnx_export import INPUT_NAME, OPSET, OnnxScorer, export_onnx, parity
 from autosink_platform.thresholds import OperatingPoint
@@ -32,15 +44,6 @@ SMOKE_FRAMES = 4
 # What the serving environment needs to load the logged PyTorch model; listing it skips
 # MLflow's slow requirement inference (it imports the model in a subprocess).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
-
-
-class ReleaseRejected(RuntimeError):
-    """A candidate failed a release gate; nothing was published. ``cases`` holds the slice table
-    when case validation was the gate."""
-
-    def __init__(self, message: str, cases: pd.DataFrame | None = None):
-        super().__init__(message)
-        self.cases = cases
 
 
 @dataclass(frozen=True)
@@ -54,17 +57,6 @@ class TrainedModel:
     best_epoch: int
     metrics: dict  # at the best epoch
     history: list[dict]  # per epoch: epoch, train_loss, val_loss
-
-
-@dataclass(frozen=True)
-class Release:
-    registered_name: str
-    version: str
-    path: str
-    manifest: dict
-    aliases: list[str]
-    reused: bool
-    cases: pd.DataFrame | None = None  # the case-validation slice table (None when reused or not configured)
 
 
 class _PrimaryOutput(nn.Module):
@@ -89,11 +81,7 @@ def torch_scorer(module: nn.Module, batch_size: int = 256) -> ScoreFn:
 
 
 def registered_name(pipeline: PipelineSpec, model: ModelSpec) -> str:
-    return f"{pipeline.name}.{model.name}"
-
-
-def _flat(prefix: str, metrics: dict) -> dict[str, float]:
-    return {f"{prefix}{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+    return releases.registered_name(pipeline.name, model.name)
 
 
 def train_model(
@@ -143,7 +131,9 @@ def train_model(
             dataset,
             model.config,
             warm_state,
-            lambda m: mlflow.log_metrics(_flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]),
+            lambda m: mlflow.log_metrics(
+                flat_metrics("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]
+            ),
         )
         mlflow.log_params({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early})
         with tempfile.TemporaryDirectory() as tmp:
@@ -243,17 +233,7 @@ def choose_threshold(
             f"{trained.registered_name} v{trained.version}",
         ),
     }
-    with mlflow.start_run(run_id=trained.run_id):
-        mlflow.log_dict(json.loads(op.to_json()), "threshold.json")
-        for path in figures.values():
-            mlflow.log_artifact(str(path))
-        mlflow.log_metrics(
-            _flat(
-                "val_",
-                {"threshold": op.threshold, "precision": op.precision, "recall": op.recall, "f1": op.f1, "fpr": op.fpr},
-            )
-        )
-    registry.set_tags(trained.registered_name, trained.version, {"threshold": json.loads(op.to_json())})
+    record_threshold(registry, trained.registered_name, trained.version, trained.run_id, op, figures)
     return op, figures
 
 
@@ -270,22 +250,8 @@ def release_model(
 ) -> Release:
     """Export, gate on ONNX parity, evaluate on test, publish to the fleet layout and set aliases."""
     name, version = trained.registered_name, trained.version
-    existing = channel.version_dir(pipeline.name, model.name, version) / "manifest.json"
-    if existing.exists():
-        manifest = json.loads(existing.read_text())
-        if manifest["threshold"] == asdict(op):
-            return Release(
-                name,
-                version,
-                str(existing.parent),
-                manifest,
-                _aliases(registry, name, version),
-                True,
-                _cases_of(manifest),
-            )
-        raise ReleaseRejected(
-            f"{name} v{version} is already published with a different threshold; versions are immutable"
-        )
+    if (done := published_release(registry, channel, pipeline.name, model.name, version, op)) is not None:
+        return done
 
     module = load_module(model, trained, registry)
     val_images = dataset.images[dataset.mask("validation")]
@@ -360,85 +326,11 @@ def release_model(
         with mlflow.start_run(run_id=trained.run_id):
             mlflow.log_artifact(str(onnx_path), "onnx")
             mlflow.log_artifact(str(tmp / "manifest.json"), "onnx")
-            mlflow.log_metrics(_flat("test_", test_metrics))
+            mlflow.log_metrics(flat_metrics("test_", test_metrics))
         published = channel.put_version(pipeline.name, model.name, version, files)
 
     accept_release(registry, channel, audit, name, version, manifest, published, comparison, pipeline.promotion)
-    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
-
-
-def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, cases: pd.DataFrame) -> None:
-    """Log the slice table to the version's run, then refuse the release if a group is below its
-    floor (the version is tagged as failed; nothing is published)."""
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_table(cases, "case_validation.json")
-    try:
-        case_validation.check_floors(f"{name} v{version}", cases)
-    except case_validation.CaseValidationFailed as e:
-        registry.set_tags(name, version, {"validation_status": "failed: case validation"})
-        raise ReleaseRejected(str(e), cases) from e
-
-
-def accept_release(
-    registry: Registry,
-    channel: FleetChannel,
-    audit: AuditLog,
-    name: str,
-    version: str,
-    manifest: dict,
-    published,
-    comparison: dict | None,
-    policy: PromotionPolicy,
-) -> None:
-    """A published release passed validation: tag it, make it the challenger, and promote it
-    when it is the first release or the promotion policy says so (audited like any promotion)."""
-    registry.set_tags(
-        name,
-        version,
-        {"validation_status": "passed", "onnx_sha256": manifest["onnx"]["sha256"], "release_path": str(published)}
-        | ({"vs_champion": {k: v for k, v in comparison.items() if k != "champion_metrics"}} if comparison else {}),
-    )
-    registry.set_alias(name, CHALLENGER, version)
-    if policy.promotes(comparison):
-        reason = (
-            "first release of this model"
-            if comparison is None
-            else f"{comparison['metric']} {comparison['candidate']:.4f} beats champion v{comparison['champion_version']}"
-            f" ({comparison['champion']:.4f}) by >= {policy.margin}, no case slice regressed"
-        )
-        promote(
-            registry,
-            channel,
-            audit,
-            name,
-            version,
-            reason,
-            who="release stage" if comparison is None else "promotion policy",
-        )
-
-
-def champion_comparison(
-    metric: str,
-    champion_version: str,
-    candidate: dict,
-    theirs: dict,
-    candidate_cases: pd.DataFrame | None = None,
-    theirs_cases: pd.DataFrame | None = None,
-    floors: case_validation.CaseFloors | None = None,
-) -> dict:
-    """Candidate vs champion on the same test data: the policy's metric overall and, with case
-    tables, the slice groups that regressed."""
-    out = {
-        "metric": metric,
-        "champion_version": str(champion_version),
-        "candidate": candidate[metric],
-        "champion": theirs[metric],
-        "delta": candidate[metric] - theirs[metric],
-        "champion_metrics": theirs,
-    }
-    if candidate_cases is not None and theirs_cases is not None:
-        out["slice_regressions"] = case_validation.regressions(candidate_cases, theirs_cases, floors)
-    return out
+    return Release(name, version, str(published), manifest, aliases(registry, name, version), False, cases)
 
 
 def _case_table(
@@ -451,11 +343,6 @@ def _case_table(
     return case_validation.slice_table(
         dataset.frames(data.rows), data.scores, data.labels, threshold, pipeline.slices, model.cases
     )
-
-
-def _cases_of(manifest: dict) -> pd.DataFrame | None:
-    records = manifest.get("case_validation")
-    return None if records is None else pd.DataFrame(records)
 
 
 def _compare_with_champion(
@@ -482,7 +369,3 @@ def _compare_with_champion(
     return champion_comparison(
         pipeline.promotion.metric, champion.version, candidate, theirs, candidate_cases, theirs_cases, model.cases
     )
-
-
-def _aliases(registry: Registry, name: str, version: str) -> list[str]:
-    return sorted(registry.client.get_model_version(name, version).aliases)

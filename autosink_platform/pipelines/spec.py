@@ -14,6 +14,7 @@ from torch import nn
 
 from autosink_platform.labeling.propagation import LabelingConfig
 from autosink_platform.models.training import FitResult
+from autosink_platform.registry.promotion import PromotionPolicy
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.cases import CaseFloors, Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
@@ -82,27 +83,6 @@ class RetrainPolicy:
 
     min_new_labeled_frames: int | None = 2000  # a retrain sensor fires once this many accumulated
     cron: str | None = "0 3 * * *"  # and a nightly rebuild when anything changed that day
-
-
-@dataclass(frozen=True)
-class PromotionPolicy:
-    """Who makes a validated candidate the champion."""
-
-    mode: str = "manual"  # "manual": a person runs `autosink promote`; "auto": see margin
-    metric: str = "f1"  # compared on the same test split, champion vs candidate
-    margin: float = 0.01  # "auto" promotes only a candidate at least this much better, and only
-    # when no case slice regresses (see validation.cases.CaseFloors.max_regression)
-
-    def __post_init__(self):
-        if self.mode not in ("manual", "auto"):
-            raise ValueError(f"promotion mode must be 'manual' or 'auto', got {self.mode!r}")
-
-    def promotes(self, comparison: dict | None) -> bool:
-        """Whether a validated candidate becomes champion on its own, given its comparison
-        with the champion on the same test split (None: there is no champion yet)."""
-        if comparison is None:
-            return True
-        return self.mode == "auto" and comparison["delta"] >= self.margin and not comparison.get("slice_regressions")
 
 
 @dataclass(frozen=True)

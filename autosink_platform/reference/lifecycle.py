@@ -24,19 +24,20 @@ from autosink_platform import plots
 from autosink_platform.files import local_copy, location, publish_folder
 from autosink_platform.models import OnnxDetector, build_detector
 from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
-from autosink_platform.pipelines.lifecycle import (
+from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
+from autosink_platform.registry import releases
+from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
+from autosink_platform.registry.promotion import AuditLog, PromotionPolicy
+from autosink_platform.registry.releases import (
     Release,
     ReleaseRejected,
-    _aliases,
-    _flat,
     accept_release,
     champion_comparison,
+    flat_metrics,
     gate_on_cases,
+    published_release,
+    record_threshold,
 )
-from autosink_platform.pipelines.spec import PromotionPolicy
-from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
-from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
-from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
 from autosink_platform.validation import cases as case_validation
@@ -143,7 +144,7 @@ def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path)
 
 
 def registered_name(spec: ReferenceSpec, model: DetectorModel) -> str:
-    return f"{spec.name}.{model.name}"
+    return releases.registered_name(spec.name, model.name)
 
 
 def _split(table: pd.DataFrame, X: np.ndarray, split: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
@@ -193,7 +194,7 @@ def train_detector(
                 if model.family == "pca"
                 else {
                     "on_epoch": lambda m: mlflow.log_metrics(
-                        _flat("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]
+                        flat_metrics("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]
                     )
                 }
             ),
@@ -295,13 +296,16 @@ def choose_threshold(
         figures["pr_curve"] = plots.pr_curve(
             scores, labels, (op.recall, op.precision), plot_dir / f"{spec.name}_{model.name}_pr_curve.png", title
         )
-    artifact = json.loads(op.to_json()) | {"inputs": inputs, "model_version": trained.version}
-    with mlflow.start_run(run_id=trained.run_id):
-        mlflow.log_dict(artifact, "threshold.json")
-        for path in figures.values():
-            mlflow.log_artifact(str(path))
-        mlflow.log_metrics(_flat("val_", {k: v for k, v in asdict(op).items() if isinstance(v, float)}))
-    registry.set_tags(trained.registered_name, trained.version, {"threshold": json.loads(op.to_json())})
+    record_threshold(
+        registry,
+        trained.registered_name,
+        trained.version,
+        trained.run_id,
+        op,
+        figures,
+        inputs=inputs,
+        model_version=trained.version,
+    )
     return op, figures
 
 
@@ -338,17 +342,8 @@ def release_detector(
     """ONNX from the registry, checked against the trained detector; test metrics and case slices
     with onnxruntime; published to the fleet layout with a signed manifest."""
     name, version = trained.registered_name, trained.version
-    existing = channel.version_dir(spec.name, model.name, version) / "manifest.json"
-    if existing.exists():
-        manifest = json.loads(existing.read_text())
-        if manifest["threshold"] == asdict(op):
-            cases = pd.DataFrame(manifest["case_validation"]) if manifest.get("case_validation") else None
-            return Release(
-                name, version, str(existing.parent), manifest, _aliases(registry, name, version), True, cases
-            )
-        raise ReleaseRejected(
-            f"{name} v{version} is already published with a different threshold; versions are immutable"
-        )
+    if (done := published_release(registry, channel, spec.name, model.name, version, op)) is not None:
+        return done
 
     table, X = ds.load()
     detector = load_detector(registry, trained)
@@ -427,7 +422,9 @@ def release_detector(
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         with mlflow.start_run(run_id=trained.run_id):
             mlflow.log_artifact(str(tmp / "manifest.json"), "release")
-            mlflow.log_metrics(_flat("test_", test_metrics) | _flat("protocol_", (protocol or {}).get("pooled", {})))
+            mlflow.log_metrics(
+                flat_metrics("test_", test_metrics) | flat_metrics("protocol_", (protocol or {}).get("pooled", {}))
+            )
         published = channel.put_version(
             spec.name,
             model.name,
@@ -435,7 +432,7 @@ def release_detector(
             {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")},
         )
     accept_release(registry, channel, audit, name, version, manifest, published, comparison, promotion)
-    return Release(name, version, str(published), manifest, _aliases(registry, name, version), False, cases)
+    return Release(name, version, str(published), manifest, releases.aliases(registry, name, version), False, cases)
 
 
 def _compare_with_champion(spec, model, registry, channel, Xt, yt, test_rows, candidate, candidate_cases, promotion):

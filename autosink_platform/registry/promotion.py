@@ -9,6 +9,7 @@ and the evidence (the version's validation figures).
 from __future__ import annotations
 
 import getpass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +18,27 @@ from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Reg
 from autosink_platform.release.channel import FleetChannel
 
 STABLE = "stable"
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """Who makes a validated candidate the champion."""
+
+    mode: str = "manual"  # "manual": a person runs `autosink promote`; "auto": see margin
+    metric: str = "f1"  # compared on the same test split, champion vs candidate
+    margin: float = 0.01  # "auto" promotes only a candidate at least this much better, and only
+    # when no case slice regresses (see validation.cases.CaseFloors.max_regression)
+
+    def __post_init__(self):
+        if self.mode not in ("manual", "auto"):
+            raise ValueError(f"promotion mode must be 'manual' or 'auto', got {self.mode!r}")
+
+    def promotes(self, comparison: dict | None) -> bool:
+        """Whether a validated candidate becomes champion on its own, given its comparison
+        with the champion on the same test split (None: there is no champion yet)."""
+        if comparison is None:
+            return True
+        return self.mode == "auto" and comparison["delta"] >= self.margin and not comparison.get("slice_regressions")
 
 
 class PromotionRefused(ValueError):
