@@ -4,14 +4,26 @@ are the ``realdata`` tests."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from autosink_platform.reference.pipelines import BEARING_FILES, SKAB_FILES
+from autosink_platform.reference.pipelines import (
+    BEARING,
+    BEARING_FILES,
+    DIGITS,
+    SKAB_FILES,
+    VALVE,
+    BearingConfig,
+    DetectorModel,
+    DigitsConfig,
+    ValveConfig,
+)
 from autosink_platform.reference.skab import SENSORS
+from autosink_platform.validation.cases import CaseFloors
 
 
 def _idx(path: Path, array: np.ndarray) -> None:
@@ -88,3 +100,37 @@ def make_fake_datasets(root: Path, seed: int = 0) -> Path:
         ]
         path.write_text("\n".join(lines) + "\n")
     return root
+
+
+# The reference pipelines at sizes these files have, with models small enough to train in seconds.
+def _small(spec, config, model):
+    return dataclasses.replace(spec, config=config, models=(model,))
+
+
+SMALL = {
+    "digits": _small(
+        DIGITS,
+        DigitsConfig(mnist_sample=500, train=300, validation=80, test=80),
+        DetectorModel(
+            "conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"}
+        ),
+    ),
+    "bearing": dataclasses.replace(
+        _small(
+            BEARING,
+            BearingConfig(),
+            DetectorModel(
+                "anogan", "anogan", {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8}
+            ),
+        ),
+        case_floors=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
+    ),
+    "valve": dataclasses.replace(
+        _small(
+            VALVE,
+            ValveConfig(train_rows=100, window=10),
+            dataclasses.replace(VALVE.models[0], params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64}),
+        ),
+        case_floors=CaseFloors(metric="f1", floor=0.0, min_examples=10),
+    ),
+}

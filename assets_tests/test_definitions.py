@@ -19,8 +19,14 @@ def test_definitions_load_with_every_sink_stage():
         assert {k for k in keys if k.startswith(f"{name}/")} == {
             f"{name}/raw_files",
             f"{name}/validated_dataset",
+            f"{name}/fleet_channel",
         } | model_stages
-        assert defs.resolve_job_def(f"{name}_pipeline")
+        assert defs.resolve_job_def(f"{name}_pipeline") and defs.resolve_job_def(f"{name}_publish")
+        # The pipeline job ends at the releases: the channel follows the champion, not the run.
+        assert (
+            dg.AssetKey([name, "fleet_channel"])
+            not in defs.resolve_job_def(f"{name}_pipeline").asset_layer.selected_asset_keys
+        )
 
 
 def test_session_stages_are_dynamically_partitioned_and_the_rest_are_not():
@@ -53,9 +59,8 @@ def test_jobs_and_sensors_exist():
         "sink_new_sessions",
         "sink_retrain",
         "sink_reviews",
-        "sink_champion_moved",
         "autosink_automation",
-    }
+    } | {f"{name}_champion_moved" for name in ("sink", *REFERENCE_PIPELINES)}
     # Nothing in the loop waits for someone to switch it on in the UI.
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
     automation = defs.resolve_sensor_def("autosink_automation")

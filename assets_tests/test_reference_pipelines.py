@@ -2,7 +2,6 @@
 default run (a real Dagster instance, MLflow registry and onnxruntime), and on the real
 datasets under the ``realdata`` marker."""
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -19,17 +18,12 @@ from autosink_platform.reference.pipelines import (
     DIGITS,
     ROBOTARM,
     VALVE,
-    BearingConfig,
-    DetectorModel,
-    DigitsConfig,
-    ValveConfig,
     build_samples,
 )
 from autosink_platform.reference.sources import DatasetMissing
-from autosink_platform.validation.cases import CaseFloors
 from autosink_platform.validation.schemas import DataValidationError
 
-from .fake_reference_data import make_fake_datasets
+from .fake_reference_data import SMALL, make_fake_datasets
 
 
 @pytest.fixture(scope="module")
@@ -89,39 +83,6 @@ def test_robotarm_runs_as_dagster_assets_and_is_not_retrained(world, tmp_path):
         assert job.execute_in_process(instance=instance, run_config=QUIET).success
         assert meta("pca_model")["reused"].value is True
         assert len(registry.client.search_model_versions("name = 'robotarm.pca'")) == 1
-
-
-def _small(spec, config, model):
-    return dataclasses.replace(spec, config=config, models=(model,))
-
-
-SMALL = {
-    "digits": _small(
-        DIGITS,
-        DigitsConfig(mnist_sample=500, train=300, validation=80, test=80),
-        DetectorModel(
-            "conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"}
-        ),
-    ),
-    "bearing": dataclasses.replace(
-        _small(
-            BEARING,
-            BearingConfig(),
-            DetectorModel(
-                "anogan", "anogan", {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8}
-            ),
-        ),
-        case_floors=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
-    ),
-    "valve": dataclasses.replace(
-        _small(
-            VALVE,
-            ValveConfig(train_rows=100, window=10),
-            dataclasses.replace(VALVE.models[0], params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64}),
-        ),
-        case_floors=CaseFloors(metric="f1", floor=0.0, min_examples=10),
-    ),
-}
 
 
 @pytest.mark.parametrize("name", sorted(SMALL))

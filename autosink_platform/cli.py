@@ -206,33 +206,40 @@ def _registry_and_channel(home):
 
 
 def _model_names() -> list[str]:
-    from autosink_platform.definitions import PIPELINES
+    from autosink_platform.definitions import MODEL_NAMES
 
-    return [f"{p.name}.{m.name}" for p in PIPELINES for m in p.models]
+    return list(MODEL_NAMES)
 
 
 @main.command("run")
 @home_option
-@click.option("--pipeline", default="sink", show_default=True, help="The lake-fed pipeline to run.")
+@click.option("--pipeline", default="sink", show_default=True, help="The pipeline to run (sink, robotarm, ...).")
 def run_pipeline(home, pipeline) -> None:
-    """Ingest, label and train on the instance at $DAGSTER_HOME, as a deployment runs it: the
-    jobs are loaded from the code location, so the configured executor runs the steps
-    (AUTOSINK_EXECUTOR=celery: dagster-celery workers; see README, "Scaling out")."""
+    """Run a pipeline on the instance at $DAGSTER_HOME, as a deployment runs it: the sink ingests,
+    labels and trains on the lake; the reference pipelines go from their public files to a
+    release. The jobs are loaded from the code location, so the configured executor runs the
+    steps (AUTOSINK_EXECUTOR=celery: dagster-celery workers; see README, "Scaling out")."""
     h = _use_home(home)
     import dagster as dg
 
     from autosink_platform.definitions import PIPELINES
-    from autosink_platform.defs.runner import launch_pipeline
+    from autosink_platform.defs.runner import launch_jobs, launch_pipeline
     from autosink_platform.lake.sessions import Lake
+    from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
 
     specs = {spec.name: spec for spec in PIPELINES}
-    if pipeline not in specs:
-        raise click.BadParameter(f"{pipeline!r}: the lake-fed pipelines are {sorted(specs)}", param_hint="--pipeline")
+    if pipeline not in specs and pipeline not in REFERENCE_PIPELINES:
+        raise click.BadParameter(
+            f"{pipeline!r}: the pipelines are {sorted([*specs, *REFERENCE_PIPELINES])}", param_hint="--pipeline"
+        )
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        run_ids = launch_pipeline(specs[pipeline], instance, Lake(h.lake))
+        if pipeline in specs:
+            run_ids = launch_pipeline(specs[pipeline], instance, Lake(h.lake))
+        else:
+            run_ids = launch_jobs([(f"{pipeline}_pipeline", {})], instance, desc=pipeline)
     click.echo(
-        f"{pipeline}: {len(run_ids)} runs succeeded in {time.perf_counter() - started:.1f} s; train run {run_ids[-1]}"
+        f"{pipeline}: {len(run_ids)} runs succeeded in {time.perf_counter() - started:.1f} s; last run {run_ids[-1]}"
     )
 
 

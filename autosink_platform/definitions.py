@@ -17,7 +17,9 @@ from autosink_platform.defs.resources import (
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
 
-PIPELINES = (SINK,)
+PIPELINES = (SINK,)  # fed by the lake's sessions
+# Every registered model of every pipeline, as MLflow names it: what `autosink status` reports.
+MODEL_NAMES = tuple(f"{p.name}.{m.name}" for p in (*PIPELINES, *REFERENCE_PIPELINES.values()) for m in p.models)
 CELERY_BROKER = "pyamqp://guest@localhost//"  # dagster-celery's default: a local RabbitMQ
 CELERY_QUEUE = "dagster"
 

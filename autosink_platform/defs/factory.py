@@ -23,7 +23,7 @@ from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
 from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
-from autosink_platform.registry.releases import Release, ReleaseRejected
+from autosink_platform.registry.releases import Release, ReleaseRejected, registered_name
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 from autosink_platform.validation.schemas import DataValidationError
@@ -306,15 +306,15 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     return review_queue
 
 
-def _fleet_channel_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
-    names = [lifecycle.registered_name(spec, m) for m in spec.models]
+def _fleet_channel_asset(pipeline: str, models: list[str]) -> dg.AssetsDefinition:
+    names = [registered_name(pipeline, m) for m in models]
 
     @dg.asset(
         name="fleet_channel",
-        key_prefix=[spec.name],
-        group_name=spec.name,
+        key_prefix=[pipeline],
+        group_name=pipeline,
         code_version="1",
-        deps=[dg.AssetKey([spec.name, f"{m.name}_release"]) for m in spec.models],
+        deps=[dg.AssetKey([pipeline, f"{m}_release"]) for m in models],
         kinds={"mlflow"},
     )
     def fleet_channel(
@@ -328,7 +328,7 @@ def _fleet_channel_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         rows = promotion.status(registry, channel, names, resolve_home().heartbeats)
         history = [
             {k: e.get(k) for k in ("at", "action", "model", "from", "to", "who", "reason")}
-            for e in audit.entries()[-15:]
+            for e in [e for e in audit.entries() if e["model"] in names][-15:]
         ]
         return dg.MaterializeResult(
             metadata={
@@ -339,6 +339,22 @@ def _fleet_channel_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         )
 
     return fleet_channel
+
+
+def fleet_defs(pipeline: str, models: list[str]) -> dg.Definitions:
+    """What every pipeline has, whatever feeds it: the ``fleet_channel`` asset, the
+    ``<pipeline>_publish`` job that materializes it, and the sensor that runs that job whenever a
+    champion alias moves in MLflow (CLI, MLflow UI or client)."""
+    publish = dg.define_asset_job(
+        f"{pipeline}_publish",
+        selection=dg.AssetSelection.assets([pipeline, "fleet_channel"]),
+        description="Point the fleet channel at the MLflow champions.",
+    )
+    return dg.Definitions(
+        assets=[_fleet_channel_asset(pipeline, models)],
+        jobs=[publish],
+        sensors=[champion_sensor(pipeline, [registered_name(pipeline, m) for m in models], publish)],
+    )
 
 
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
@@ -361,20 +377,16 @@ def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
         selection=dg.AssetSelection.assets([spec.name, "labeled_frames"]),
         description="Re-label sessions whose frames a reviewer corrected.",
     )
-    publish = dg.define_asset_job(
-        f"{spec.name}_publish",
-        selection=dg.AssetSelection.assets([spec.name, "fleet_channel"]),
-        description="Point the fleet channel at the MLflow champions.",
-    )
     sensors = [
         new_sessions_sensor(spec, partitions, ingest),
         retrain_sensor(spec, train),
         review_sensor(spec, partitions, relabel),
-        champion_sensor(spec, [lifecycle.registered_name(spec, m) for m in spec.models], publish),
     ]
-    assets.append(_fleet_channel_asset(spec))
     if spec.review_model:
         assets.append(_review_queue_asset(spec))
-    return dg.Definitions(
-        assets=assets, asset_checks=[dataset_checks(spec)], jobs=[ingest, train, relabel, publish], sensors=sensors
+    return dg.Definitions.merge(
+        dg.Definitions(
+            assets=assets, asset_checks=[dataset_checks(spec)], jobs=[ingest, train, relabel], sensors=sensors
+        ),
+        fleet_defs(spec.name, [m.name for m in spec.models]),
     )

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform import plots
-from autosink_platform.defs.factory import TRAIN_TAGS
+from autosink_platform.defs.factory import TRAIN_TAGS, fleet_defs
 from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
 from autosink_platform.reference import lifecycle
@@ -244,8 +244,11 @@ def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
     assets = _data_assets(spec) + [a for m in spec.models for a in _model_assets(spec, m)]
     job = dg.define_asset_job(
         f"{spec.name}_pipeline",
-        selection=dg.AssetSelection.groups(spec.name),
+        selection=dg.AssetSelection.assets(*assets),
         description=f"{spec.description} Raw files to validated release.",
         tags=TRAIN_TAGS,
     )
-    return dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job])
+    return dg.Definitions.merge(
+        dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job]),
+        fleet_defs(spec.name, [m.name for m in spec.models]),
+    )

@@ -94,12 +94,24 @@ def launch_pipeline(
     the jobs are reconstructed from the code location module, so the configured executor (e.g.
     Celery workers in other processes) runs the steps. Needs a persistent instance (Postgres).
     Returns the run ids (ingest runs, then the train run); raises if any run fails."""
-    repo = ReconstructableRepository.for_module(module, "defs", working_directory=os.getcwd())
     todo = unlabeled_sessions(instance, spec, lake)
     runs = [(f"{spec.name}_ingest", _tags(partition_range_request(b))) for b in _batches(instance, spec, todo)]
     runs.append((f"{spec.name}_train", {}))
+    return launch_jobs(runs, instance, module, progress, desc=f"{spec.name}: runs")
+
+
+def launch_jobs(
+    runs: list[tuple[str, dict]],
+    instance: dg.DagsterInstance,
+    module: str = "autosink_platform.definitions",
+    progress: bool = True,
+    desc: str = "runs",
+) -> list[str]:
+    """Each (job, tags) in turn, reconstructed from the code location module so the configured
+    executor runs its steps; returns the run ids and raises on the first failed run."""
+    repo = ReconstructableRepository.for_module(module, "defs", working_directory=os.getcwd())
     run_ids = []
-    for job, tags in tqdm(runs, desc=f"{spec.name}: runs", unit="run", disable=not progress):
+    for job, tags in tqdm(runs, desc=desc, unit="run", disable=not progress):
         with dg.execute_job(repo.get_reconstructable_job(job), instance, run_config=QUIET, tags=tags) as result:
             if not result.success:
                 failed = [e.message for e in result.all_events if e.is_failure]

@@ -120,9 +120,9 @@ def review_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefinition
     return sensor
 
 
-def champion_sensor(spec: PipelineSpec, names: list[str], job) -> dg.SensorDefinition:
+def champion_sensor(pipeline: str, names: list[str], job) -> dg.SensorDefinition:
     @dg.sensor(
-        name=f"{spec.name}_champion_moved",
+        name=f"{pipeline}_champion_moved",
         job=job,
         minimum_interval_seconds=30,
         default_status=dg.DefaultSensorStatus.RUNNING,

@@ -1,0 +1,138 @@
+"""One contract, every pipeline: each of the five is materialized through a real Dagster
+instance into MLflow versions with ``challenger``/``champion`` aliases and signed releases, and a
+champion moved with the MLflow client reaches its fleet channel through the champion sensor."""
+
+import dataclasses
+
+import dagster as dg
+import pytest
+
+from autosink_platform import definitions
+from autosink_platform.defs.factory import build_pipeline_defs
+from autosink_platform.defs.reference_factory import build_reference_defs
+from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+from autosink_platform.defs.runner import QUIET, materialize_pipeline
+from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+from autosink_platform.lake.sessions import Lake
+from autosink_platform.pipelines.sink import SINK
+from autosink_platform.pipelines.spec import PromotionPolicy
+from autosink_platform.reference.pipelines import REFERENCE_PIPELINES, ROBOTARM
+
+from .fake_reference_data import SMALL, make_fake_datasets
+
+pytestmark = pytest.mark.slow
+
+MANUAL = PromotionPolicy(mode="manual")  # the second version waits as challenger; the test moves the alias
+PIPELINES = {
+    "sink": dataclasses.replace(SINK, promotion=MANUAL),
+    "robotarm": ROBOTARM,
+    **SMALL,
+}
+
+
+def test_the_contract_covers_every_pipeline_of_the_code_location():
+    assert set(PIPELINES) == {s.name for s in definitions.PIPELINES} | set(REFERENCE_PIPELINES)
+
+
+def _new_data(spec, home, monkeypatch, tmp_path_factory) -> None:
+    """What a pipeline's next version is trained on: two new sessions in the sink's lake; for a
+    reference pipeline, its public files replaced by another draw (a new dataset snapshot)."""
+    if spec.name == "sink":
+        start = "2026-11-20T08:00:00+00:00"
+        generate_demo_lake(
+            home / "lake",
+            DemoLakeConfig(devices=1, sessions_per_device=2, frames_per_session=120, seed=9, start=start),
+            progress=False,
+        )
+    else:
+        monkeypatch.setenv("AUTOSINK_DATASETS", str(make_fake_datasets(tmp_path_factory.mktemp("datasets"), seed=1)))
+
+
+def _defs(spec) -> dg.Definitions:
+    build = build_pipeline_defs if spec.name == "sink" else build_reference_defs
+    return dg.Definitions.merge(build(spec), dg.Definitions(resources=definitions.defs.resources))
+
+
+def _materialize(spec, instance, home) -> None:
+    defs = _defs(spec)
+    if spec.name == "sink":
+        materialize_pipeline(defs, spec, instance, Lake(home / "lake"), progress=False)
+    else:
+        assert (
+            defs.resolve_job_def(f"{spec.name}_pipeline")
+            .execute_in_process(instance=instance, run_config=QUIET)
+            .success
+        )
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory):
+    return make_fake_datasets(tmp_path_factory.mktemp("datasets"))
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
+    name, home, fake_root, monkeypatch, tmp_path, tmp_path_factory
+):
+    monkeypatch.setenv("AUTOSINK_DATASETS", str(fake_root))
+    spec = PIPELINES[name]
+    registry, channel = MlflowResource().get(), FleetChannelResource().get()
+    model = spec.models[0].name
+    registered = f"{name}.{model}"
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        # 1. The first release of every model is challenger and champion, published and signed.
+        _materialize(spec, instance, home)
+        for m in spec.models:
+            assert set(registry.client.get_model_version(f"{name}.{m.name}", "1").aliases) == {"challenger", "champion"}
+            assert channel.read_pointer(name, m.name, "stable")["version"] == "1"  # read_pointer verifies the signature
+            assert (channel.version_dir(name, m.name, "1") / "manifest.json.sig").exists()
+
+        # 2. New data: a second version is validated and published, but under a manual policy it
+        # only waits as challenger.
+        _new_data(spec, home, monkeypatch, tmp_path_factory)
+        _materialize(spec, instance, home)
+        v2 = registry.client.get_model_version(registered, "2")
+        assert set(v2.aliases) == {"challenger"} and v2.tags["validation_status"] == "passed"
+        assert channel.read_pointer(name, model, "stable")["version"] == "1"
+
+        # 3. Someone moves the alias with the MLflow client; the pipeline's own sensor and publish
+        # job point the stable channel at it, and the audit log says who did.
+        registry.client.set_registered_model_alias(registered, "champion", "2")
+        defs = _defs(spec)
+        sensor = defs.resolve_sensor_def(f"{name}_champion_moved")
+        context = lambda: dg.build_sensor_context(  # noqa: E731
+            instance=instance, resources={"mlflow": MlflowResource(), "fleet": FleetChannelResource()}
+        )
+        request = sensor(context())
+        assert isinstance(request, dg.RunRequest) and f"{registered}:v2" in request.run_key
+        result = defs.resolve_job_def(f"{name}_publish").execute_in_process(
+            instance=instance, run_config=QUIET, tags=request.tags
+        )
+        assert result.success
+        assert channel.read_pointer(name, model, "stable")["version"] == "2"
+        assert isinstance(sensor(context()), dg.SkipReason)
+        published = [e for e in FleetChannelResource().audit().entries(registered) if e["action"] == "publish"]
+        assert [(e["from"], e["to"]) for e in published] == [("1", "2")]
+        channels = instance.get_latest_materialization_event(dg.AssetKey([name, "fleet_channel"]))
+        assert channels.asset_materialization.metadata["published_now"].value == [f"{registered} v2"]
+
+
+def test_the_cli_runs_and_reports_a_reference_pipeline(home, fake_root, monkeypatch, tmp_path):
+    """`autosink run --pipeline robotarm` on the instance at $DAGSTER_HOME, then `autosink status`."""
+    from click.testing import CliRunner
+
+    from autosink_platform.cli import main
+
+    monkeypatch.setenv("AUTOSINK_DATASETS", str(fake_root))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    ran = CliRunner().invoke(main, ["run", "--pipeline", "robotarm"])
+    assert ran.exit_code == 0, ran.output
+    assert "robotarm: 1 runs succeeded" in ran.output
+    unknown = CliRunner().invoke(main, ["run", "--pipeline", "nope"])
+    assert unknown.exit_code != 0 and "robotarm" in unknown.output and "sink" in unknown.output
+    table = CliRunner().invoke(main, ["status"]).output
+    row = next(line for line in table.splitlines() if line.startswith("robotarm.pca"))
+    assert row.split()[1:4] == ["1", "1", "1"], table  # champion, challenger, stable
+    assert {line.split()[0] for line in table.splitlines()[2:]} == set(definitions.MODEL_NAMES)
