@@ -111,7 +111,7 @@ def test_sink_pipeline_with_lake_store_and_channel_on_one_bucket(home, bucket, s
     assert {f"store/sink/sessions/{s}.json" for s in sessions} <= keys
     snapshot = f"store/sink/datasets/{dataset.snapshot_id}/"
     assert {snapshot + f for f in ("table.parquet", "images.npy", "frame_stats.parquet", "_COMPLETE")} <= keys
-    assert "store/_refs/sink/validated_dataset.pkl" in keys  # what the stages hand each other
+    assert "store/_refs/sink/validated_dataset.json" in keys  # what the stages hand each other
     assert not (home / "store").exists()  # nothing fell back to the local home
 
 
