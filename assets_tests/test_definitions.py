@@ -14,14 +14,18 @@ def test_definitions_load_with_every_sink_stage():
     sink = {k for k in keys if k.startswith("sink/")}
     assert sink == {f"sink/{s}" for s in STAGES} | {"sink/review_queue", "sink/fleet_channel"}
     # The reference pipelines have the same six-stage shape, one group and one job each.
+    graph = defs.resolve_asset_graph()
     for name, spec in REFERENCE_PIPELINES.items():
         model_stages = {f"{name}/{m.name}_{s}" for m in spec.models for s in ("model", "threshold", "release")}
         assert {k for k in keys if k.startswith(f"{name}/")} == {
             f"{name}/raw_files",
+            f"{name}/labeled_samples",
             f"{name}/validated_dataset",
             f"{name}/fleet_channel",
         } | model_stages
         assert defs.resolve_job_def(f"{name}_pipeline") and defs.resolve_job_def(f"{name}_publish")
+        for stage, parent in (("labeled_samples", "raw_files"), ("validated_dataset", "labeled_samples")):
+            assert {k.path[-1] for k in graph.get(dg.AssetKey([name, stage])).parent_keys} == {parent}
         # The pipeline job ends at the releases: the channel follows the champion, not the run.
         assert (
             dg.AssetKey([name, "fleet_channel"])

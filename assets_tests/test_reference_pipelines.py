@@ -54,6 +54,11 @@ def test_robotarm_runs_as_dagster_assets_and_is_not_retrained(world, tmp_path):
             ).asset_materialization.metadata
         )
         assert meta("pca_threshold")["policy"].value == "k_sigma"
+        # The labeled stage: every sample's label comes from the protocol's files, with provenance.
+        assert meta("labeled_samples")["label_source"].value == "protocol"
+        dataset = instance.get_latest_materialization_event(dg.AssetKey(["robotarm", "validated_dataset"]))
+        table = pd.read_parquet(Path(dataset.asset_materialization.metadata["path"].value) / "table.parquet")
+        assert set(table["label_source"]) == {"protocol"} and (table["confidence"] == 1.0).all()
         assert meta("pca_release")["aliases"].value == "challenger, champion"
         checks = instance.event_log_storage.get_latest_asset_check_execution_by_key(
             [
@@ -237,3 +242,14 @@ def test_valve_beats_the_skab_leaderboard(real_world, tmp_path):
     # (measured 0.789 / 11.1%); one model per file, as benchmarks/skab_protocol.py fits, reaches 0.83.
     assert protocol["pooled"]["f1"] > conv_ae_f1 and protocol["pooled"]["far_percent"] < conv_ae_far, protocol["pooled"]
     assert sum(protocol["pooled"][k] for k in ("tp", "fp", "fn", "tn")) == 23_801  # every test row of the 34 files
+
+
+def test_a_label_without_provenance_is_refused_by_the_validated_stage(fake_root, tmp_path):
+    labeled = lifecycle.label_samples(ROBOTARM, fake_root, tmp_path / "store")
+    table, X = labeled.load()
+    assert set(table["label_source"]) == {"protocol"} and (table["confidence"] == 1.0).all()
+    table.loc[3, "confidence"] = 0.0  # a label nobody vouches for
+    table.to_parquet(Path(labeled.path) / "table.parquet", index=False)
+    with pytest.raises(DataValidationError, match="confidence") as e:
+        lifecycle.freeze_dataset(ROBOTARM, labeled, tmp_path / "store")
+    assert e.value.asset == "robotarm/validated_dataset"

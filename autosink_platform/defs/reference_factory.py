@@ -62,7 +62,7 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
-        name="validated_dataset",
+        name="labeled_samples",
         key_prefix=prefix,
         group_name=spec.name,
         code_version="1",
@@ -70,12 +70,42 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         kinds={"pandas", "numpy"},
         automation_condition=dg.AutomationCondition.eager(),
     )
-    def validated_dataset(
+    def labeled_samples(
         context: dg.AssetExecutionContext, raw: dict, store: FeatureStoreResource
-    ) -> dg.Output[lifecycle.RefDataset]:
-        """Samples per the pipeline's protocol, pandera-validated, frozen as a content-hash snapshot."""
+    ) -> dg.Output[lifecycle.LabeledSamples]:
+        """Samples per the pipeline's protocol, labeled from the protocol's own files, each label with
+        its source and confidence (as the sink's labels carry them)."""
         try:
-            ds = lifecycle.snapshot_dataset(spec, Path(raw["root"]), store.location())
+            labeled = lifecycle.label_samples(spec, Path(raw["root"]), store.location())
+        except DataValidationError as e:
+            raise validation_failure(e) from e
+        splits = pd.DataFrame([{"split": s, **c} for s, c in labeled.counts.items()])
+        return versioned_output(
+            labeled,
+            labeled.snapshot_id,
+            {
+                "labels_id": labeled.snapshot_id,
+                "label_source": lifecycle.PROTOCOL_LABEL,
+                "splits": markdown_table(splits),
+                "path": dg.MetadataValue.path(labeled.path),
+            },
+        )
+
+    @dg.asset(
+        name="validated_dataset",
+        key_prefix=prefix,
+        group_name=spec.name,
+        code_version="2",
+        ins={"labeled": dg.AssetIn(dg.AssetKey([*prefix, "labeled_samples"]))},
+        kinds={"pandas", "numpy"},
+        automation_condition=dg.AutomationCondition.eager(),
+    )
+    def validated_dataset(
+        context: dg.AssetExecutionContext, labeled: lifecycle.LabeledSamples, store: FeatureStoreResource
+    ) -> dg.Output[lifecycle.RefDataset]:
+        """The labeled samples pandera-validated (provenance included), frozen as a content-hash snapshot."""
+        try:
+            ds = lifecycle.freeze_dataset(spec, labeled, store.location())
         except DataValidationError as e:
             raise validation_failure(e) from e
         splits = pd.DataFrame([{"split": s, **c} for s, c in ds.counts.items()])
@@ -85,7 +115,7 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
             {"snapshot_id": ds.snapshot_id, "splits": markdown_table(splits), "path": dg.MetadataValue.path(ds.path)},
         )
 
-    return [raw_files, validated_dataset]
+    return [raw_files, labeled_samples, validated_dataset]
 
 
 REFERENCE_CHECKS = ("min_examples", "finite_inputs", "no_leakage")

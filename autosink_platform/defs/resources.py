@@ -18,7 +18,7 @@ from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.lifecycle import TrainedModel
-from autosink_platform.reference.lifecycle import RefDataset, TrainedDetector
+from autosink_platform.reference.lifecycle import LabeledSamples, RefDataset, TrainedDetector
 from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.registry.releases import Release
@@ -168,6 +168,7 @@ class RefIOManager(dg.ConfigurableIOManager):
 REF_KINDS: dict[str, type] = {
     "dataset": DatasetRef,
     "reference_dataset": RefDataset,
+    "labeled_samples": LabeledSamples,
     "trained_model": TrainedModel,
     "trained_detector": TrainedDetector,
     "operating_point": OperatingPoint,

@@ -25,6 +25,7 @@ from autosink_platform.files import local_copy, location, publish_folder
 from autosink_platform.models import OnnxDetector, build_detector
 from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
+from autosink_platform.reference.schemas import LabeledSampleRows
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy
@@ -42,6 +43,7 @@ from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
 from autosink_platform.validation import cases as case_validation
 from autosink_platform.validation.dataset import snapshot_cache, staging_for
+from autosink_platform.validation.schemas import validate
 from autosink_platform.validation.splits import snapshot_id
 
 PARITY_RTOL = 1e-4
@@ -49,6 +51,7 @@ SMOKE_SAMPLES = 4
 COMPLETE = "_COMPLETE"
 SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
 UNSUPERVISED = {"k_sigma": k_sigma, "quantile": quantile}
+PROTOCOL_LABEL = "protocol"  # label_source of a label read from the dataset's own files
 SESSION_UCL = "session_ucl"  # per-session calibration: scores are divided by their session's UCL
 
 
@@ -94,6 +97,10 @@ class RefDataset:
         return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
 
 
+class LabeledSamples(RefDataset):
+    """The labeled stage's sample set (``snapshot_id`` is its content id), read like a dataset."""
+
+
 @dataclass(frozen=True)
 class TrainedDetector:
     registered_name: str
@@ -115,19 +122,18 @@ def _counts(table: pd.DataFrame) -> dict:
     }
 
 
-def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:
-    """Extract, validate and freeze the pipeline's samples as a content-addressed snapshot."""
-    table, X, extras = build_samples(spec, datasets_root)
+def _content_id(table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFrame], *more: str) -> str:
     hashes = [
         hashlib.sha256(pd.util.hash_pandas_object(t, index=False).to_numpy().tobytes()).hexdigest()
         for t in (table, *(extras[k] for k in sorted(extras)))
     ]
-    x_hash = hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest()
-    sid = snapshot_id(*hashes, x_hash, json.dumps(spec.config_dict(), sort_keys=True))
-    out = location(store_root) / spec.name / "datasets" / sid
-    ref = RefDataset(spec.name, sid, str(out), _counts(table))
+    return snapshot_id(*hashes, hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(), *more)
+
+
+def _freeze(out, table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFrame], manifest: dict) -> None:
+    """Write a content-addressed sample set once: staged, then published with ``_COMPLETE`` last."""
     if (out / COMPLETE).exists():
-        return ref
+        return
     staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "X.npy", X)
@@ -135,12 +141,41 @@ def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path)
         (staging / "extras").mkdir()
         for name, extra in extras.items():
             extra.to_parquet(staging / "extras" / f"{name}.parquet", index=False)
-    (staging / "manifest.json").write_text(
-        json.dumps({"snapshot_id": sid, "config": spec.config_dict(), "counts": ref.counts}, indent=1)
-    )
-    (staging / COMPLETE).write_text(sid)
+    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    (staging / COMPLETE).write_text(manifest["id"])
     publish_folder(staging, out, COMPLETE)
+
+
+def label_samples(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> LabeledSamples:
+    """The labeled stage: the protocol's samples with the labels its own files give, each with the
+    provenance the sink's labels carry (``label_source`` "protocol", ``confidence`` 1.0), stored
+    in the feature store under a content id."""
+    table, X, extras = build_samples(spec, datasets_root)
+    table = table.assign(label_source=PROTOCOL_LABEL, confidence=1.0)
+    lid = _content_id(table, X, extras, json.dumps(spec.config_dict(), sort_keys=True))
+    out = location(store_root) / spec.name / "labeled" / lid
+    labeled = LabeledSamples(spec.name, lid, str(out), _counts(table))
+    _freeze(out, table, X, extras, {"id": lid, "config": spec.config_dict(), "counts": labeled.counts})
+    return labeled
+
+
+def freeze_dataset(spec: ReferenceSpec, labeled: LabeledSamples, store_root: Path) -> RefDataset:
+    """The validated stage: the labeled samples checked against ``LabeledSamples`` (provenance
+    included) and frozen as the snapshot every model of the pipeline trains on."""
+    table, X = labeled.load()
+    table = validate(table, LabeledSampleRows, f"{spec.name}/validated_dataset")
+    extras = labeled.extras()
+    sid = _content_id(table, X, extras, json.dumps(spec.config_dict(), sort_keys=True))
+    out = location(store_root) / spec.name / "datasets" / sid
+    ref = RefDataset(spec.name, sid, str(out), _counts(table))
+    manifest = {"id": sid, "snapshot_id": sid, "labeled": labeled.snapshot_id, "config": spec.config_dict()}
+    _freeze(out, table, np.asarray(X), extras, manifest | {"counts": ref.counts})
     return ref
+
+
+def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:
+    """Both data stages at once, as scripts and benchmarks run them: labeled, then validated."""
+    return freeze_dataset(spec, label_samples(spec, datasets_root, store_root), store_root)
 
 
 def registered_name(spec: ReferenceSpec, model: DetectorModel) -> str:

@@ -43,6 +43,14 @@ class Samples(pa.DataFrameModel):
         return bool((df.loc[df["split"] == "train", "label"] == 0).all())
 
 
+class LabeledSampleRows(Samples):
+    """A sample with its label's provenance, as the sink's labeled frames carry it: where the
+    label came from (for the reference pipelines, the protocol's own files) and how sure it is."""
+
+    label_source: Series[str] = pa.Field(isin=["protocol"])
+    confidence: Series[float] = pa.Field(gt=0.0, le=1.0)
+
+
 class SkabRows(pa.DataFrameModel):
     """A SKAB CSV as read (``;``-separated, 1 Hz)."""
 
