@@ -75,20 +75,10 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
     ) -> dg.Output[lifecycle.LabeledSamples]:
         """Samples per the pipeline's protocol, labeled from the protocol's own files, each label with
         its source and confidence (as the sink's labels carry them)."""
-        try:
-            labeled = lifecycle.label_samples(spec, Path(raw["root"]), store.location())
-        except DataValidationError as e:
-            raise validation_failure(e) from e
-        splits = pd.DataFrame([{"split": s, **c} for s, c in labeled.counts.items()])
-        return versioned_output(
-            labeled,
-            labeled.snapshot_id,
-            {
-                "labels_id": labeled.snapshot_id,
-                "label_source": lifecycle.PROTOCOL_LABEL,
-                "splits": markdown_table(splits),
-                "path": dg.MetadataValue.path(labeled.path),
-            },
+        return _sample_set_output(
+            lambda: lifecycle.label_samples(spec, Path(raw["root"]), store.location()),
+            "labels_id",
+            label_source=lifecycle.PROTOCOL_LABEL,
         )
 
     @dg.asset(
@@ -104,18 +94,26 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, labeled: lifecycle.LabeledSamples, store: FeatureStoreResource
     ) -> dg.Output[lifecycle.RefDataset]:
         """The labeled samples pandera-validated (provenance included), frozen as a content-hash snapshot."""
-        try:
-            ds = lifecycle.freeze_dataset(spec, labeled, store.location())
-        except DataValidationError as e:
-            raise validation_failure(e) from e
-        splits = pd.DataFrame([{"split": s, **c} for s, c in ds.counts.items()])
-        return versioned_output(
-            ds,
-            ds.snapshot_id,
-            {"snapshot_id": ds.snapshot_id, "splits": markdown_table(splits), "path": dg.MetadataValue.path(ds.path)},
-        )
+        return _sample_set_output(lambda: lifecycle.freeze_dataset(spec, labeled, store.location()), "snapshot_id")
 
     return [raw_files, labeled_samples, validated_dataset]
+
+
+def _sample_set_output(build, id_name: str, **extra) -> dg.Output:
+    """A data stage's sample set with its content id as the data version; a validation failure
+    shows its cases in the UI."""
+    try:
+        ref = build()
+    except DataValidationError as e:
+        raise validation_failure(e) from e
+    splits = pd.DataFrame([{"split": s, **c} for s, c in ref.counts.items()])
+    metadata = {
+        id_name: ref.snapshot_id,
+        **extra,
+        "splits": markdown_table(splits),
+        "path": dg.MetadataValue.path(ref.path),
+    }
+    return versioned_output(ref, ref.snapshot_id, metadata)
 
 
 REFERENCE_CHECKS = ("min_examples", "finite_inputs", "no_leakage")
