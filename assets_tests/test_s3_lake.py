@@ -128,3 +128,48 @@ def test_append_log_reads_only_what_is_new(where, bucket, tmp_path):
     assert log.read(cursor) == ([], cursor)
     log.append({"i": 3})
     assert log.read(cursor)[0] == [{"i": 3}]
+
+
+def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket, s3_endpoint, monkeypatch, tmp_path):
+    """`autosink fleet serve` with the lake on S3: a device's upload is committed in the bucket,
+    where the new-session sensor looks, not in the home's local folder."""
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+    from pathlib import Path
+
+    from autosink_platform.fleet.devices import DeviceRegistry
+    from autosink_platform.fleet.uploads import pack_session
+    from autosink_platform.home import resolve_home
+    from autosink_platform.live import free_port
+
+    from .conftest import stop, wait_for_http
+
+    shutil.rmtree(home / "lake")  # the tiny local lake: nothing may land there
+    monkeypatch.setenv("AUTOSINK_LAKE", f"s3://{bucket}/lake")
+    monkeypatch.setenv("AUTOSINK_STORE", f"s3://{bucket}/store")
+    (session,) = generate_demo_lake(tmp_path / "device", LATER, progress=False)
+    token = DeviceRegistry(resolve_home().devices_db).add("pi-001")
+    port, log = free_port(), tmp_path / "fleet-api.log"
+    with log.open("w") as out:
+        api = subprocess.Popen(
+            [str(Path(sys.executable).parent / "autosink"), "fleet", "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_http(f"http://127.0.0.1:{port}/v1/health", api, log, timeout=120)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/v1/sessions",
+            data=pack_session(session),
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/gzip"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as r:
+            assert r.status == 201 and json.loads(r.read())["session_id"] == session.name
+    finally:
+        stop([api])
+    assert set(LakeResource().get().committed_sessions()) == {session.name}
+    assert any(k.endswith(f"{session.name}/{COMMITTED}") for k in _keys(s3_endpoint, bucket, "lake/raw/"))
+    assert not (home / "lake" / "raw").exists()

@@ -337,11 +337,16 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
     """Serve the fleet API (uploads) with uvicorn."""
     import uvicorn
 
+    from autosink_platform.defs.resources import FeatureStoreResource, LakeResource
     from autosink_platform.fleet.api import create_app
     from autosink_platform.fleet.uploads import UploadLimits
 
     limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
-    uvicorn.run(create_app(_use_home(home), limits), host=host, port=port)
+    h = _use_home(home)
+    # The lake and store the pipeline's resources use ($AUTOSINK_LAKE, $AUTOSINK_STORE, else the
+    # home's folders): with the lake on S3, uploads land in the bucket the sensor reads.
+    app = create_app(h, limits, lake=LakeResource().get(), store=FeatureStoreResource().get("sink"))
+    uvicorn.run(app, host=host, port=port)
 
 
 @fleet.command("keygen")

@@ -30,10 +30,21 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-def create_app(home: Home, limits: UploadLimits = UploadLimits(), review_pipeline: str = "sink") -> FastAPI:
+def create_app(
+    home: Home,
+    limits: UploadLimits = UploadLimits(),
+    review_pipeline: str = "sink",
+    lake: Lake | None = None,
+    store: FeatureStore | None = None,
+) -> FastAPI:
+    """The API over ``lake`` and ``store`` (default: the home's own folders). A deployment passes
+    the ones the pipeline's resources configure (``autosink fleet serve`` does), so uploads land
+    where the new-session sensor reads, on an object store as in a folder."""
     app = FastAPI(title="autosink fleet API", version="1")
-    lake, devices = Lake(home.lake), DeviceRegistry(home.devices_db)
-    app.include_router(review_router(FeatureStore(home.store, review_pipeline), lake.root))
+    lake = lake if lake is not None else Lake(home.lake)
+    store = store if store is not None else FeatureStore(home.store, review_pipeline)
+    devices = DeviceRegistry(home.devices_db)
+    app.include_router(review_router(store, lake.root))
     # The release channel, as devices pull it (Range requests let them resume downloads).
     home.fleet.mkdir(parents=True, exist_ok=True)
     app.mount("/v1/fleet", StaticFiles(directory=home.fleet), name="fleet")
