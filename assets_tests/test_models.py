@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from autosink_platform.models.corruptions import FAULTS, corrupt
+from autosink_platform.pipelines.lifecycle import torch_scorer
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.release.onnx_export import OnnxScorer, export_onnx, parity
 
@@ -53,8 +54,8 @@ def test_onnx_export_reproduces_pytorch(spec, tmp_path):
     scorer = OnnxScorer(path)
     assert scorer.output_names == list(spec.output_names)
     images = (np.random.default_rng(1).random((9, 64, 64, 3)) * 255).astype(np.uint8)  # another batch size
-    diffs = parity(module, scorer, images)
-    assert max(diffs.values()) <= 1e-4, diffs
+    diffs = parity(torch_scorer(module)(images), scorer(images))["max_abs_diff"]
+    assert set(diffs) == set(spec.output_names) and max(diffs.values()) <= 1e-4, diffs
 
 
 @pytest.mark.parametrize("fault", FAULTS)

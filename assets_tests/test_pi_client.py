@@ -16,7 +16,7 @@ from PIL import Image
 
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier
 from autosink_platform.release.channel import FleetChannel, sha256_file
-from autosink_platform.release.onnx_export import OnnxScorer, export_onnx
+from autosink_platform.release.onnx_export import INPUT_NAME, OnnxScorer, export_onnx
 from autosink_platform.release.signing import generate_keypair, load_private_key, sign, sign_pointer
 
 OUTPUTS = ["logit", "valve_open_prob"]
@@ -41,7 +41,7 @@ def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path) -> dict:
     manifest = {
         "mlflow_version": version,
         "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx), "size": onnx.stat().st_size},
-        "input": {"name": "frames", "preprocessing": {"resize": [64, 64], "resample": "bilinear"}},
+        "input": {"name": INPUT_NAME, "preprocessing": {"resize": [64, 64], "resample": "bilinear"}},
         "decision_output": "valve_open_prob",
         "threshold": {"threshold": 0.5},
         "smoke_test": {

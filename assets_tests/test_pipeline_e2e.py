@@ -28,6 +28,7 @@ from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.lifecycle import load_module
 from autosink_platform.pipelines.sink import SINK as AUTO_SINK
 from autosink_platform.pipelines.spec import LoadedDataset, PromotionPolicy
+from autosink_platform.registry.releases import ReleaseRejected
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
 from autosink_platform.release.signing import default_key_path, verify
@@ -115,14 +116,15 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert json.loads(run.data.params["config"]) == json.loads(model.config_json())
         assert len(registry.client.get_metric_history(run.info.run_id, "val_loss")) >= 2  # a curve, not a point
         artifacts = {a.path for a in registry.client.list_artifacts(run.info.run_id)} | {
-            a.path for a in registry.client.list_artifacts(run.info.run_id, "onnx")
+            a.path for a in registry.client.list_artifacts(run.info.run_id, "release")
         }
         assert {
             "training_curves.png",
             "state_dict.pt",
             "threshold.json",
-            "onnx/model.onnx",
-            "onnx/manifest.json",
+            "release/model.onnx",
+            "release/manifest.json",
+            "release/smoke_frames.npy",
         } <= artifacts
         assert any(a.endswith("_score_histogram.png") for a in artifacts) and any(
             a.endswith("_pr_curve.png") for a in artifacts
@@ -153,9 +155,9 @@ def test_sink_pipeline_end_to_end(home, instance):
 
         # Parity, measured here independently of the release gate, on every validation frame.
         scorer = OnnxScorer(vdir / "model.onnx")
-        diffs = parity(
-            load_module(model, out[f"{model.name}_model"], registry), scorer, data.images[data.mask("validation")]
-        )
+        frames = data.images[data.mask("validation")]
+        module = load_module(model, out[f"{model.name}_model"], registry)
+        diffs = parity(lifecycle.torch_scorer(module)(frames), scorer(frames))["max_abs_diff"]
         assert max(diffs.values()) <= 1e-4, diffs
         smoke = np.load(vdir / "smoke_frames.npy")
         for output, expected in manifest["smoke_test"]["expected"].items():
@@ -242,7 +244,7 @@ def _a_slice_below_its_floor_blocks_the_release(registry, fleet, data: LoadedDat
     trained = lifecycle.train_model(SINK, weak, data, registry, "case-test")
     op, _ = lifecycle.choose_threshold(SINK, weak, trained, data, registry, tmp)
     champion = str(registry.alias_version("sink.classifier", "champion").version)
-    with pytest.raises(lifecycle.ReleaseRejected, match=r"slice group\(s\) below the floor") as rejected:
+    with pytest.raises(ReleaseRejected, match=r"slice group\(s\) below the floor") as rejected:
         lifecycle.release_model(
             SINK, weak, trained, op, data, registry, fleet, FleetChannelResource().audit(), "case-test"
         )

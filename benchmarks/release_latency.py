@@ -65,7 +65,7 @@ def main() -> None:
         x = torch.from_numpy(frame)
         with torch.no_grad():
             torch_ms = median_ms(lambda m=module, x=x: m(x), args.runs)
-        onnx_ms = median_ms(lambda s=session, f=frame: s.run(None, {"frames": f}), args.runs)
+        onnx_ms = median_ms(lambda s=session, f=frame: s.run(None, {s.get_inputs()[0].name: f}), args.runs)
         rows.append((name, pointer["version"], onnx_ms, torch_ms, onnx_path.stat().st_size / 1024))
 
     # promote -> a device on loopback has synced and smoke-tested the release

@@ -2,7 +2,7 @@
 
     det = build_detector(name, **params).fit(X, y=None)
     scores = det.decision_function(X)          # one float per sample, higher = more anomalous
-    det.export_onnx(path)                      # one graph, input "x", output "score"
+    det.export_onnx(path)                      # one graph (release.onnx_export), output "score"
 
 Input conventions: tabular ``(N, D)``, windows ``(N, T, D)``, images ``(N, C, H, W)`` float32 in
 [0, 1]. With ``y``, only the normal samples (``y == 0``) are fitted. Every family scores with one
@@ -18,21 +18,17 @@ the validation loss of a held-out tenth of the normal data.
 
 from __future__ import annotations
 
-import logging
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-import onnxruntime as ort
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from autosink_platform.models.training import FitConfig, FitResult, autocast_for, fit, seed_everything
-
-ONNX_INPUT, ONNX_OPSET = "x", 18
+from autosink_platform.release import onnx_export
 
 
 class DetectorOutput(NamedTuple):
@@ -88,46 +84,18 @@ class Detector:
         return torch.cat(out).double().numpy()
 
     def export_onnx(self, path: str | Path, example: np.ndarray | None = None) -> Path:
-        """One ONNX graph with a dynamic batch: input ``x`` (float32), output ``score``."""
+        """One ONNX graph with a dynamic batch: float32 input, output ``score``."""
         if self.scorer is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted")
         example = torch.from_numpy(np.asarray(example if example is not None else self._example, dtype=np.float32)[:2])
-        self.scorer.eval()
-        logging.getLogger("torch.onnx").setLevel(logging.WARNING)
-        with warnings.catch_warnings():  # torch.export's own deprecation chatter on RNN graphs
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.filterwarnings("ignore", "The tensor attributes .* were assigned during export")
-            program = torch.onnx.export(
-                self.scorer,
-                (example,),
-                input_names=[ONNX_INPUT],
-                output_names=["score"],
-                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=65536)},),
-                dynamo=True,
-                opset_version=ONNX_OPSET,
-                verbose=False,
-            )
-        program.save(str(path))
-        return Path(path)
+        return onnx_export.export_onnx(self.scorer, example, path, ["score"])
 
 
-class OnnxDetector:
+class OnnxDetector(onnx_export.OnnxModel):
     """A detector exported by ``Detector.export_onnx``, run with onnxruntime (what ships)."""
 
-    def __init__(self, path: str | Path | bytes, batch_size: int = 1024):
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        source = path if isinstance(path, bytes) else str(path)
-        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        self.batch_size = batch_size
-
     def decision_function(self, X) -> np.ndarray:
-        X = np.ascontiguousarray(X, dtype=np.float32)
-        outs = [
-            self.session.run(["score"], {ONNX_INPUT: X[i : i + self.batch_size]})[0]
-            for i in range(0, len(X), self.batch_size)
-        ]
-        return np.concatenate(outs).astype(np.float64)
+        return self.run(X)["score"]
 
 
 # -- PCA --------------------------------------------------------------------------------------

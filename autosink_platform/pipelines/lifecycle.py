@@ -6,8 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,22 +23,22 @@ from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.registry.releases import (
+    Candidate,
     Release,
-    ReleaseRejected,
-    accept_release,
-    aliases,
     champion_comparison,
     flat_metrics,
     gate_on_cases,
+    parity_gate,
     published_release,
     record_threshold,
+    ship,
 )
-from autosink_platform.release.channel import FleetChannel, sha256_file
-from autosink_platform.release.onnx_export import INPUT_NAME, OPSET, OnnxScorer, export_onnx, parity
+from autosink_platform.release.channel import FleetChannel
+from autosink_platform.release.onnx_export import OnnxScorer, Tolerance, export_onnx
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation import cases as case_validation
 
-PARITY_ATOL = 1e-4
+PARITY = Tolerance(atol=1e-4)  # on uint8 frames, outputs are probabilities and bounded scores
 SMOKE_FRAMES = 4
 # What the serving environment needs to load the logged PyTorch model; listing it skips
 # MLflow's slow requirement inference (it imports the model in a subprocess).
@@ -261,34 +260,23 @@ def release_model(
             module, to_float_tensor(val_images[:SMOKE_FRAMES]), tmp / "model.onnx", list(model.output_names)
         )
         scorer = OnnxScorer(onnx_path)
-        diffs = parity(module, scorer, val_images)
-        if max(diffs.values()) > PARITY_ATOL:
-            raise ReleaseRejected(
-                f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> {PARITY_ATOL}) on validation frames"
-            )
+        diffs = parity_gate(
+            name, version, torch_scorer(module)(val_images), scorer(val_images), PARITY, "validation frames"
+        )
         test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
         cases = _case_table(pipeline, model, dataset, scorer, op.threshold)
         if cases is not None:
             gate_on_cases(registry, name, version, trained.run_id, cases)
         comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics, cases)
         smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
-        np.save(tmp / "smoke_frames.npy", smoke)
-        expected = {k: v.tolist() for k, v in scorer(smoke).items()}
-        manifest = {
-            "schema_version": 1,
-            "pipeline": pipeline.name,
-            "model": model.name,
-            "registered_model": name,
-            "mlflow_version": version,
-            "mlflow_run_id": trained.run_id,
-            "onnx": {
-                "file": "model.onnx",
-                "sha256": sha256_file(onnx_path),
-                "size": onnx_path.stat().st_size,
-                "opset": OPSET,
-            },
-            "input": {
-                "name": INPUT_NAME,
+        candidate = Candidate(
+            pipeline=pipeline.name,
+            model=model.name,
+            version=version,
+            run_id=trained.run_id,
+            onnx_path=onnx_path,
+            input={
+                "name": scorer.input_name,
                 "shape": ["batch", 3, model.input_size, model.input_size],
                 "dtype": "float32",
                 "preprocessing": {
@@ -299,38 +287,25 @@ def release_model(
                     "layout": "NCHW",
                 },
             },
-            "outputs": list(model.output_names),
-            "decision_output": model.decision_output,
-            "threshold": asdict(op),
-            "metrics": {
+            outputs=list(model.output_names),
+            decision_output=model.decision_output,
+            threshold=op,
+            metrics={
                 "validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")},
                 "test": test_metrics,
             },
-            "vs_champion": comparison,
-            "case_validation": None if cases is None else cases.to_dict(orient="records"),
-            "parity_max_abs_diff": diffs,
-            "dataset_snapshot_id": dataset.ref.snapshot_id,
-            "dagster_run_id": dagster_run_id,
-            "code_version": model.code_version,
-            "signing_key_id": channel.key_id,
-            "created_at": datetime.now(UTC).isoformat(),
-            "smoke_test": {
-                "file": "smoke_frames.npy",
-                "sha256": sha256_file(tmp / "smoke_frames.npy"),
-                "expected": expected,
-                "atol": PARITY_ATOL,
-            },
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        files = {f: tmp / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
-        with mlflow.start_run(run_id=trained.run_id):
-            mlflow.log_artifact(str(onnx_path), "onnx")
-            mlflow.log_artifact(str(tmp / "manifest.json"), "onnx")
-            mlflow.log_metrics(flat_metrics("test_", test_metrics))
-        published = channel.put_version(pipeline.name, model.name, version, files)
-
-    accept_release(registry, channel, audit, name, version, manifest, published, comparison, pipeline.promotion)
-    return Release(name, version, str(published), manifest, aliases(registry, name, version), False, cases)
+            parity=diffs,
+            smoke=smoke,
+            smoke_file="smoke_frames.npy",
+            expected={k: v.tolist() for k, v in scorer(smoke).items()},
+            tolerance=PARITY,
+            comparison=comparison,
+            cases=cases,
+            dataset_snapshot_id=dataset.ref.snapshot_id,
+            dagster_run_id=dagster_run_id,
+            code_version=model.code_version,
+        )
+        return ship(candidate, registry, channel, audit, pipeline.promotion, tmp)
 
 
 def _case_table(

@@ -9,8 +9,7 @@ import hashlib
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,30 +22,32 @@ import mlflow
 from autosink_platform import plots
 from autosink_platform.files import local_copy, location, publish_folder
 from autosink_platform.models import OnnxDetector, build_detector
-from autosink_platform.models.detectors import ONNX_INPUT, ONNX_OPSET, Detector
+from autosink_platform.models.detectors import Detector
 from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
 from autosink_platform.reference.schemas import LabeledSampleRows
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy
 from autosink_platform.registry.releases import (
+    Candidate,
     Release,
-    ReleaseRejected,
-    accept_release,
     champion_comparison,
     flat_metrics,
     gate_on_cases,
+    parity_gate,
     published_release,
     record_threshold,
+    ship,
 )
-from autosink_platform.release.channel import FleetChannel, sha256_file
+from autosink_platform.release.channel import FleetChannel
+from autosink_platform.release.onnx_export import Tolerance
 from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
 from autosink_platform.validation import cases as case_validation
 from autosink_platform.validation.dataset import snapshot_cache, staging_for
 from autosink_platform.validation.schemas import validate
 from autosink_platform.validation.splits import snapshot_id
 
-PARITY_RTOL = 1e-4
+PARITY = Tolerance(rtol=1e-4)  # scores are unbounded (reconstruction errors): relative
 SMOKE_SAMPLES = 4
 COMPLETE = "_COMPLETE"
 SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
@@ -384,18 +385,14 @@ def release_detector(
     detector = load_detector(registry, trained)
     Xv, _, _ = _split(table, X, "validation")
     Xt, yt, test_rows = _split(table, X, "test")
-    if not len(Xv):  # a protocol without a validation split: check parity on test inputs
-        Xv = Xt[:1024]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         onnx_path = _onnx_of(registry, trained, tmp)
         scorer = OnnxDetector(onnx_path)
-        ours, theirs = detector.decision_function(Xv), scorer.decision_function(Xv)
-        rel = float(np.max(np.abs(theirs - ours) / np.maximum(np.abs(ours), 1e-6)))
-        if rel > PARITY_RTOL:
-            raise ReleaseRejected(
-                f"{name} v{version}: ONNX differs from PyTorch by {rel:.2e} relative (> {PARITY_RTOL})"
-            )
+        on = "validation samples" if len(Xv) else "test samples"
+        if not len(Xv):  # a protocol without a validation split: check parity on test inputs
+            Xv = Xt[:1024]
+        diffs = parity_gate(name, version, {"score": detector.decision_function(Xv)}, scorer.run(Xv), PARITY, on)
         test_scores = calibrated(test_rows, scorer.decision_function(Xt), op)
         test_metrics = evaluate(test_scores, yt, op.threshold)
         protocol = (
@@ -406,68 +403,37 @@ def release_detector(
         cases = None
         if spec.case_floors is not None:
             cases = case_validation.slice_table(
-                test_rows,
-                test_scores,
-                yt,
-                op.threshold,
-                GROUP_SLICES,
-                spec.case_floors,
+                test_rows, test_scores, yt, op.threshold, GROUP_SLICES, spec.case_floors
             )
             gate_on_cases(registry, name, version, trained.run_id, cases)
         comparison = _compare_with_champion(
             spec, model, registry, channel, Xt, yt, test_rows, test_metrics, cases, promotion
         )
         smoke = np.ascontiguousarray(Xv[:SMOKE_SAMPLES])
-        np.save(tmp / "smoke_inputs.npy", smoke)
-        manifest = {
-            "schema_version": 1,
-            "pipeline": spec.name,
-            "model": model.name,
-            "registered_model": name,
-            "mlflow_version": version,
-            "mlflow_run_id": trained.run_id,
-            "family": model.family,
-            "onnx": {
-                "file": "model.onnx",
-                "sha256": sha256_file(onnx_path),
-                "size": onnx_path.stat().st_size,
-                "opset": ONNX_OPSET,
-            },
-            "input": {"name": ONNX_INPUT, "shape": ["batch", *X.shape[1:]], "dtype": "float32"},
-            "outputs": ["score"],
-            "decision_output": "score",
-            "threshold": asdict(op),
-            "metrics": {"test": test_metrics} | ({"protocol": protocol} if protocol else {}),
-            "reference": spec.reference,
-            "vs_champion": comparison,
-            "case_validation": None if cases is None else cases.to_dict(orient="records"),
-            "parity_max_rel_diff": rel,
-            "dataset_snapshot_id": ds.snapshot_id,
-            "dagster_run_id": dagster_run_id,
-            "code_version": model.code_version,
-            "signing_key_id": channel.key_id,
-            "created_at": datetime.now(UTC).isoformat(),
-            "smoke_test": {
-                "file": "smoke_inputs.npy",
-                "sha256": sha256_file(tmp / "smoke_inputs.npy"),
-                "expected": {"score": scorer.decision_function(smoke).tolist()},
-                "rtol": PARITY_RTOL,
-            },
-        }
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-        with mlflow.start_run(run_id=trained.run_id):
-            mlflow.log_artifact(str(tmp / "manifest.json"), "release")
-            mlflow.log_metrics(
-                flat_metrics("test_", test_metrics) | flat_metrics("protocol_", (protocol or {}).get("pooled", {}))
-            )
-        published = channel.put_version(
-            spec.name,
-            model.name,
-            version,
-            {"model.onnx": onnx_path} | {f: tmp / f for f in ("manifest.json", "smoke_inputs.npy")},
+        candidate = Candidate(
+            pipeline=spec.name,
+            model=model.name,
+            version=version,
+            run_id=trained.run_id,
+            onnx_path=onnx_path,
+            input={"name": scorer.input_name, "shape": ["batch", *X.shape[1:]], "dtype": "float32"},
+            outputs=["score"],
+            decision_output="score",
+            threshold=op,
+            metrics={"test": test_metrics} | ({"protocol": protocol} if protocol else {}),
+            parity=diffs,
+            smoke=smoke,
+            smoke_file="smoke_inputs.npy",
+            expected={"score": scorer.decision_function(smoke).tolist()},
+            tolerance=PARITY,
+            comparison=comparison,
+            cases=cases,
+            dataset_snapshot_id=ds.snapshot_id,
+            dagster_run_id=dagster_run_id,
+            code_version=model.code_version,
+            extra={"family": model.family, "reference": spec.reference},
         )
-    accept_release(registry, channel, audit, name, version, manifest, published, comparison, promotion)
-    return Release(name, version, str(published), manifest, releases.aliases(registry, name, version), False, cases)
+        return ship(candidate, registry, channel, audit, promotion, tmp)
 
 
 def _compare_with_champion(spec, model, registry, channel, Xt, yt, test_rows, candidate, candidate_cases, promotion):

@@ -5,15 +5,18 @@ and made challenger, then champion when it is the first or the promotion policy 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 import mlflow
 from autosink_platform.registry.mlflow_registry import CHALLENGER, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy, promote
-from autosink_platform.release.channel import FleetChannel
+from autosink_platform.release.channel import FleetChannel, sha256_file
+from autosink_platform.release.onnx_export import OPSET, Tolerance, parity
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation import cases as case_validation
 
@@ -96,6 +99,18 @@ def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, case
         raise ReleaseRejected(str(e), cases) from e
 
 
+def parity_gate(
+    name: str, version: str, ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], tol: Tolerance, on: str
+) -> dict[str, dict[str, float]]:
+    """Refuse a release whose ONNX graph does not reproduce PyTorch on ``on`` within ``tol``."""
+    diffs = parity({k: ours[k] for k in theirs}, theirs)
+    if not tol.holds({k: ours[k] for k in theirs}, theirs):
+        raise ReleaseRejected(
+            f"{name} v{version}: ONNX differs from PyTorch by {diffs} (> atol {tol.atol}, rtol {tol.rtol}) on {on}"
+        )
+    return diffs
+
+
 def champion_comparison(
     metric: str,
     champion_version: str,
@@ -156,3 +171,104 @@ def accept_release(
             reason,
             who="release stage" if comparison is None else "promotion policy",
         )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A registered version that passed its gates, with everything its manifest says and the
+    files it ships: the one manifest layout every pipeline's releases have."""
+
+    pipeline: str
+    model: str
+    version: str
+    run_id: str
+    onnx_path: Path
+    input: dict  # name, shape and dtype of the graph's input (images add their preprocessing)
+    outputs: list[str]
+    decision_output: str
+    threshold: OperatingPoint
+    metrics: dict  # "test" (and "validation", "protocol" where the pipeline has them)
+    parity: dict[str, dict[str, float]]
+    smoke: np.ndarray  # raw inputs a device scores before it activates the release
+    smoke_file: str
+    expected: dict[str, list]
+    tolerance: Tolerance
+    comparison: dict | None
+    cases: pd.DataFrame | None
+    dataset_snapshot_id: str
+    dagster_run_id: str
+    code_version: str
+    extra: dict = field(default_factory=dict)  # pipeline-specific entries (family, published reference)
+
+    @property
+    def name(self) -> str:
+        return registered_name(self.pipeline, self.model)
+
+    def manifest(self, signing_key_id: str, smoke_sha256: str) -> dict:
+        return {
+            "schema_version": 1,
+            "pipeline": self.pipeline,
+            "model": self.model,
+            "registered_model": self.name,
+            "mlflow_version": self.version,
+            "mlflow_run_id": self.run_id,
+            **self.extra,
+            "onnx": {
+                "file": "model.onnx",
+                "sha256": sha256_file(self.onnx_path),
+                "size": self.onnx_path.stat().st_size,
+                "opset": OPSET,
+            },
+            "input": self.input,
+            "outputs": self.outputs,
+            "decision_output": self.decision_output,
+            "threshold": asdict(self.threshold),
+            "metrics": self.metrics,
+            "vs_champion": self.comparison,
+            "case_validation": None if self.cases is None else self.cases.to_dict(orient="records"),
+            "parity_max_abs_diff": self.parity["max_abs_diff"],
+            "parity_max_rel_diff": self.parity["max_rel_diff"],
+            "dataset_snapshot_id": self.dataset_snapshot_id,
+            "dagster_run_id": self.dagster_run_id,
+            "code_version": self.code_version,
+            "signing_key_id": signing_key_id,
+            "created_at": datetime.now(UTC).isoformat(),
+            "smoke_test": {
+                "file": self.smoke_file,
+                "sha256": smoke_sha256,
+                "expected": self.expected,
+                "atol": self.tolerance.atol,
+                "rtol": self.tolerance.rtol,
+            },
+        }
+
+
+def ship(
+    candidate: Candidate,
+    registry: Registry,
+    channel: FleetChannel,
+    audit: AuditLog,
+    policy: PromotionPolicy,
+    workdir: Path,
+) -> Release:
+    """Publish a candidate: the release files logged to its MLflow run (``release/``) and put
+    into the fleet layout with a signed manifest, then accepted (challenger, maybe champion)."""
+    c = candidate
+    np.save(workdir / c.smoke_file, c.smoke)
+    manifest = c.manifest(channel.key_id, sha256_file(workdir / c.smoke_file))
+    (workdir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    files = {
+        "model.onnx": c.onnx_path,
+        "manifest.json": workdir / "manifest.json",
+        c.smoke_file: workdir / c.smoke_file,
+    }
+    with mlflow.start_run(run_id=c.run_id):
+        for path in files.values():
+            mlflow.log_artifact(str(path), "release")
+        mlflow.log_metrics(
+            flat_metrics("test_", c.metrics["test"])
+            | flat_metrics("protocol_", c.metrics.get("protocol", {}).get("pooled", {}))
+        )
+    published = channel.put_version(c.pipeline, c.model, c.version, files)
+    accept_release(registry, channel, audit, c.name, c.version, manifest, published, c.comparison, policy)
+    return Release(c.name, c.version, str(published), manifest, aliases(registry, c.name, c.version), False, c.cases)

@@ -242,12 +242,14 @@ def _smoke_test(model: Path, manifest: dict, frames: np.ndarray) -> None:
         outputs = Scorer(model, manifest).run_uint8(frames)
     except Exception as e:  # onnxruntime raises several types for a broken graph
         raise SyncRefused("smoke_test_failed", f"the model does not run: {e}") from None
-    atol = manifest["smoke_test"]["atol"]
+    atol, rtol = manifest["smoke_test"].get("atol", 0.0), manifest["smoke_test"].get("rtol", 0.0)
     for name, expected in manifest["smoke_test"]["expected"].items():
-        diff = float(np.max(np.abs(outputs[name] - np.asarray(expected))))
-        if not diff <= atol:
+        expected = np.asarray(expected)
+        diff = np.abs(outputs[name] - expected)
+        if not np.all(diff <= atol + rtol * np.maximum(np.abs(expected), 1e-6)):
             raise SyncRefused(
-                "smoke_test_failed", f"output {name!r} differs from the manifest by {diff:.3g} (> {atol})"
+                "smoke_test_failed",
+                f"output {name!r} differs from the manifest by {float(diff.max()):.3g} (> atol {atol}, rtol {rtol})",
             )
 
 
