@@ -99,7 +99,7 @@ def test_small_reference_pipeline_trains_thresholds_and_releases(world, fake_roo
     trained = lifecycle.train_detector(spec, model, ds, registry, "test-run")
     assert trained.history and registry.client.get_metric_history(trained.run_id, "val_loss")
     op, figures = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
-    assert op.policy == model.threshold and "score_histogram" in set(figures)
+    assert op.policy == model.threshold.name and "score_histogram" in set(figures)
     rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     test = rel.manifest["metrics"]["test"]
     assert 0 <= test["f1"] <= 1 and test["auroc"] > 0.7, test

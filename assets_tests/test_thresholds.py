@@ -1,9 +1,22 @@
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autosink_platform.thresholds import best_f1, k_sigma, metrics_at, quantile, target_fpr
+from autosink_platform.thresholds import (
+    BestF1,
+    KSigma,
+    Quantile,
+    SessionUCL,
+    TargetFPR,
+    best_f1,
+    calibrated,
+    k_sigma,
+    metrics_at,
+    quantile,
+    target_fpr,
+)
 
 
 def _brute_force_best_f1(scores, labels):
@@ -119,3 +132,42 @@ def test_best_f1_plateau_reports_the_f1_at_its_own_threshold(pairs):
     assert op.f1 == pytest.approx(at["f1"]) and op.precision == pytest.approx(at["precision"])
     lo, hi = op.params["range"]
     assert lo <= op.threshold <= hi and lo <= best_f1(scores, labels).threshold <= hi
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [BestF1(), BestF1(plateau=True), TargetFPR(0.05), TargetFPR(0.05, centred=True), KSigma(2.0), Quantile(0.9)],
+    ids=repr,
+)
+def test_a_policy_object_names_its_split_and_chooses_the_point_its_function_does(policy):
+    rng = np.random.default_rng(3)
+    scores, labels = np.r_[rng.normal(0, 1, 400), rng.normal(3, 1, 100)], np.r_[np.zeros(400), np.ones(100)]
+    op = policy.choose(scores, labels)
+    assert op.policy == policy.name and policy.split in ("validation", "train")
+    by_function = {
+        "best_f1": lambda: best_f1(scores, labels, plateau=policy.plateau),
+        "target_fpr": lambda: target_fpr(scores, labels, policy.fpr, centred=policy.centred),
+        "k_sigma": lambda: k_sigma(scores, policy.k),
+        "quantile": lambda: quantile(scores, policy.q),
+    }[policy.name]()
+    assert op == by_function
+    np.testing.assert_array_equal(calibrated(pd.DataFrame({"source": ["a"] * 500}), scores, op), scores)
+
+
+def test_session_ucl_gives_every_session_its_own_limit_and_one_threshold():
+    rng = np.random.default_rng(0)
+    rows = pd.DataFrame({"source": ["quiet"] * 500 + ["loud"] * 500})
+    scores = np.r_[rng.normal(1, 0.1, 500), rng.normal(10, 1, 500)]  # the loud session scores 10x higher
+    policy = SessionUCL(q=0.99, factor=1.0)
+    op = policy.choose(scores, None, rows)
+    assert op.policy == "session_ucl" and op.threshold == 1.0 and set(op.params["ucl"]) == {"quiet", "loud"}
+    assert op.params["ucl"]["quiet"] == pytest.approx(np.quantile(scores[:500], 0.99))
+    flagged = calibrated(rows, scores, op) >= 1.0
+    assert op.fpr == pytest.approx(flagged.mean()) and 0 < flagged[:500].mean() <= 0.02 and flagged[500:].mean() <= 0.02
+    # as the manifest stores it (a dict), the same calibration
+    stored = {"policy": op.policy, "params": op.params}
+    np.testing.assert_array_equal(calibrated(rows, scores, stored), calibrated(rows, scores, op))
+    with pytest.raises(ValueError, match=r"no calibration \(UCL\) for session\(s\) \['new'\]"):
+        calibrated(pd.DataFrame({"source": ["new"]}), np.ones(1), op)
+    with pytest.raises(ValueError, match="needs the rows' source"):
+        policy.choose(scores)

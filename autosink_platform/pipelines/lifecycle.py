@@ -216,7 +216,7 @@ def choose_threshold(
     """Operating point on the validation split; logged to the version's run with its plots."""
     module = load_module(model, trained, registry)
     data = model.operating_data(dataset, "validation", torch_scorer(module))
-    op = model.choose_threshold(data.scores, data.labels)
+    op = model.threshold.choose(data.scores, data.labels)
     figures = {
         "score_histogram": plots.score_histogram(
             data.groups,

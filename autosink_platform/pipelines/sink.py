@@ -27,7 +27,7 @@ from autosink_platform.pipelines.spec import (
     ScoreFn,
 )
 from autosink_platform.release.onnx_export import OnnxScorer
-from autosink_platform.thresholds import best_f1, metrics_at, target_fpr
+from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
 from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
@@ -218,7 +218,7 @@ SINK = PipelineSpec(
             build=ValveClassifier,
             train=_classifier_train,
             operating_data=_classifier_operating_data,
-            choose_threshold=lambda s, y: best_f1(s, y, plateau=True),
+            threshold=BestF1(plateau=True),
             evaluate=_classifier_evaluate,
             output_names=("logit", "valve_open_prob"),
             decision_output="valve_open_prob",
@@ -233,7 +233,7 @@ SINK = PipelineSpec(
             build=lambda cfg: FrameGuard(cfg.width, cfg.code_dim),
             train=_guard_train,
             operating_data=_guard_operating_data,
-            choose_threshold=lambda s, y: target_fpr(s, y, GUARD_TARGET_FPR, centred=True),
+            threshold=TargetFPR(GUARD_TARGET_FPR, centred=True),
             evaluate=_guard_evaluate,
             output_names=("score", "novelty", "haze", "structure"),
             decision_output="score",

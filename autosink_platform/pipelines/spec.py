@@ -15,7 +15,7 @@ from torch import nn
 from autosink_platform.labeling.propagation import LabelingConfig
 from autosink_platform.models.training import FitResult
 from autosink_platform.registry.promotion import PromotionPolicy
-from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.thresholds import ThresholdPolicy
 from autosink_platform.validation.cases import CaseFloors, Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
 from autosink_platform.validation.dataset import DatasetRef
@@ -65,7 +65,7 @@ class ModelSpec:
     build: Callable[[Any], nn.Module]
     train: Callable[[LoadedDataset, Any, dict | None, Callable[[dict], None]], tuple[nn.Module, FitResult]]
     operating_data: Callable[[LoadedDataset, str, ScoreFn], OperatingData]
-    choose_threshold: Callable[[np.ndarray, np.ndarray], OperatingPoint]
+    threshold: ThresholdPolicy  # chosen on the operating data of the validation split
     evaluate: Callable[[LoadedDataset, ScoreFn, float], dict[str, float]]
     output_names: tuple[str, ...]
     decision_output: str

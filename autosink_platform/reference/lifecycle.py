@@ -4,7 +4,6 @@ the sink. Each stage reuses its earlier result when its inputs are unchanged."""
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import tempfile
@@ -41,7 +40,7 @@ from autosink_platform.registry.releases import (
 )
 from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.onnx_export import Tolerance
-from autosink_platform.thresholds import OperatingPoint, best_f1, k_sigma, metrics_at, quantile, target_fpr
+from autosink_platform.thresholds import OperatingPoint, SessionUCL, calibrated, metrics_at
 from autosink_platform.validation import cases as case_validation
 from autosink_platform.validation.dataset import snapshot_cache, staging_for
 from autosink_platform.validation.schemas import validate
@@ -50,30 +49,7 @@ from autosink_platform.validation.splits import snapshot_id
 PARITY = Tolerance(rtol=1e-4)  # scores are unbounded (reconstruction errors): relative
 SMOKE_SAMPLES = 4
 COMPLETE = "_COMPLETE"
-SUPERVISED = {"best_f1": best_f1, "target_fpr": target_fpr}
-UNSUPERVISED = {"k_sigma": k_sigma, "quantile": quantile}
 PROTOCOL_LABEL = "protocol"  # label_source of a label read from the dataset's own files
-SESSION_UCL = "session_ucl"  # per-session calibration: scores are divided by their session's UCL
-
-
-def session_ucl(train: pd.DataFrame, scores: np.ndarray, q: float, factor: float) -> dict[str, float]:
-    """Each session's (source's) upper control limit: the q-quantile of its training scores x factor."""
-    return {
-        str(source): float(np.quantile(scores[idx], q) * factor)
-        for source, idx in train.groupby("source", sort=True).indices.items()
-    }
-
-
-def calibrated(rows: pd.DataFrame, scores: np.ndarray, op: OperatingPoint | dict) -> np.ndarray:
-    """Scores on the operating point's scale: as they are, or, under ``session_ucl``, divided by
-    the UCL of the session each sample came from (so 1.0 is every session's threshold)."""
-    policy, params = (op.policy, op.params) if isinstance(op, OperatingPoint) else (op["policy"], op["params"])
-    if policy != SESSION_UCL:
-        return scores
-    ucl = params["ucl"]
-    if missing := sorted(set(rows["source"]) - set(ucl)):
-        raise ValueError(f"no calibration (UCL) for session(s) {missing[:5]}: they have no normal training windows")
-    return np.asarray(scores) / rows["source"].map(ucl).to_numpy(np.float64)
 
 
 GROUP_SLICES = (case_validation.Slice("group", lambda f: f["group"], "the sample's group (file, class or rig)"),)
@@ -299,26 +275,16 @@ def choose_threshold(
     """Supervised policies on the validation split; k-sigma and quantile on training scores."""
     table, X = ds.load()
     detector = load_detector(registry, trained)
-    if model.threshold in SUPERVISED:
-        Xv, yv, _ = _split(table, X, "validation")
-        scores, labels = detector.decision_function(Xv), yv
-        op = SUPERVISED[model.threshold](scores, labels, **model.threshold_params)
-        inputs = {"split": "validation", "samples": len(labels), "anomalous": int(labels.sum())}
-    elif model.threshold in UNSUPERVISED:
-        Xt, yt, _ = _split(table, X, "train")
-        scores, labels = detector.decision_function(Xt), yt
-        op = UNSUPERVISED[model.threshold](scores, **model.threshold_params)
-        inputs = {"split": "train", "samples": len(labels)}
-    elif model.threshold == SESSION_UCL:
-        Xt, yt, train = _split(table, X, "train")
-        q, factor = model.threshold_params["q"], model.threshold_params["factor"]
-        ucl = session_ucl(train, detector.decision_function(Xt), q, factor)
-        op = OperatingPoint(SESSION_UCL, 1.0, None, None, None, 0.0, 0, len(yt), {"q": q, "factor": factor, "ucl": ucl})
-        scores, labels = calibrated(train, detector.decision_function(Xt), op), yt
-        op = dataclasses.replace(op, fpr=float(np.mean(scores >= 1.0)))
-        inputs = {"split": "train", "samples": len(labels), "sessions": len(ucl)}
-    else:
-        raise ValueError(f"{model.name}: unknown threshold policy {model.threshold!r}")
+    policy = model.threshold
+    Xs, labels, rows = _split(table, X, policy.split)
+    raw = detector.decision_function(Xs)
+    op = policy.choose(raw, labels, rows)
+    scores = calibrated(rows, raw, op)
+    inputs = {"split": policy.split, "samples": len(labels)}
+    if policy.split == "validation":
+        inputs["anomalous"] = int(labels.sum())
+    if isinstance(policy, SessionUCL):
+        inputs["sessions"] = len(op.params["ucl"])
     title = f"{trained.registered_name} v{trained.version}"
     figures = {
         "score_histogram": plots.score_histogram(

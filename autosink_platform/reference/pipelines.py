@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from autosink_platform.reference import skab
 from autosink_platform.reference.schemas import RobotArmRows, Samples
 from autosink_platform.reference.sources import read_idx, require
+from autosink_platform.thresholds import BestF1, KSigma, SessionUCL, ThresholdPolicy
 from autosink_platform.validation.cases import CaseFloors
 from autosink_platform.validation.schemas import validate
 
@@ -40,8 +41,7 @@ class DetectorModel:
     name: str  # registered as "<pipeline>.<name>"
     family: str  # see autosink_platform.models.FAMILIES
     params: dict = field(default_factory=dict)
-    threshold: str = "best_f1"  # best_f1 | target_fpr (validation labels) | k_sigma | quantile (train scores)
-    threshold_params: dict = field(default_factory=dict)
+    threshold: ThresholdPolicy = BestF1()  # chosen on validation labels, or on training scores
     code_version: str = "1"
 
 
@@ -105,7 +105,7 @@ ROBOTARM = ReferenceSpec(
     raw_files=("robotarm/robotarm-train.csv",),
     extract=extract_robotarm,
     config=RobotArmConfig(),
-    models=(DetectorModel("pca", "pca", {"n_components": 2}, "k_sigma", {"k": 3.0}),),
+    models=(DetectorModel("pca", "pca", {"n_components": 2}, KSigma(k=3.0)),),
     reference={"source": "MakinaRocks Runway tutorial (PCA, 2 components); no labelled figure published"},
     min_per_split_class=1,
     required=(("train", 0), ("validation", 0), ("test", 0)),  # unlabelled: no anomalies anywhere
@@ -200,7 +200,7 @@ DIGITS = ReferenceSpec(
                 "refine": False,
                 "precision": "bf16",
             },
-            "best_f1",
+            BestF1(),
         ),
     ),
     reference={"test_f1": 0.9654, "test_accuracy": 0.9657, "source": "image anomaly-detection tutorial (conv AE)"},
@@ -277,7 +277,7 @@ BEARING = ReferenceSpec(
     extract=extract_bearing,
     config=BearingConfig(),
     models=(
-        DetectorModel("anogan", "anogan", {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5}, "best_f1"),
+        DetectorModel("anogan", "anogan", {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5}, BestF1()),
     ),
     reference={"source": "f-AnoGAN on CWRU (izi_f); report AUROC and F1"},
     case_floors=CaseFloors(metric="accuracy", floor=0.8, min_examples=50),
@@ -376,8 +376,7 @@ VALVE = ReferenceSpec(
             # 0.791, 0.794, 0.722: longer training learns to reconstruct the faults too. SKAB has no
             # validation split, so this choice was made on the protocol's test figures (README).
             {"cell": "gru", "hidden": 32, "epochs": 5, "batch_size": 64},
-            "session_ucl",
-            {"q": 0.999, "factor": 4 / 3},  # the protocol's UCL, per session
+            SessionUCL(q=0.999, factor=4 / 3),  # the protocol's UCL, per session
         ),
     ),
     reference={"leaderboard": {k: list(v) for k, v in skab.LEADERBOARD.items()}, "source": "SKAB README"},

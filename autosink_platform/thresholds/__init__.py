@@ -1,10 +1,31 @@
 from autosink_platform.thresholds.policies import (
+    BestF1,
+    KSigma,
     OperatingPoint,
+    Quantile,
+    SessionUCL,
+    TargetFPR,
+    ThresholdPolicy,
     best_f1,
+    calibrated,
     k_sigma,
     metrics_at,
     quantile,
     target_fpr,
 )
 
-__all__ = ["OperatingPoint", "best_f1", "k_sigma", "metrics_at", "quantile", "target_fpr"]
+__all__ = [
+    "BestF1",
+    "KSigma",
+    "OperatingPoint",
+    "Quantile",
+    "SessionUCL",
+    "TargetFPR",
+    "ThresholdPolicy",
+    "best_f1",
+    "calibrated",
+    "k_sigma",
+    "metrics_at",
+    "quantile",
+    "target_fpr",
+]

@@ -3,6 +3,7 @@ when ``score >= threshold``; higher scores mean more positive."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field
 
@@ -145,3 +146,91 @@ def metrics_at(scores, labels, threshold: float) -> dict[str, float]:
         "accuracy": (tp + tn) / len(labels),
         "n": len(labels),
     }
+
+
+# -- policies as objects: what a model spec declares -----------------------------------------
+#
+# A policy says which split's scores it is chosen on (labelled validation data, or the normal
+# training data for protocols without labels there), chooses the operating point, and maps raw
+# scores onto the operating point's scale (the identity, except for per-session calibration).
+
+
+@dataclass(frozen=True)
+class BestF1:
+    plateau: bool = False
+    name = "best_f1"
+    split = "validation"
+
+    def choose(self, scores, labels, rows=None) -> OperatingPoint:
+        return best_f1(scores, labels, plateau=self.plateau)
+
+
+@dataclass(frozen=True)
+class TargetFPR:
+    fpr: float
+    centred: bool = False
+    name = "target_fpr"
+    split = "validation"
+
+    def choose(self, scores, labels, rows=None) -> OperatingPoint:
+        return target_fpr(scores, labels, self.fpr, centred=self.centred)
+
+
+@dataclass(frozen=True)
+class KSigma:
+    k: float = 3.0
+    name = "k_sigma"
+    split = "train"
+
+    def choose(self, scores, labels=None, rows=None) -> OperatingPoint:
+        return k_sigma(scores, self.k)
+
+
+@dataclass(frozen=True)
+class Quantile:
+    q: float = 0.99
+    name = "quantile"
+    split = "train"
+
+    def choose(self, scores, labels=None, rows=None) -> OperatingPoint:
+        return quantile(scores, self.q)
+
+
+@dataclass(frozen=True)
+class SessionUCL:
+    """Each session (the rows' ``source``) gets its own upper control limit, the ``q``-quantile
+    of its normal training scores times ``factor``; scores are divided by their session's UCL, so
+    1.0 is every session's threshold (SKAB's per-file calibration)."""
+
+    q: float = 0.999
+    factor: float = 4 / 3
+    name = "session_ucl"
+    split = "train"
+
+    def choose(self, scores, labels=None, rows=None) -> OperatingPoint:
+        if rows is None or "source" not in rows:
+            raise ValueError("session_ucl needs the rows' source (session) of every score")
+        scores, _ = _check(scores)
+        ucl = {
+            str(source): float(np.quantile(scores[idx], self.q) * self.factor)
+            for source, idx in rows.groupby("source", sort=True).indices.items()
+        }
+        params = {"q": self.q, "factor": self.factor, "ucl": ucl}
+        op = OperatingPoint(self.name, 1.0, None, None, None, 0.0, 0, len(scores), params)
+        return dataclasses.replace(op, fpr=float(np.mean(calibrated(rows, scores, op) >= 1.0)))
+
+    @staticmethod
+    def calibrate(rows, scores, params: dict) -> np.ndarray:
+        ucl = params["ucl"]
+        if missing := sorted(set(rows["source"]) - set(ucl)):
+            raise ValueError(f"no calibration (UCL) for session(s) {missing[:5]}: they have no normal training windows")
+        return np.asarray(scores) / rows["source"].map(ucl).to_numpy(np.float64)
+
+
+ThresholdPolicy = BestF1 | TargetFPR | KSigma | Quantile | SessionUCL
+
+
+def calibrated(rows, scores, op: OperatingPoint | dict) -> np.ndarray:
+    """Scores on the operating point's scale (``op`` as chosen, or as a manifest stores it)."""
+    policy, params = (op.policy, op.params) if isinstance(op, OperatingPoint) else (op["policy"], op["params"])
+    return SessionUCL.calibrate(rows, scores, params) if policy == SessionUCL.name else np.asarray(scores)
