@@ -11,18 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from autosink_platform.reference.pipelines import (
-    BEARING,
-    BEARING_FILES,
-    DIGITS,
-    SKAB_FILES,
-    VALVE,
-    BearingConfig,
-    DetectorModel,
-    DigitsConfig,
-    ValveConfig,
-)
-from autosink_platform.reference.skab import SENSORS
+from autosink_platform.pipelines.bearing import BEARING, BEARING_FILES, BearingConfig
+from autosink_platform.pipelines.digits import DIGITS, DigitsConfig
+from autosink_platform.pipelines.skab import SENSORS
+from autosink_platform.pipelines.spec import DetectorModel
+from autosink_platform.pipelines.valve import SKAB_FILES, VALVE, ValveConfig
 from autosink_platform.validation.cases import CaseFloors
 
 

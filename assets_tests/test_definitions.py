@@ -1,7 +1,7 @@
 import dagster as dg
 
 from autosink_platform.definitions import defs
-from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
+from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 
 STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
     f"{m}_{s}" for m in ("classifier", "frame_guard") for s in ("model", "threshold", "release")

@@ -14,9 +14,10 @@ from autosink_platform.defs.resources import FleetChannelResource, MlflowResourc
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
+from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
+from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import PromotionPolicy
-from autosink_platform.reference.pipelines import REFERENCE_PIPELINES, ROBOTARM
 
 from .fake_reference_data import SMALL, make_fake_datasets
 
@@ -118,8 +119,15 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         assert channels.asset_materialization.metadata["published_now"].value == [f"{registered} v2"]
 
 
+def _steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:
+    """The steps a run started, as its event log records them."""
+    events = instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_START)
+    return {e.dagster_event.step_key for e in events}
+
+
 def test_the_cli_runs_and_reports_a_reference_pipeline(home, fake_root, monkeypatch, tmp_path):
-    """`autosink run --pipeline robotarm` on the instance at $DAGSTER_HOME, then `autosink status`."""
+    """`autosink run --pipeline robotarm` on the instance at $DAGSTER_HOME, then `autosink status`,
+    then `autosink run` again with nothing changed and with new files."""
     from click.testing import CliRunner
 
     from autosink_platform.cli import main
@@ -129,10 +137,26 @@ def test_the_cli_runs_and_reports_a_reference_pipeline(home, fake_root, monkeypa
     (tmp_path / "dagster").mkdir()
     ran = CliRunner().invoke(main, ["run", "--pipeline", "robotarm"])
     assert ran.exit_code == 0, ran.output
-    assert "robotarm: 1 runs succeeded" in ran.output
+    assert "robotarm: 2 runs succeeded" in ran.output  # the raw files, then everything missing
+
     unknown = CliRunner().invoke(main, ["run", "--pipeline", "nope"])
     assert unknown.exit_code != 0 and "robotarm" in unknown.output and "sink" in unknown.output
     table = CliRunner().invoke(main, ["status"]).output
     row = next(line for line in table.splitlines() if line.startswith("robotarm.pca"))
     assert row.split()[1:4] == ["1", "1", "1"], table  # champion, challenger, stable
     assert {line.split()[0] for line in table.splitlines()[2:]} == set(definitions.MODEL_NAMES)
+
+    # Laziness, from Dagster's own event log: a second run with nothing changed re-reads the
+    # files' fingerprints and launches no other step; new files re-run everything downstream.
+    with dg.DagsterInstance.get() as instance:
+        before = instance.get_runs_count()
+        again = CliRunner().invoke(main, ["run", "--pipeline", "robotarm"])
+        assert again.exit_code == 0 and "robotarm: 1 runs succeeded" in again.output, again.output
+        assert instance.get_runs_count() == before + 1
+        assert _steps(instance, instance.get_runs(limit=1)[0].run_id) == {"robotarm__raw_files"}
+        monkeypatch.setenv("AUTOSINK_DATASETS", str(make_fake_datasets(tmp_path / "new", seed=1)))
+        changed = CliRunner().invoke(main, ["run", "--pipeline", "robotarm"])
+        assert changed.exit_code == 0 and "robotarm: 2 runs succeeded" in changed.output, changed.output
+        stages = {"labeled_samples", "validated_dataset", "pca_model", "pca_threshold", "pca_release"}
+        steps = {f"robotarm__{s}" for s in stages} | {"robotarm_dataset_checks"}  # the blocking checks too
+        assert _steps(instance, instance.get_runs(limit=1)[0].run_id) == steps

@@ -183,13 +183,15 @@ def test_sink_pipeline_end_to_end(home, instance):
     for root in (home, Path(registry.tracking_uri.removeprefix("sqlite:///")).parent):
         assert not any(f.is_file() and f.read_bytes() == private for f in root.rglob("*")), root
 
-    # Re-materializing with unchanged code and inputs does not retrain or republish.
-    runs = _run_count(registry)
+    # Re-materializing with unchanged code and inputs launches nothing: Dagster sees every asset
+    # fresh (no Dagster run, no MLflow run); the outputs are the stored ones.
+    runs, dagster_runs = _run_count(registry), instance.get_runs_count()
     again = materialize_pipeline(defs, SINK, instance, lake, progress=False)
-    assert again["ingested_now"] == []
+    assert (again["ingested_now"], again["launched"], again["run_id"]) == ([], [], None)
+    assert instance.get_runs_count() == dagster_runs
     assert again["validated_dataset"].snapshot_id == ref.snapshot_id
     for model in SINK.models:
-        assert again[f"{model.name}_model"].reused and again[f"{model.name}_release"].reused
+        assert again[f"{model.name}_model"].version == "1" and again[f"{model.name}_release"].version == "1"
         assert len(registry.client.search_model_versions(f"name = 'sink.{model.name}'")) == 1
     assert _run_count(registry) == runs
 
@@ -203,6 +205,13 @@ def test_sink_pipeline_end_to_end(home, instance):
     )
     third = materialize_pipeline(defs, SINK, instance, lake, progress=False)
     assert len(third["ingested_now"]) == 2
+    # Only the new sessions' partitions ran (every partition has exactly one materialization in
+    # the event log), then the dataset and everything downstream of it.
+    for stage in ("raw_sessions", "labeled_frames"):
+        records = instance.fetch_materializations(dg.AssetKey(["sink", stage]), limit=1000).records
+        per_partition = pd.Series([r.partition_key for r in records]).value_counts()
+        assert (per_partition == 1).all() and set(third["ingested_now"]) <= set(per_partition.index), per_partition
+    assert {"validated_dataset", "classifier_model", "frame_guard_release"} <= set(third["launched"])
     # The dataset gates compared the new data with what the champion (v1) was trained on.
     (drift,) = instance.event_log_storage.get_latest_asset_check_execution_by_key(
         [dg.AssetCheckKey(dg.AssetKey(["sink", "validated_dataset"]), "drift")]

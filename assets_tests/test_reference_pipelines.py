@@ -12,15 +12,14 @@ import pytest
 
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET
-from autosink_platform.reference import lifecycle
-from autosink_platform.reference.pipelines import (
-    BEARING,
-    DIGITS,
-    ROBOTARM,
-    VALVE,
-    build_samples,
-)
-from autosink_platform.reference.sources import DatasetMissing
+from autosink_platform.labeling.protocol import label_samples
+from autosink_platform.lake.public import DatasetMissing, build_samples
+from autosink_platform.pipelines import detector_lifecycle as lifecycle
+from autosink_platform.pipelines.bearing import BEARING
+from autosink_platform.pipelines.digits import DIGITS
+from autosink_platform.pipelines.robotarm import ROBOTARM
+from autosink_platform.pipelines.valve import VALVE
+from autosink_platform.validation.samples import freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 
 from .fake_reference_data import SMALL, make_fake_datasets
@@ -245,11 +244,11 @@ def test_valve_beats_the_skab_leaderboard(real_world, tmp_path):
 
 
 def test_a_label_without_provenance_is_refused_by_the_validated_stage(fake_root, tmp_path):
-    labeled = lifecycle.label_samples(ROBOTARM, fake_root, tmp_path / "store")
+    labeled = label_samples(ROBOTARM, fake_root, tmp_path / "store")
     table, X = labeled.load()
     assert set(table["label_source"]) == {"protocol"} and (table["confidence"] == 1.0).all()
     table.loc[3, "confidence"] = 0.0  # a label nobody vouches for
     table.to_parquet(Path(labeled.path) / "table.parquet", index=False)
     with pytest.raises(DataValidationError, match="confidence") as e:
-        lifecycle.freeze_dataset(ROBOTARM, labeled, tmp_path / "store")
+        freeze_dataset(ROBOTARM, labeled, tmp_path / "store")
     assert e.value.asset == "robotarm/validated_dataset"

@@ -22,9 +22,9 @@ from autosink_platform.defs.runner import materialize_pipeline
 from autosink_platform.defs.sensors import INGEST_BATCH
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.live import free_port
+from autosink_platform.pipelines import detector_lifecycle as lifecycle
+from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
-from autosink_platform.reference import lifecycle
-from autosink_platform.reference.pipelines import ROBOTARM
 from autosink_platform.testing import POSTGRES, celery_worker_command, scratch_postgres_database
 
 from .conftest import stop, wait_for_http

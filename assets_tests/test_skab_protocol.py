@@ -6,8 +6,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autosink_platform.lake.public import DatasetMissing
 from autosink_platform.models import build_detector
-from autosink_platform.reference.skab import (
+from autosink_platform.pipelines.skab import (
     LEADERBOARD,
     PER_FILE_RNN_AE,
     SkabProtocol,
@@ -17,7 +18,6 @@ from autosink_platform.reference.skab import (
     rows_flagged,
     windows,
 )
-from autosink_platform.reference.sources import DatasetMissing
 
 from .fake_reference_data import make_fake_datasets
 

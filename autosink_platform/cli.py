@@ -119,14 +119,21 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
         + ", ".join(f"{s}: {ref.counts[s]['sessions']} sessions" for s in ("train", "validation", "test"))
     )
     from autosink_platform.defs.resources import MlflowResource
+    from autosink_platform.registry import releases
 
     registry = MlflowResource().get()
     for model in SINK.models:
         trained, op, rel = out[f"{model.name}_model"], out[f"{model.name}_threshold"], out[f"{model.name}_release"]
         test = rel.manifest["metrics"]["test"]
+        how = (
+            ("reused" if trained.reused else "trained")
+            if f"{model.name}_model" in out["launched"]
+            else "up to date: Dagster saw nothing changed, nothing ran"
+        )
+        aliases = ", ".join(releases.aliases(registry, trained.registered_name, trained.version)) or "-"
         click.echo(
-            f"\n[{trained.registered_name}] MLflow v{trained.version} ({'reused' if trained.reused else 'trained'}"
-            f"{', warm start from v' + trained.warm_started_from if trained.warm_started_from else ''}), aliases: {', '.join(rel.aliases) or '-'}"
+            f"\n[{trained.registered_name}] MLflow v{trained.version} ({how}"
+            f"{', warm start from v' + trained.warm_started_from if trained.warm_started_from else ''}), aliases: {aliases}"
         )
         click.echo(
             f"  threshold         {op.threshold:.4g} ({op.policy}): validation precision {op.precision:.3f} recall {op.recall:.3f} f1 {op.f1:.3f}"
@@ -217,15 +224,16 @@ def _model_names() -> list[str]:
 def run_pipeline(home, pipeline) -> None:
     """Run a pipeline on the instance at $DAGSTER_HOME, as a deployment runs it: the sink ingests,
     labels and trains on the lake; the reference pipelines go from their public files to a
-    release. The jobs are loaded from the code location, so the configured executor runs the
-    steps (AUTOSINK_EXECUTOR=celery: dagster-celery workers; see README, "Scaling out")."""
+    release. Only what Dagster sees as changed or missing is launched. The jobs are loaded from
+    the code location, so the configured executor runs the steps (AUTOSINK_EXECUTOR=celery:
+    dagster-celery workers; see README, "Scaling out")."""
     h = _use_home(home)
     import dagster as dg
 
     from autosink_platform.definitions import PIPELINES
-    from autosink_platform.defs.runner import launch_jobs, launch_pipeline
+    from autosink_platform.defs.runner import launch_detector_pipeline, launch_pipeline
     from autosink_platform.lake.sessions import Lake
-    from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
+    from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 
     specs = {spec.name: spec for spec in PIPELINES}
     if pipeline not in specs and pipeline not in REFERENCE_PIPELINES:
@@ -237,10 +245,12 @@ def run_pipeline(home, pipeline) -> None:
         if pipeline in specs:
             run_ids = launch_pipeline(specs[pipeline], instance, Lake(h.lake))
         else:
-            run_ids = launch_jobs([(f"{pipeline}_pipeline", {})], instance, desc=pipeline)
-    click.echo(
-        f"{pipeline}: {len(run_ids)} runs succeeded in {time.perf_counter() - started:.1f} s; last run {run_ids[-1]}"
-    )
+            run_ids = launch_detector_pipeline(pipeline, instance)
+    seconds = time.perf_counter() - started
+    if not run_ids:
+        click.echo(f"{pipeline}: nothing changed, every asset is up to date: no run launched ({seconds:.1f} s)")
+    else:
+        click.echo(f"{pipeline}: {len(run_ids)} runs succeeded in {seconds:.1f} s; last run {run_ids[-1]}")
 
 
 @main.command()

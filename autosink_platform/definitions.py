@@ -14,8 +14,8 @@ from autosink_platform.defs.resources import (
     MlflowResource,
     RefIOManager,
 )
+from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 from autosink_platform.pipelines.sink import SINK
-from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
 
 PIPELINES = (SINK,)  # fed by the lake's sessions
 # Every registered model of every pipeline, as MLflow names it: what `autosink status` reports.

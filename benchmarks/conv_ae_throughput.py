@@ -31,9 +31,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
+from autosink_platform.lake.public import datasets_root
 from autosink_platform.models.detectors import ConvAEDetector, _ConvAE, _ConvTranspose2x2
-from autosink_platform.reference.pipelines import DIGITS, DigitsConfig, extract_digits, resize
-from autosink_platform.reference.sources import datasets_root
+from autosink_platform.pipelines.digits import DIGITS, DigitsConfig, extract_digits, resize
 from autosink_platform.thresholds import best_f1, metrics_at
 
 # The tutorial's training: our reconstruction of its network (width 32, 16-d code), Adam at 1e-3,

@@ -38,7 +38,9 @@ def run_demo(seed: int, threads: int, workdir: Path) -> dict:
         "OMP_NUM_THREADS": str(threads),  # torch's intra-op threads
     }
     started = time.perf_counter()
-    proc = subprocess.run([str(CLI), "demo", "--seed", str(seed), "--no-second-act"], env=env, capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(CLI), "demo", "--seed", str(seed), "--no-second-act"], env=env, capture_output=True, text=True
+    )
     row = {"seed": seed, "threads": threads, "wall_s": round(time.perf_counter() - started, 1), "rc": proc.returncode}
     if proc.returncode != 0:
         return row | {"error": proc.stderr.strip().splitlines()[-12:]}

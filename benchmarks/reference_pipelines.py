@@ -29,9 +29,9 @@ def main() -> None:
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     )
     from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
-    from autosink_platform.reference import lifecycle
-    from autosink_platform.reference.pipelines import REFERENCE_PIPELINES
-    from autosink_platform.reference.sources import datasets_root
+    from autosink_platform.lake.public import datasets_root
+    from autosink_platform.pipelines import detector_lifecycle as lifecycle
+    from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 
     registry, channel, audit = MlflowResource().get(), FleetChannelResource().get(), FleetChannelResource().audit()
     rows = []

@@ -1,4 +1,4 @@
-"""SKAB's outlier-detection leaderboard protocol (``autosink_platform.reference.skab``) with our
+"""SKAB's outlier-detection leaderboard protocol (``autosink_platform.pipelines.skab``) with our
 recurrent autoencoder, next to the published leaderboard rows. One GRU autoencoder per file, as
 the protocol fits its models; takes ~2.5 minutes on 2 cores (one file per core).
 
@@ -16,9 +16,9 @@ import time
 from functools import partial
 from pathlib import Path
 
+from autosink_platform.lake.public import datasets_root
 from autosink_platform.models import build_detector
-from autosink_platform.reference.skab import LEADERBOARD, PER_FILE_RNN_AE, evaluate
-from autosink_platform.reference.sources import datasets_root
+from autosink_platform.pipelines.skab import LEADERBOARD, PER_FILE_RNN_AE, evaluate
 
 
 def main() -> None:

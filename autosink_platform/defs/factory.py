@@ -20,7 +20,7 @@ from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelR
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
 from autosink_platform.pipelines import lifecycle, sink
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec
+from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, stage_code_versions
 from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.registry.releases import Release, ReleaseRejected, registered_name
@@ -147,7 +147,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["model"],
         ins={"dataset": dg.AssetIn(dataset_key)},
         kinds={"pytorch", "mlflow"},
         description=model.description,
@@ -183,7 +183,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["threshold"],
         ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
         kinds={"mlflow"},
     )
@@ -214,7 +214,7 @@ def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinit
         automation_condition=FOLLOW_CHECKED_DATASET,
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["release"],
         ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
         kinds={"onnx", "mlflow"},
     )

@@ -13,12 +13,15 @@ from autosink_platform import plots
 from autosink_platform.defs.factory import TRAIN_TAGS, fleet_defs
 from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
-from autosink_platform.reference import lifecycle
-from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec
-from autosink_platform.reference.sources import DatasetMissing, datasets_root, fingerprint, require
+from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
+from autosink_platform.lake.public import DatasetMissing, datasets_root, fingerprint, require
+from autosink_platform.pipelines import detector_lifecycle as lifecycle
+from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec, stage_code_versions
 from autosink_platform.registry.releases import Release, ReleaseRejected
 from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.validation.samples import RefDataset, freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
+from autosink_platform.validation.splits import snapshot_id
 
 FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
@@ -47,7 +50,7 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         prints = fingerprint(paths)
         return versioned_output(
             {"root": str(root), "files": prints},
-            lifecycle.snapshot_id(*sorted(f"{k}:{v}" for k, v in prints.items())),
+            snapshot_id(*sorted(f"{k}:{v}" for k, v in prints.items())),
             {
                 "root": dg.MetadataValue.path(str(root)),
                 "files": markdown_table(
@@ -72,13 +75,13 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
     )
     def labeled_samples(
         context: dg.AssetExecutionContext, raw: dict, store: FeatureStoreResource
-    ) -> dg.Output[lifecycle.LabeledSamples]:
+    ) -> dg.Output[LabeledSamples]:
         """Samples per the pipeline's protocol, labeled from the protocol's own files, each label with
         its source and confidence (as the sink's labels carry them)."""
         return _sample_set_output(
-            lambda: lifecycle.label_samples(spec, Path(raw["root"]), store.location()),
+            lambda: label_samples(spec, Path(raw["root"]), store.location()),
             "labels_id",
-            label_source=lifecycle.PROTOCOL_LABEL,
+            label_source=PROTOCOL_LABEL,
         )
 
     @dg.asset(
@@ -91,10 +94,10 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         automation_condition=dg.AutomationCondition.eager(),
     )
     def validated_dataset(
-        context: dg.AssetExecutionContext, labeled: lifecycle.LabeledSamples, store: FeatureStoreResource
-    ) -> dg.Output[lifecycle.RefDataset]:
+        context: dg.AssetExecutionContext, labeled: LabeledSamples, store: FeatureStoreResource
+    ) -> dg.Output[RefDataset]:
         """The labeled samples pandera-validated (provenance included), frozen as a content-hash snapshot."""
-        return _sample_set_output(lambda: lifecycle.freeze_dataset(spec, labeled, store.location()), "snapshot_id")
+        return _sample_set_output(lambda: freeze_dataset(spec, labeled, store.location()), "snapshot_id")
 
     return [raw_files, labeled_samples, validated_dataset]
 
@@ -127,7 +130,7 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
         name=f"{spec.name}_dataset_checks",
         ins={"dataset": dg.AssetIn(key)},
     )
-    def reference_dataset_checks(dataset: lifecycle.RefDataset):
+    def reference_dataset_checks(dataset: RefDataset):
         """The protocol's examples per split and class, finite inputs, no sample in two splits."""
         table, X = dataset.load()
         counts = table.groupby(["split", "label"]).size()
@@ -166,14 +169,14 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
         name=f"{model.name}_model",
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["model"],
         ins={"dataset": dg.AssetIn(dataset_key)},
         kinds={"pytorch", "mlflow"},
         automation_condition=FOLLOW_CHECKED_DATASET,
         description=f"{model.family} detector, registered as {spec.name}.{model.name}",
     )
     def trained(
-        context: dg.AssetExecutionContext, dataset: lifecycle.RefDataset, mlflow: MlflowResource
+        context: dg.AssetExecutionContext, dataset: RefDataset, mlflow: MlflowResource
     ) -> dg.Output[lifecycle.TrainedDetector]:
         result = lifecycle.train_detector(spec, model, dataset, mlflow.get(), context.run.run_id)
         metadata = {
@@ -194,7 +197,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
         name=f"{model.name}_threshold",
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["threshold"],
         ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
         kinds={"mlflow"},
         automation_condition=FOLLOW_CHECKED_DATASET,
@@ -202,7 +205,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
     def threshold(
         context: dg.AssetExecutionContext,
         trained: lifecycle.TrainedDetector,
-        dataset: lifecycle.RefDataset,
+        dataset: RefDataset,
         mlflow: MlflowResource,
     ) -> dg.Output[OperatingPoint]:
         """The operating point (policy per the pipeline spec), as a JSON artifact of the version."""
@@ -223,7 +226,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
         name=f"{model.name}_release",
         key_prefix=prefix,
         group_name=spec.name,
-        code_version=model.code_version,
+        code_version=stage_code_versions(model)["release"],
         ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
         kinds={"onnx", "mlflow"},
         automation_condition=FOLLOW_CHECKED_DATASET,
@@ -232,7 +235,7 @@ def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDe
         context: dg.AssetExecutionContext,
         trained: lifecycle.TrainedDetector,
         op: OperatingPoint,
-        dataset: lifecycle.RefDataset,
+        dataset: RefDataset,
         mlflow: MlflowResource,
         fleet: FleetChannelResource,
     ) -> dg.Output[Release]:

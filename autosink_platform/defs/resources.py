@@ -15,10 +15,11 @@ import pandas as pd
 
 from autosink_platform.files import S3_ENDPOINT_ENV, location, put_bytes
 from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_tracking_uri, resolve_home
+from autosink_platform.labeling.protocol import LabeledSamples
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
+from autosink_platform.pipelines.detector_lifecycle import TrainedDetector
 from autosink_platform.pipelines.lifecycle import TrainedModel
-from autosink_platform.reference.lifecycle import LabeledSamples, RefDataset, TrainedDetector
 from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.registry.releases import Release
@@ -26,6 +27,7 @@ from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.signing import default_key_path, ensure_keypair, load_private_key
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef
+from autosink_platform.validation.samples import RefDataset
 
 
 class LakeResource(dg.ConfigurableResource):

@@ -47,6 +47,40 @@ def _batches(instance: dg.DagsterInstance, spec: PipelineSpec, todo: list[str]) 
     return batches + ([current] if current else [])
 
 
+def stale_or_missing(defs: dg.Definitions, instance: dg.DagsterInstance, keys) -> list[dg.AssetKey]:
+    """The assets among ``keys`` that Dagster itself sees as stale or missing: what the UI's
+    "Materialize changed and missing" and a sensor's ``RunRequest(stale_assets_only=True)``
+    launch. Dagster decides from code versions and data versions (content hashes); an asset
+    whose inputs and code are unchanged is fresh and is not launched."""
+    # Dagster keeps this resolver internal; it is the one its UI and sensors use.
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    graph = defs.resolve_asset_graph()
+    view = AssetGraphView(
+        temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None),
+        instance=instance,
+        asset_graph=graph,
+    )
+    resolver = CachingStaleStatusResolver(instance, graph, view)
+    return sorted(
+        (k for k in keys if resolver.get_status(k) in (StaleStatus.STALE, StaleStatus.MISSING)),
+        key=lambda k: k.to_user_string(),
+    )
+
+
+def to_launch(defs: dg.Definitions, instance: dg.DagsterInstance, keys) -> list[dg.AssetKey]:
+    """The stale or missing assets among ``keys`` and, within ``keys``, everything downstream of
+    them: Dagster marks only the direct children of a changed asset stale, and their own
+    children change once they run."""
+    stale = stale_or_missing(defs, instance, keys)
+    if not stale:
+        return []
+    closure = dg.AssetSelection.assets(*stale).downstream().resolve(defs.resolve_asset_graph())
+    return sorted(closure & set(keys), key=lambda k: k.to_user_string())
+
+
 def _partition_args(request: dg.RunRequest) -> dict:
     return {"partition_key": request.partition_key} if request.partition_key else {"tags": request.tags}
 
@@ -58,9 +92,12 @@ def _tags(request: dg.RunRequest) -> dict:
 def materialize_pipeline(
     defs: dg.Definitions, spec: PipelineSpec, instance: dg.DagsterInstance, lake: Lake, progress: bool = True
 ) -> dict:
-    """Ingest + label every session not yet labeled (a run per session), then run the train job.
+    """Ingest + label every session not yet labeled (a run per session), then run the train job
+    on the assets Dagster sees as stale or missing (none when nothing changed: no run at all).
 
-    Returns the train job's outputs by asset name (dataset ref, models, thresholds, releases).
+    Returns the train job's outputs by asset name (dataset ref, models, thresholds, releases),
+    as materialized now or, for the assets that were fresh, as stored; ``launched`` names the
+    assets this call materialized and ``run_id`` is the train run's (None when none ran).
     """
     todo = unlabeled_sessions(instance, spec, lake)
     ingest = defs.resolve_job_def(f"{spec.name}_ingest")
@@ -73,14 +110,22 @@ def materialize_pipeline(
                 **_partition_args(partition_range_request(batch)),
             )
             bar.update(len(batch))
-    result = defs.resolve_job_def(f"{spec.name}_train").execute_in_process(
-        instance=instance, run_config=QUIET, raise_on_error=True
+    train = defs.resolve_job_def(f"{spec.name}_train")
+    launch = to_launch(defs, instance, train.asset_layer.selected_asset_keys)
+    result = (
+        train.execute_in_process(instance=instance, run_config=QUIET, raise_on_error=True, asset_selection=launch)
+        if launch
+        else None
     )
     names = ["validated_dataset"] + [
         f"{m.name}_{stage}" for m in spec.models for stage in ("model", "threshold", "release")
     ]
-    outputs = {name: result.asset_value(dg.AssetKey([spec.name, name])) for name in names}
-    return outputs | {"ingested_now": todo, "run_id": result.run_id}
+    outputs = {
+        name: result.asset_value(key) if key in launch else defs.load_asset_value(key, instance=instance)
+        for name, key in ((n, dg.AssetKey([spec.name, n])) for n in names)
+    }
+    launched = [k.path[-1] for k in launch]
+    return outputs | {"ingested_now": todo, "launched": launched, "run_id": result.run_id if result else None}
 
 
 def launch_pipeline(
@@ -96,8 +141,27 @@ def launch_pipeline(
     Returns the run ids (ingest runs, then the train run); raises if any run fails."""
     todo = unlabeled_sessions(instance, spec, lake)
     runs = [(f"{spec.name}_ingest", _tags(partition_range_request(b))) for b in _batches(instance, spec, todo)]
-    runs.append((f"{spec.name}_train", {}))
-    return launch_jobs(runs, instance, module, progress, desc=f"{spec.name}: runs")
+    run_ids = launch_jobs(runs, instance, module, progress, desc=f"{spec.name}: ingest runs")
+    defs = _load_defs(module)
+    train = defs.resolve_job_def(f"{spec.name}_train")
+    if launch := to_launch(defs, instance, train.asset_layer.selected_asset_keys):
+        run_ids += launch_jobs([(train.name, {})], instance, module, progress, f"{spec.name}: train", launch)
+    return run_ids
+
+
+def launch_detector_pipeline(
+    name: str, instance: dg.DagsterInstance, module: str = "autosink_platform.definitions", progress: bool = True
+) -> list[str]:
+    """A detector pipeline's job the lazy way: its ``raw_files`` step always runs (fingerprinting
+    the public files is how the pipeline sees them change; unchanged files give the same data
+    version), then only what Dagster sees as stale or missing. Returns the run ids."""
+    job = f"{name}_pipeline"
+    raw = [dg.AssetKey([name, "raw_files"])]
+    run_ids = launch_jobs([(job, {})], instance, module, progress, f"{name}: raw files", raw)
+    defs = _load_defs(module)
+    if launch := to_launch(defs, instance, defs.resolve_job_def(job).asset_layer.selected_asset_keys):
+        run_ids += launch_jobs([(job, {})], instance, module, progress, f"{name}: changed and missing", launch)
+    return run_ids
 
 
 def launch_jobs(
@@ -106,15 +170,25 @@ def launch_jobs(
     module: str = "autosink_platform.definitions",
     progress: bool = True,
     desc: str = "runs",
+    asset_selection: list[dg.AssetKey] | None = None,
 ) -> list[str]:
     """Each (job, tags) in turn, reconstructed from the code location module so the configured
-    executor runs its steps; returns the run ids and raises on the first failed run."""
+    executor runs its steps (only ``asset_selection`` of them, when given); returns the run ids
+    and raises on the first failed run."""
     repo = ReconstructableRepository.for_module(module, "defs", working_directory=os.getcwd())
     run_ids = []
     for job, tags in tqdm(runs, desc=desc, unit="run", disable=not progress):
-        with dg.execute_job(repo.get_reconstructable_job(job), instance, run_config=QUIET, tags=tags) as result:
+        with dg.execute_job(
+            repo.get_reconstructable_job(job), instance, run_config=QUIET, tags=tags, asset_selection=asset_selection
+        ) as result:
             if not result.success:
                 failed = [e.message for e in result.all_events if e.is_failure]
                 raise RuntimeError(f"{job} {tags or ''} failed (run {result.run_id}): {failed[:3]}")
             run_ids.append(result.run_id)
     return run_ids
+
+
+def _load_defs(module: str) -> dg.Definitions:
+    import importlib
+
+    return importlib.import_module(module).defs

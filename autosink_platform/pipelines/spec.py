@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -15,7 +17,7 @@ from torch import nn
 from autosink_platform.labeling.propagation import LabelingConfig
 from autosink_platform.models.training import FitResult
 from autosink_platform.registry.promotion import PromotionPolicy
-from autosink_platform.thresholds import ThresholdPolicy
+from autosink_platform.thresholds import BestF1, ThresholdPolicy
 from autosink_platform.validation.cases import CaseFloors, Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
 from autosink_platform.validation.dataset import DatasetRef
@@ -98,3 +100,63 @@ class PipelineSpec:
     promotion: PromotionPolicy = PromotionPolicy()
     dataset_checks: DatasetChecksConfig = DatasetChecksConfig()
     slices: tuple[Slice, ...] = ()  # situations every model is evaluated on before release
+
+
+# -- the detector pipelines (robotarm, digits, valve, bearing) ----------------------------------
+# Still a spec type of their own beside PipelineSpec (issue #15 merges the two).
+
+# raw files -> (Samples table, inputs in table order[, extra tables the protocol needs at release])
+Extract = Callable[[Path, Any], tuple[pd.DataFrame, np.ndarray] | tuple[pd.DataFrame, np.ndarray, dict]]
+# (test samples, flags at the threshold, extra tables, data config) -> the protocol's own figures
+Protocol = Callable[[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame], Any], dict]
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    name: str  # registered as "<pipeline>.<name>"
+    family: str  # see autosink_platform.models.FAMILIES
+    params: dict = field(default_factory=dict)
+    threshold: ThresholdPolicy = BestF1()  # chosen on validation labels, or on training scores
+    code_version: str = "1"
+
+
+@dataclass(frozen=True)
+class ReferenceSpec:
+    name: str
+    description: str
+    raw_files: tuple[str, ...]  # relative to the datasets root
+    extract: Extract  # raw files -> (Samples table, inputs in table order)
+    config: Any  # a frozen dataclass of data settings: part of the snapshot id
+    models: tuple[DetectorModel, ...]
+    reference: dict = field(default_factory=dict)  # the published figures we compare with
+    case_floors: CaseFloors | None = None  # per-group floors at release (group column)
+    min_per_split_class: int = 10  # dataset gate: samples per (split, label) that the protocol has
+    # the (split, label) pairs the protocol has; the dataset gate wants min_per_split_class of each
+    required: tuple[tuple[str, int], ...] = (
+        ("train", 0),
+        ("validation", 0),
+        ("test", 0),
+        ("validation", 1),
+        ("test", 1),
+    )
+    protocol: Protocol | None = None  # a published protocol's figures on the test split, at release
+
+    def config_dict(self) -> dict:
+        return asdict(self.config)
+
+
+def stage_code_versions(model: ModelSpec | DetectorModel) -> dict[str, str]:
+    """The Dagster code version of a model's three stages: its declared code version plus a
+    digest of what in the spec each stage's result depends on (the training config; the
+    threshold policy; the release floors). Dagster marks a stage stale when its code version
+    changes, so editing a config re-trains without anyone bumping a number."""
+    if isinstance(model, ModelSpec):
+        config, floors = model.config_json(), repr(model.cases)
+    else:
+        config, floors = json.dumps({"family": model.family, "params": model.params}, sort_keys=True), ""
+    parts = {"model": [config], "threshold": [config, repr(model.threshold)]}
+    parts["release"] = [*parts["threshold"], floors]
+    return {
+        stage: f"{model.code_version}-{hashlib.sha256(json.dumps(p).encode()).hexdigest()[:10]}"
+        for stage, p in parts.items()
+    }

@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from autosink_platform.reference.schemas import SkabRows
-from autosink_platform.reference.sources import DatasetMissing, read_skab_csv
-from autosink_platform.validation.schemas import validate
+from autosink_platform.lake.public import DatasetMissing, read_skab_csv
+from autosink_platform.validation.schemas import SkabRows, validate
 
 SENSORS = (
     "Accelerometer1RMS",

@@ -1,4 +1,5 @@
-"""The raw files of the reference pipelines, read in place: they are these pipelines' lake.
+"""The raw files of the detector pipelines (public datasets), read in place: they are these
+pipelines' lake, and ``build_samples`` is their ingest.
 
 The root is ``$AUTOSINK_DATASETS``, else ``../shared/datasets`` beside the repository. Files
 are never copied or modified; a pipeline's raw asset fingerprints them (size + sha256) so an
@@ -11,9 +12,15 @@ import gzip
 import hashlib
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+
+from autosink_platform.validation.schemas import Samples, validate
+
+if TYPE_CHECKING:
+    from autosink_platform.pipelines.spec import ReferenceSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -63,3 +70,20 @@ def read_idx(path: Path) -> np.ndarray:
 
 def read_skab_csv(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, sep=";", parse_dates=["datetime"])
+
+
+def samples_table(source, position, label, split, group) -> pd.DataFrame:
+    table = pd.DataFrame({"source": source, "position": position, "label": label, "split": split, "group": group})
+    table.insert(0, "sample", np.arange(len(table)))
+    return table
+
+
+def build_samples(spec: ReferenceSpec, root: Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
+    """Extract and validate (the Samples schema) one pipeline's samples, with any extra tables."""
+    table, X, *rest = spec.extract(root, spec.config)
+    extras = rest[0] if rest else {}
+    if len(table) != len(X):
+        raise ValueError(f"{spec.name}: {len(table)} table rows but {len(X)} inputs")
+    if not np.isfinite(X).all():
+        raise ValueError(f"{spec.name}: {int((~np.isfinite(X)).sum())} NaN/inf input values")
+    return validate(table, Samples, f"{spec.name}/validated_dataset"), X.astype(np.float32), extras

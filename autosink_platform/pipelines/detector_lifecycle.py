@@ -1,6 +1,7 @@
-"""Dataset snapshot -> train -> threshold -> release for the reference pipelines' detectors:
-plain functions over the MLflow registry and the fleet channel, like ``pipelines.lifecycle`` for
-the sink. Each stage reuses its earlier result when its inputs are unchanged."""
+"""Train -> threshold -> release for the detector pipelines' models (robotarm, digits, valve,
+bearing): plain functions over the MLflow registry and the fleet channel, like
+``pipelines.lifecycle`` for the sink. Each stage reuses its earlier result when its inputs are
+unchanged. The data stages are ``labeling.protocol`` and ``validation.samples``."""
 
 from __future__ import annotations
 
@@ -19,11 +20,10 @@ from mlflow.models import infer_signature
 
 import mlflow
 from autosink_platform import plots
-from autosink_platform.files import local_copy, location, publish_folder
+from autosink_platform.labeling.protocol import label_samples
 from autosink_platform.models import OnnxDetector, build_detector
 from autosink_platform.models.detectors import Detector
-from autosink_platform.reference.pipelines import DetectorModel, ReferenceSpec, build_samples
-from autosink_platform.reference.schemas import LabeledSampleRows
+from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy
@@ -42,40 +42,13 @@ from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.onnx_export import Tolerance
 from autosink_platform.thresholds import OperatingPoint, SessionUCL, calibrated, metrics_at
 from autosink_platform.validation import cases as case_validation
-from autosink_platform.validation.dataset import snapshot_cache, staging_for
-from autosink_platform.validation.schemas import validate
-from autosink_platform.validation.splits import snapshot_id
+from autosink_platform.validation.samples import RefDataset, freeze_dataset
 
 PARITY = Tolerance(rtol=1e-4)  # scores are unbounded (reconstruction errors): relative
 SMOKE_SAMPLES = 4
-COMPLETE = "_COMPLETE"
-PROTOCOL_LABEL = "protocol"  # label_source of a label read from the dataset's own files
 
 
 GROUP_SLICES = (case_validation.Slice("group", lambda f: f["group"], "the sample's group (file, class or rig)"),)
-
-
-@dataclass(frozen=True)
-class RefDataset:
-    pipeline: str
-    snapshot_id: str
-    path: str
-    counts: dict
-
-    def local(self) -> Path:
-        return local_copy(self.path, snapshot_cache(), COMPLETE)
-
-    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
-        path = self.local()
-        return pd.read_parquet(path / "table.parquet"), np.load(path / "X.npy", mmap_mode="r")
-
-    def extras(self) -> dict[str, pd.DataFrame]:
-        """The extra tables the pipeline's protocol needs (e.g. SKAB's per-row test labels)."""
-        return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
-
-
-class LabeledSamples(RefDataset):
-    """The labeled stage's sample set (``snapshot_id`` is its content id), read like a dataset."""
 
 
 @dataclass(frozen=True)
@@ -87,67 +60,6 @@ class TrainedDetector:
     reused: bool
     train_seconds: float
     history: list[dict]
-
-
-def _counts(table: pd.DataFrame) -> dict:
-    return {
-        split: {
-            "samples": int((table["split"] == split).sum()),
-            "anomalous": int(table.loc[table["split"] == split, "label"].sum()),
-        }
-        for split in ("train", "validation", "test")
-    }
-
-
-def _content_id(table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFrame], *more: str) -> str:
-    hashes = [
-        hashlib.sha256(pd.util.hash_pandas_object(t, index=False).to_numpy().tobytes()).hexdigest()
-        for t in (table, *(extras[k] for k in sorted(extras)))
-    ]
-    return snapshot_id(*hashes, hashlib.sha256(np.ascontiguousarray(X).tobytes()).hexdigest(), *more)
-
-
-def _freeze(out, table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFrame], manifest: dict) -> None:
-    """Write a content-addressed sample set once: staged, then published with ``_COMPLETE`` last."""
-    if (out / COMPLETE).exists():
-        return
-    staging = staging_for(out)
-    table.to_parquet(staging / "table.parquet", index=False)
-    np.save(staging / "X.npy", X)
-    if extras:
-        (staging / "extras").mkdir()
-        for name, extra in extras.items():
-            extra.to_parquet(staging / "extras" / f"{name}.parquet", index=False)
-    (staging / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    (staging / COMPLETE).write_text(manifest["id"])
-    publish_folder(staging, out, COMPLETE)
-
-
-def label_samples(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> LabeledSamples:
-    """The labeled stage: the protocol's samples with the labels its own files give, each with the
-    provenance the sink's labels carry (``label_source`` "protocol", ``confidence`` 1.0), stored
-    in the feature store under a content id."""
-    table, X, extras = build_samples(spec, datasets_root)
-    table = table.assign(label_source=PROTOCOL_LABEL, confidence=1.0)
-    lid = _content_id(table, X, extras, json.dumps(spec.config_dict(), sort_keys=True))
-    out = location(store_root) / spec.name / "labeled" / lid
-    labeled = LabeledSamples(spec.name, lid, str(out), _counts(table))
-    _freeze(out, table, X, extras, {"id": lid, "config": spec.config_dict(), "counts": labeled.counts})
-    return labeled
-
-
-def freeze_dataset(spec: ReferenceSpec, labeled: LabeledSamples, store_root: Path) -> RefDataset:
-    """The validated stage: the labeled samples checked against ``LabeledSamples`` (provenance
-    included) and frozen as the snapshot every model of the pipeline trains on."""
-    table, X = labeled.load()
-    table = validate(table, LabeledSampleRows, f"{spec.name}/validated_dataset")
-    extras = labeled.extras()
-    sid = _content_id(table, X, extras, json.dumps(spec.config_dict(), sort_keys=True))
-    out = location(store_root) / spec.name / "datasets" / sid
-    ref = RefDataset(spec.name, sid, str(out), _counts(table))
-    manifest = {"id": sid, "snapshot_id": sid, "labeled": labeled.snapshot_id, "config": spec.config_dict()}
-    _freeze(out, table, np.asarray(X), extras, manifest | {"counts": ref.counts})
-    return ref
 
 
 def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:

@@ -1,0 +1,91 @@
+"""The ``bearing`` pipeline: CWRU drive-end vibration at 1797 rpm; log-spectrogram images of
+1,024-sample windows; f-AnoGAN trained on Normal only, evaluated on held-out Normal plus the six
+fault files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from autosink_platform.lake.public import require, samples_table
+from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
+from autosink_platform.thresholds import BestF1
+from autosink_platform.validation.cases import CaseFloors
+
+
+@dataclass(frozen=True)
+class BearingConfig:
+    window: int = 1024  # samples (85 ms at 12 kHz: ~2.6 shaft revolutions at 1797 rpm)
+    hop: int = 512
+    segment: int = 62  # spectrogram: 32 frames of 62 samples, hop 31 -> 32 time x 32 frequency bins
+    train: float = 0.6  # of the Normal windows, in time order; validation and test share the rest
+    db_range: tuple[float, float] = (-80.0, 30.0)  # dB mapped to [0, 1]: Normal spans about -77..6, faults reach 27
+
+
+BEARING_FILES = {
+    "Normal": "1797_Normal.npz",
+    "IR_7": "1797_IR_7_DE12.npz",
+    "IR_21": "1797_IR_21_DE12.npz",
+    "B_7": "1797_B_7_DE12.npz",
+    "B_21": "1797_B_21_DE12.npz",
+    "OR@6_7": "1797_OR@6_7_DE12.npz",
+    "OR@6_21": "1797_OR@6_21_DE12.npz",
+}
+
+
+def spectrogram_images(windows: np.ndarray, cfg: BearingConfig) -> np.ndarray:
+    """(N, window) signal -> (N, 1, 32, 32) log-magnitude spectrograms in [0, 1] (time x frequency)."""
+    x = torch.from_numpy(windows.astype(np.float32))
+    spec = torch.stft(
+        x,
+        n_fft=cfg.segment,
+        hop_length=cfg.segment // 2,
+        win_length=cfg.segment,
+        window=torch.hann_window(cfg.segment),
+        center=False,
+        return_complex=True,
+    ).abs()  # (N, freq 32, time)
+    spec = spec[:, :32, :32]
+    db = 20 * torch.log10(spec + 1e-6)
+    lo, hi = cfg.db_range
+    return ((db - lo) / (hi - lo)).clamp_(0, 1).transpose(1, 2)[:, None].numpy()
+
+
+def extract_bearing(root: Path, cfg: BearingConfig) -> tuple[pd.DataFrame, np.ndarray]:
+    paths = dict(zip(BEARING_FILES, require(root, *(f"cwru_bearing/{f}" for f in BEARING_FILES.values())), strict=True))
+    tables, images = [], []
+    for group, path in paths.items():
+        signal = np.load(path)["DE"].astype(np.float64).ravel()
+        starts = np.arange(0, len(signal) - cfg.window + 1, cfg.hop)
+        windows = np.stack([signal[s : s + cfg.window] for s in starts])
+        n = len(starts)
+        if group == "Normal":  # train on the first part; the rest is held out for validation and test
+            n_train = int(n * cfg.train)
+            n_val = (n - n_train) // 2
+            split = ["train"] * n_train + ["validation"] * n_val + ["test"] * (n - n_train - n_val)
+        else:  # each fault file: first half to choose the threshold, second half to test
+            split = ["validation"] * (n // 2) + ["test"] * (n - n // 2)
+        tables.append(samples_table(path.name, starts, int(group != "Normal"), split, group))
+        images.append(spectrogram_images(windows, cfg))
+    table = pd.concat(tables, ignore_index=True)
+    table["sample"] = np.arange(len(table))
+    return table, np.concatenate(images)
+
+
+BEARING = ReferenceSpec(
+    name="bearing",
+    description="CWRU drive-end vibration: f-AnoGAN on log-spectrogram windows, trained on Normal only.",
+    raw_files=tuple(f"cwru_bearing/{f}" for f in BEARING_FILES.values()),
+    extract=extract_bearing,
+    config=BearingConfig(),
+    models=(
+        DetectorModel("anogan", "anogan", {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5}, BestF1()),
+    ),
+    reference={"source": "f-AnoGAN on CWRU (izi_f); report AUROC and F1"},
+    case_floors=CaseFloors(metric="accuracy", floor=0.8, min_examples=50),
+)
