@@ -7,15 +7,12 @@ Asset bodies only move values between resources and the plain functions in
 ``pipelines/``; nothing below the Dagster layer imports Dagster.
 """
 
-import tempfile
-from pathlib import Path
-
 import dagster as dg
 import pandas as pd
 
-from autosink_platform import plots
 from autosink_platform.defs.checks import dataset_checks
-from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
+from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
+from autosink_platform.defs.model_stages import FOLLOW_CHECKED_DATASET, ModelStages, model_assets
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
@@ -23,13 +20,9 @@ from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, stage_code_versions
 from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
-from autosink_platform.registry.releases import Release, ReleaseRejected, registered_name
-from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.registry.releases import registered_name
 from autosink_platform.validation.dataset import DatasetRef, build_dataset
 from autosink_platform.validation.schemas import DataValidationError
-
-# Follow a new dataset through to release, but never past a failed blocking check.
-FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 # The queued run coordinator (infra/dagster/dagster.yaml) runs one training run at a time by this tag.
 STAGE_TAG = "autosink/stage"
@@ -137,140 +130,27 @@ def _partition_metadata(results: dict[str, dict]) -> dict:
     }
 
 
-def _model_assets(spec: PipelineSpec, model: ModelSpec) -> list[dg.AssetsDefinition]:
-    prefix, dataset_key = [spec.name], dg.AssetKey([spec.name, "validated_dataset"])
-    model_key = dg.AssetKey([spec.name, f"{model.name}_model"])
-    threshold_key = dg.AssetKey([spec.name, f"{model.name}_threshold"])
-
-    @dg.asset(
-        name=f"{model.name}_model",
-        automation_condition=FOLLOW_CHECKED_DATASET,
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["model"],
-        ins={"dataset": dg.AssetIn(dataset_key)},
-        kinds={"pytorch", "mlflow"},
+def _model_stages(spec: PipelineSpec, model: ModelSpec) -> ModelStages:
+    """The sink lifecycle's stages for one of its models (each loads the dataset it reads)."""
+    load = LoadedDataset.load
+    return ModelStages(
+        pipeline=spec.name,
+        model=model.name,
         description=model.description,
+        code_versions=stage_code_versions(model),
+        train=lambda ds, registry, run_id: lifecycle.train_model(spec, model, load(ds), registry, run_id),
+        threshold=lambda trained, ds, registry, tmp: lifecycle.choose_threshold(
+            spec, model, trained, load(ds), registry, tmp
+        ),
+        release=lambda trained, op, ds, registry, channel, audit, run_id: lifecycle.release_model(
+            spec, model, trained, op, load(ds), registry, channel, audit, run_id
+        ),
+        train_metadata=lambda t: {
+            "warm_started_from": t.warm_started_from or "none",
+            "best_epoch": t.best_epoch,
+            **{k: float(v) for k, v in t.metrics.items() if k in ("train_loss", "val_loss")},
+        },
     )
-    def trained(
-        context: dg.AssetExecutionContext, dataset: DatasetRef, mlflow: MlflowResource
-    ) -> dg.Output[lifecycle.TrainedModel]:
-        result = lifecycle.train_model(spec, model, LoadedDataset.load(dataset), mlflow.get(), context.run.run_id)
-        if result.reused:
-            context.log.info(f"{result.registered_name} v{result.version} was trained on these inputs already: reused")
-        with tempfile.TemporaryDirectory() as tmp:
-            curves = image_metadata(
-                plots.training_curves(
-                    result.history, Path(tmp) / "curves.png", f"{result.registered_name} v{result.version}"
-                )
-            )
-        return dg.Output(
-            result,
-            metadata={
-                "training_curves": curves,
-                "mlflow_model": result.registered_name,
-                "mlflow_version": result.version,
-                "mlflow_run_id": result.run_id,
-                "reused": result.reused,
-                "warm_started_from": result.warm_started_from or "none",
-                "best_epoch": result.best_epoch,
-                **{k: float(v) for k, v in result.metrics.items() if k in ("train_loss", "val_loss")},
-            },
-        )
-
-    @dg.asset(
-        name=f"{model.name}_threshold",
-        automation_condition=FOLLOW_CHECKED_DATASET,
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["threshold"],
-        ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
-        kinds={"mlflow"},
-    )
-    def threshold(
-        context: dg.AssetExecutionContext, trained: lifecycle.TrainedModel, dataset: DatasetRef, mlflow: MlflowResource
-    ) -> dg.Output[OperatingPoint]:
-        """The operating point chosen on the validation split, with the precision/recall it gives."""
-        with tempfile.TemporaryDirectory() as tmp:
-            op, figures = lifecycle.choose_threshold(
-                spec, model, trained, LoadedDataset.load(dataset), mlflow.get(), Path(tmp)
-            )
-            plots = {name: image_metadata(path) for name, path in figures.items()}
-        return dg.Output(
-            op,
-            metadata={
-                "policy": op.policy,
-                "threshold": op.threshold,
-                "precision": op.precision,
-                "recall": op.recall,
-                "f1": op.f1,
-                "fpr": op.fpr,
-                **plots,
-            },
-        )
-
-    @dg.asset(
-        name=f"{model.name}_release",
-        automation_condition=FOLLOW_CHECKED_DATASET,
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["release"],
-        ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
-        kinds={"onnx", "mlflow"},
-    )
-    def release(
-        context: dg.AssetExecutionContext,
-        trained: lifecycle.TrainedModel,
-        op: OperatingPoint,
-        dataset: DatasetRef,
-        mlflow: MlflowResource,
-        fleet: FleetChannelResource,
-    ) -> dg.Output[Release]:
-        """ONNX build checked against PyTorch, evaluated on test and per case slice, published with
-        its manifest."""
-        try:
-            rel = lifecycle.release_model(
-                spec,
-                model,
-                trained,
-                op,
-                LoadedDataset.load(dataset),
-                mlflow.get(),
-                fleet.get(),
-                fleet.audit(),
-                context.run.run_id,
-            )
-        except ReleaseRejected as e:  # the slice table belongs in the UI, not only the log
-            raise dg.Failure(
-                description=str(e),
-                metadata={"mlflow_version": trained.version}
-                | ({"case_validation": markdown_table(_case_view(e.cases))} if e.cases is not None else {}),
-            ) from e
-        test = rel.manifest["metrics"]["test"]
-        return dg.Output(
-            rel,
-            metadata={
-                "mlflow_version": rel.version,
-                "aliases": ", ".join(rel.aliases),
-                "path": dg.MetadataValue.path(rel.path),
-                "onnx_sha256": rel.manifest["onnx"]["sha256"],
-                "parity_max_abs_diff": max(rel.manifest["parity_max_abs_diff"].values()),
-                "reused": rel.reused,
-                **{f"test_{k}": float(v) for k, v in test.items()},
-                **({"case_validation": markdown_table(_case_view(rel.cases))} if rel.cases is not None else {}),
-                **(
-                    {"slice_regressions_vs_champion": len(rel.manifest["vs_champion"].get("slice_regressions", []))}
-                    if rel.manifest.get("vs_champion")
-                    else {}
-                ),
-            },
-        )
-
-    return [trained, threshold, release]
-
-
-def _case_view(cases: pd.DataFrame) -> pd.DataFrame:
-    return cases[["slice", "group", "n", "positives", "metric", "value", "f1", "floor", "status"]]
 
 
 def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
@@ -359,7 +239,7 @@ def fleet_defs(pipeline: str, models: list[str]) -> dg.Definitions:
 
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     partitions = sessions_partitions(spec)
-    assets = _session_assets(spec, partitions) + [a for m in spec.models for a in _model_assets(spec, m)]
+    assets = _session_assets(spec, partitions) + [a for m in spec.models for a in model_assets(_model_stages(spec, m))]
     ingest = dg.define_asset_job(
         f"{spec.name}_ingest",
         selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),

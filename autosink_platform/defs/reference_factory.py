@@ -2,28 +2,24 @@
 public datasets (raw files read in place -> samples -> validated dataset -> models ->
 thresholds -> releases), with blocking checks on the dataset."""
 
-import tempfile
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pandas as pd
 
-from autosink_platform import plots
 from autosink_platform.defs.factory import TRAIN_TAGS, fleet_defs
-from autosink_platform.defs.metadata import image_metadata, markdown_table, validation_failure, versioned_output
-from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
+from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
+from autosink_platform.defs.model_stages import ModelStages, model_assets
+from autosink_platform.defs.resources import FeatureStoreResource
 from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
 from autosink_platform.lake.public import DatasetMissing, datasets_root, fingerprint, require
 from autosink_platform.pipelines import detector_lifecycle as lifecycle
 from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec, stage_code_versions
-from autosink_platform.registry.releases import Release, ReleaseRejected
-from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.registry.releases import Release
 from autosink_platform.validation.samples import RefDataset, freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 from autosink_platform.validation.splits import snapshot_id
-
-FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 
 
 class ReferenceDataResource(dg.ConfigurableResource):
@@ -158,121 +154,34 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
     return reference_dataset_checks
 
 
-def _model_assets(spec: ReferenceSpec, model: DetectorModel) -> list[dg.AssetsDefinition]:
-    prefix, dataset_key = [spec.name], dg.AssetKey([spec.name, "validated_dataset"])
-    model_key, threshold_key = (
-        dg.AssetKey([*prefix, f"{model.name}_model"]),
-        dg.AssetKey([*prefix, f"{model.name}_threshold"]),
-    )
+def _model_stages(spec: ReferenceSpec, model: DetectorModel) -> ModelStages:
+    """The detector lifecycle's stages for one of the pipeline's models."""
+    reference = {f"reference_{k}": v for k, v in spec.reference.items() if isinstance(v, float)}
 
-    @dg.asset(
-        name=f"{model.name}_model",
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["model"],
-        ins={"dataset": dg.AssetIn(dataset_key)},
-        kinds={"pytorch", "mlflow"},
-        automation_condition=FOLLOW_CHECKED_DATASET,
-        description=f"{model.family} detector, registered as {spec.name}.{model.name}",
-    )
-    def trained(
-        context: dg.AssetExecutionContext, dataset: RefDataset, mlflow: MlflowResource
-    ) -> dg.Output[lifecycle.TrainedDetector]:
-        result = lifecycle.train_detector(spec, model, dataset, mlflow.get(), context.run.run_id)
-        metadata = {
-            "mlflow_model": result.registered_name,
-            "mlflow_version": result.version,
-            "mlflow_run_id": result.run_id,
-            "reused": result.reused,
-            "train_seconds": result.train_seconds,
-        }
-        if result.history:
-            with tempfile.TemporaryDirectory() as tmp:
-                metadata["training_curves"] = image_metadata(
-                    plots.training_curves(result.history, Path(tmp) / "curves.png", result.registered_name)
-                )
-        return dg.Output(result, metadata=metadata)
-
-    @dg.asset(
-        name=f"{model.name}_threshold",
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["threshold"],
-        ins={"trained": dg.AssetIn(model_key), "dataset": dg.AssetIn(dataset_key)},
-        kinds={"mlflow"},
-        automation_condition=FOLLOW_CHECKED_DATASET,
-    )
-    def threshold(
-        context: dg.AssetExecutionContext,
-        trained: lifecycle.TrainedDetector,
-        dataset: RefDataset,
-        mlflow: MlflowResource,
-    ) -> dg.Output[OperatingPoint]:
-        """The operating point (policy per the pipeline spec), as a JSON artifact of the version."""
-        with tempfile.TemporaryDirectory() as tmp:
-            op, figures = lifecycle.choose_threshold(spec, model, trained, dataset, mlflow.get(), Path(tmp))
-            images = {name: image_metadata(path) for name, path in figures.items()}
-        return dg.Output(
-            op,
-            metadata={
-                "policy": op.policy,
-                "threshold": op.threshold,
-                **{k: v for k in ("precision", "recall", "f1", "fpr") if (v := getattr(op, k)) is not None},
-                **images,
-            },
-        )
-
-    @dg.asset(
-        name=f"{model.name}_release",
-        key_prefix=prefix,
-        group_name=spec.name,
-        code_version=stage_code_versions(model)["release"],
-        ins={"trained": dg.AssetIn(model_key), "op": dg.AssetIn(threshold_key), "dataset": dg.AssetIn(dataset_key)},
-        kinds={"onnx", "mlflow"},
-        automation_condition=FOLLOW_CHECKED_DATASET,
-    )
-    def release(
-        context: dg.AssetExecutionContext,
-        trained: lifecycle.TrainedDetector,
-        op: OperatingPoint,
-        dataset: RefDataset,
-        mlflow: MlflowResource,
-        fleet: FleetChannelResource,
-    ) -> dg.Output[Release]:
-        """ONNX checked against PyTorch, test metrics and case slices with onnxruntime, published."""
-        try:
-            rel = lifecycle.release_detector(
-                spec, model, trained, op, dataset, mlflow.get(), fleet.get(), fleet.audit(), context.run.run_id
-            )
-        except ReleaseRejected as e:
-            raise dg.Failure(
-                description=str(e),
-                metadata={"mlflow_version": trained.version}
-                | ({"case_validation": markdown_table(e.cases)} if e.cases is not None else {}),
-            ) from e
-        test = rel.manifest["metrics"]["test"]
+    def release_metadata(rel: Release) -> dict:
         protocol = rel.manifest["metrics"].get("protocol", {}).get("pooled", {})
-        reference = {f"reference_{k}": v for k, v in spec.reference.items() if isinstance(v, float)}
-        return dg.Output(
-            rel,
-            metadata={
-                "mlflow_version": rel.version,
-                "aliases": ", ".join(rel.aliases),
-                "path": dg.MetadataValue.path(rel.path),
-                "onnx_sha256": rel.manifest["onnx"]["sha256"],
-                "reused": rel.reused,
-                **{f"test_{k}": float(v) for k, v in test.items()},
-                **{f"protocol_{k}": float(v) for k, v in protocol.items() if k in ("f1", "far_percent", "mar_percent")},
-                **reference,
-                **({"case_validation": markdown_table(rel.cases)} if rel.cases is not None else {}),
-            },
-        )
+        wanted = ("f1", "far_percent", "mar_percent")
+        return {f"protocol_{k}": float(v) for k, v in protocol.items() if k in wanted} | reference
 
-    return [trained, threshold, release]
+    return ModelStages(
+        pipeline=spec.name,
+        model=model.name,
+        description=f"{model.family} detector, registered as {spec.name}.{model.name}",
+        code_versions=stage_code_versions(model),
+        train=lambda ds, registry, run_id: lifecycle.train_detector(spec, model, ds, registry, run_id),
+        threshold=lambda trained, ds, registry, tmp: lifecycle.choose_threshold(
+            spec, model, trained, ds, registry, tmp
+        ),
+        release=lambda trained, op, ds, registry, channel, audit, run_id: lifecycle.release_detector(
+            spec, model, trained, op, ds, registry, channel, audit, run_id
+        ),
+        train_metadata=lambda t: {"train_seconds": t.train_seconds},
+        release_metadata=release_metadata,
+    )
 
 
 def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
-    assets = _data_assets(spec) + [a for m in spec.models for a in _model_assets(spec, m)]
+    assets = _data_assets(spec) + [a for m in spec.models for a in model_assets(_model_stages(spec, m))]
     job = dg.define_asset_job(
         f"{spec.name}_pipeline",
         selection=dg.AssetSelection.assets(*assets),
