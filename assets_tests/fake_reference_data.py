@@ -105,25 +105,29 @@ SMALL = {
         DIGITS,
         DigitsConfig(mnist_sample=500, train=300, validation=80, test=80),
         DetectorModel(
-            "conv_ae", "conv_ae", {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"}
+            "conv_ae",
+            "conv_ae",
+            {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"},
+            cases=DIGITS.models[0].cases,
         ),
     ),
-    "bearing": dataclasses.replace(
-        _small(
-            BEARING,
-            BearingConfig(),
-            DetectorModel(
-                "anogan", "anogan", {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8}
-            ),
+    "bearing": _small(
+        BEARING,
+        BearingConfig(),
+        DetectorModel(
+            "anogan",
+            "anogan",
+            {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8},
+            cases=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
         ),
-        case_floors=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
     ),
-    "valve": dataclasses.replace(
-        _small(
-            VALVE,
-            ValveConfig(train_rows=100, window=10),
-            dataclasses.replace(VALVE.models[0], params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64}),
+    "valve": _small(
+        VALVE,
+        ValveConfig(train_rows=100, window=10),
+        dataclasses.replace(
+            VALVE.models[0],
+            params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64},
+            cases=CaseFloors(metric="f1", floor=0.0, min_examples=10),
         ),
-        case_floors=CaseFloors(metric="f1", floor=0.0, min_examples=10),
     ),
 }

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from autosink_platform.models.corruptions import FAULTS, corrupt
-from autosink_platform.pipelines.lifecycle import torch_scorer
+from autosink_platform.models.training import torch_scorer
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.release.onnx_export import OnnxScorer, export_onnx, parity
 
@@ -31,8 +31,8 @@ def test_forward_outputs_are_finite_and_named(spec):
     module = spec.build(spec.config).eval()
     with torch.no_grad():
         out = module(_frames())
-    assert tuple(out._fields) == spec.output_names
-    for name in spec.output_names:
+    assert tuple(out._fields) == spec.outputs
+    for name in spec.outputs:
         value = getattr(out, name)
         assert value.shape == (6,) and torch.isfinite(value).all(), name
 
@@ -50,12 +50,12 @@ def test_backward_reaches_every_parameter(spec):
 def test_onnx_export_reproduces_pytorch(spec, tmp_path):
     torch.manual_seed(0)
     module = spec.build(spec.config).eval()
-    path = export_onnx(module, _frames(2), tmp_path / "m.onnx", list(spec.output_names))
+    path = export_onnx(module, _frames(2), tmp_path / "m.onnx", list(spec.outputs))
     scorer = OnnxScorer(path)
-    assert scorer.output_names == list(spec.output_names)
+    assert scorer.output_names == list(spec.outputs)
     images = (np.random.default_rng(1).random((9, 64, 64, 3)) * 255).astype(np.uint8)  # another batch size
     diffs = parity(torch_scorer(module)(images), scorer(images))["max_abs_diff"]
-    assert set(diffs) == set(spec.output_names) and max(diffs.values()) <= 1e-4, diffs
+    assert set(diffs) == set(spec.outputs) and max(diffs.values()) <= 1e-4, diffs
 
 
 @pytest.mark.parametrize("fault", FAULTS)

@@ -25,9 +25,8 @@ from autosink_platform.lake.sessions import Lake
 from autosink_platform.models.classifier import ClassifierConfig
 from autosink_platform.models.training import FitConfig
 from autosink_platform.pipelines import lifecycle
-from autosink_platform.pipelines.lifecycle import load_module
 from autosink_platform.pipelines.sink import SINK as AUTO_SINK
-from autosink_platform.pipelines.spec import LoadedDataset, PromotionPolicy
+from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.registry.releases import ReleaseRejected
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
@@ -77,7 +76,7 @@ def test_sink_pipeline_end_to_end(home, instance):
     out = materialize_pipeline(defs, SINK, instance, lake, progress=False)
     registry, fleet = MlflowResource().get(), FleetChannelResource().get()
     ref = out["validated_dataset"]
-    data = LoadedDataset.load(ref)
+    data = ref.open()
 
     # Dagster: every session partition and every downstream stage is materialized on the instance.
     sessions = set(lake.committed_sessions())
@@ -144,7 +143,7 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert manifest["onnx"]["sha256"] == sha256_file(vdir / "model.onnx")
         assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
         assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
-        assert manifest["outputs"] == list(model.output_names)
+        assert manifest["outputs"] == list(model.outputs)
         assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"  # read_pointer verifies
         verify(
             fleet.signing_key.public_key(),
@@ -156,8 +155,8 @@ def test_sink_pipeline_end_to_end(home, instance):
         # Parity, measured here independently of the release gate, on every validation frame.
         scorer = OnnxScorer(vdir / "model.onnx")
         frames = data.images[data.mask("validation")]
-        module = load_module(model, out[f"{model.name}_model"], registry)
-        diffs = parity(lifecycle.torch_scorer(module)(frames), scorer(frames))["max_abs_diff"]
+        module = lifecycle.load_trained(model, out[f"{model.name}_model"], registry)
+        diffs = parity(model.score(module)(frames), scorer(frames))["max_abs_diff"]
         assert max(diffs.values()) <= 1e-4, diffs
         smoke = np.load(vdir / "smoke_frames.npy")
         for output, expected in manifest["smoke_test"]["expected"].items():
@@ -239,11 +238,11 @@ def test_sink_pipeline_end_to_end(home, instance):
         )
 
     _promotion_is_the_registrys(instance, registry, fleet)
-    _a_slice_below_its_floor_blocks_the_release(registry, fleet, LoadedDataset.load(third["validated_dataset"]), home)
+    _a_slice_below_its_floor_blocks_the_release(registry, fleet, third["validated_dataset"].open(), home)
     _poisoned_data_blocks_retraining(instance, registry, fleet, lake)
 
 
-def _a_slice_below_its_floor_blocks_the_release(registry, fleet, data: LoadedDataset, tmp: Path) -> None:
+def _a_slice_below_its_floor_blocks_the_release(registry, fleet, data, tmp: Path) -> None:
     """A candidate that misses a slice floor is registered but never published or promoted."""
     weak = dataclasses.replace(
         SINK.models[0],

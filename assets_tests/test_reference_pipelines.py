@@ -12,9 +12,9 @@ import pytest
 
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET
-from autosink_platform.labeling.protocol import label_samples
+from autosink_platform.labeling.protocol import label_samples, snapshot_dataset
 from autosink_platform.lake.public import DatasetMissing, build_samples
-from autosink_platform.pipelines import detector_lifecycle as lifecycle
+from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.bearing import BEARING
 from autosink_platform.pipelines.digits import DIGITS
 from autosink_platform.pipelines.robotarm import ROBOTARM
@@ -92,23 +92,23 @@ def test_robotarm_runs_as_dagster_assets_and_is_not_retrained(world, tmp_path):
 @pytest.mark.parametrize("name", sorted(SMALL))
 def test_small_reference_pipeline_trains_thresholds_and_releases(world, fake_root, tmp_path, name):
     spec, registry, channel = SMALL[name], world["registry"], world["channel"]
-    ds = lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store")
-    assert lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store").snapshot_id == ds.snapshot_id  # stable
+    ds = snapshot_dataset(spec, fake_root, tmp_path / "store").open()
+    assert snapshot_dataset(spec, fake_root, tmp_path / "store").snapshot_id == ds.snapshot_id  # stable
     model = spec.models[0]
-    trained = lifecycle.train_detector(spec, model, ds, registry, "test-run")
+    trained = lifecycle.train_model(spec, model, ds, registry, "test-run")
     assert trained.history and registry.client.get_metric_history(trained.run_id, "val_loss")
     op, figures = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
     assert op.policy == model.threshold.name and "score_histogram" in set(figures)
-    rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    rel = lifecycle.release_model(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     test = rel.manifest["metrics"]["test"]
     assert 0 <= test["f1"] <= 1 and test["auroc"] > 0.7, test
     assert max(rel.manifest["parity_max_rel_diff"].values()) <= 1e-4
     assert set(rel.cases["group"]) == set(
-        pd.read_parquet(Path(ds.path) / "table.parquet").query("split == 'test'")["group"]
+        pd.read_parquet(Path(ds.ref.path) / "table.parquet").query("split == 'test'")["group"]
     )
     assert str(registry.alias_version(f"{spec.name}.{model.name}", "champion").version) == trained.version
     # Releasing again is a no-op that returns the published release.
-    again = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    again = lifecycle.release_model(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     assert again.reused and again.manifest["onnx"]["sha256"] == rel.manifest["onnx"]["sha256"]
 
 
@@ -125,18 +125,18 @@ def test_the_valve_protocol_splits_and_calibrates_per_session(world, fake_root, 
     assert other2[("validation", 1)] + other2[("validation", 0)] == 29 and other2[("train", 0)] == 62
     assert len(extras["rows"]) == 34 * 100 and extras["rows"]["anomaly"].sum() == 34 * 60
 
-    ds = lifecycle.snapshot_dataset(spec, fake_root, tmp_path / "store")
+    ds = snapshot_dataset(spec, fake_root, tmp_path / "store").open()
     model = spec.models[0]
-    trained = lifecycle.train_detector(spec, model, ds, world["registry"], "test-run")
+    trained = lifecycle.train_model(spec, model, ds, world["registry"], "test-run")
     op, _ = lifecycle.choose_threshold(spec, model, trained, ds, world["registry"], tmp_path)
     # One UCL per session, from its own training windows: 0.999-quantile x 4/3, as the protocol says.
     assert op.policy == "session_ucl" and op.threshold == 1.0 and len(op.params["ucl"]) == 34
-    detector = lifecycle.load_detector(world["registry"], trained)
-    full, Xa = ds.load()
+    detector = lifecycle.load_trained(model, trained, world["registry"])
+    full, Xa = ds.table, ds.inputs
     m = ((full["source"] == "valve2/3.csv") & (full["split"] == "train")).to_numpy()
     expected = np.quantile(detector.decision_function(np.asarray(Xa[m])), 0.999) * 4 / 3
     assert op.params["ucl"]["valve2/3.csv"] == pytest.approx(expected, rel=1e-9)
-    rel = lifecycle.release_detector(
+    rel = lifecycle.release_model(
         spec, model, trained, op, ds, world["registry"], world["channel"], world["audit"], "t"
     )
     protocol = rel.manifest["metrics"]["protocol"]
@@ -194,11 +194,11 @@ def real_world(home, monkeypatch):
 
 
 def _run_real(spec, world, tmp_path) -> dict:
-    ds = lifecycle.snapshot_dataset(spec, REAL, tmp_path / "store")
+    ds = snapshot_dataset(spec, REAL, tmp_path / "store").open()
     model = spec.models[0]
-    trained = lifecycle.train_detector(spec, model, ds, world["registry"], "realdata")
+    trained = lifecycle.train_model(spec, model, ds, world["registry"], "realdata")
     op, _ = lifecycle.choose_threshold(spec, model, trained, ds, world["registry"], tmp_path)
-    rel = lifecycle.release_detector(
+    rel = lifecycle.release_model(
         spec, model, trained, op, ds, world["registry"], world["channel"], world["audit"], "realdata"
     )
     print(

@@ -20,9 +20,10 @@ from autosink_platform.definitions import defs
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import materialize_pipeline
 from autosink_platform.defs.sensors import INGEST_BATCH
+from autosink_platform.labeling.protocol import snapshot_dataset
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.live import free_port
-from autosink_platform.pipelines import detector_lifecycle as lifecycle
+from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.testing import POSTGRES, celery_worker_command, scratch_postgres_database
@@ -130,11 +131,11 @@ def test_reference_pipeline_through_an_mlflow_server_on_postgres_and_s3(home, ml
     registry = MlflowResource().get()
     fleet = FleetChannelResource()
     root = make_fake_datasets(tmp_path / "datasets")
-    ds = lifecycle.snapshot_dataset(ROBOTARM, root, tmp_path / "store")
+    ds = snapshot_dataset(ROBOTARM, root, tmp_path / "store").open()
     model = ROBOTARM.models[0]
-    trained = lifecycle.train_detector(ROBOTARM, model, ds, registry, "services")
+    trained = lifecycle.train_model(ROBOTARM, model, ds, registry, "services")
     op, _ = lifecycle.choose_threshold(ROBOTARM, model, trained, ds, registry, tmp_path)
-    rel = lifecycle.release_detector(ROBOTARM, model, trained, op, ds, registry, fleet.get(), fleet.audit(), "services")
+    rel = lifecycle.release_model(ROBOTARM, model, trained, op, ds, registry, fleet.get(), fleet.audit(), "services")
     assert str(registry.alias_version("robotarm.pca", "champion").version) == trained.version
 
     # The registry lives in PostgreSQL, the artifacts in the bucket, reached only through the server.

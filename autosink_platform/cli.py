@@ -90,9 +90,8 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
     from autosink_platform.defs.runner import materialize_pipeline
     from autosink_platform.lake.demo import generate_demo_lake
     from autosink_platform.lake.sessions import Lake
-    from autosink_platform.pipelines.lifecycle import load_module, torch_scorer
+    from autosink_platform.pipelines.lifecycle import load_trained
     from autosink_platform.pipelines.sink import SINK, truth_report
-    from autosink_platform.pipelines.spec import LoadedDataset
     from autosink_platform.validation.cases import weakest
 
     lake, lake_cfg = Lake(h.lake), _lake_config(devices, sessions, frames, seed)
@@ -103,7 +102,7 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
         out = materialize_pipeline(defs, SINK, instance, lake)
 
     ref = out["validated_dataset"]
-    data = LoadedDataset.load(ref)
+    data = ref.open()
     quarantined = lake.quarantined()
     click.echo("\n== autosink demo: sink pipeline ==")
     click.echo(f"home                {h.root}")
@@ -141,7 +140,7 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
         click.echo("  test              " + "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "n"))
         if model.name == "classifier":
             truth, slices = truth_report(
-                h.lake, data, torch_scorer(load_module(model, trained, registry)), op.threshold, model.cases
+                h.lake, data, model.score(load_trained(model, trained, registry)), op.threshold, model.cases
             )
             worst = weakest(slices)
             click.echo(

@@ -87,9 +87,8 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
     """Both versions on the candidate's test split against the generator's truth: overall, and
     per case slice (accuracy)."""
     from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
-    from autosink_platform.pipelines.lifecycle import load_version_module, torch_scorer
+    from autosink_platform.pipelines.lifecycle import load_version
     from autosink_platform.pipelines.sink import SINK, truth_report
-    from autosink_platform.pipelines.spec import LoadedDataset
     from autosink_platform.release.onnx_export import OnnxScorer
     from autosink_platform.validation.dataset import DatasetRef
 
@@ -97,7 +96,7 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
     registry, channel = MlflowResource().get(), FleetChannelResource().get()
     name = "sink.classifier"
     snapshot = registry.client.get_model_version(name, report.candidate).tags["dataset_snapshot_id"]
-    data = LoadedDataset.load(DatasetRef.of_snapshot(FeatureStoreResource().get("sink").dataset_dir(snapshot)))
+    data = DatasetRef.of_snapshot(FeatureStoreResource().get("sink").dataset_dir(snapshot)).open()
     overall, slices = {}, []
     for label, version in (("champion before", report.champion_before), ("candidate", report.candidate)):
         vdir = channel.version_dir("sink", "classifier", version)
@@ -106,7 +105,7 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
             threshold = json.loads((vdir / "manifest.json").read_text())["threshold"]["threshold"]
         else:  # refused at the gate: never published, scored from the registry
             mv = registry.client.get_model_version(name, version)
-            score = torch_scorer(load_version_module(model, mv, registry))
+            score = model.score(load_version(model, mv, registry))
             threshold = json.loads(mv.tags["threshold"])["threshold"]
         truth, table = truth_report(home.lake, data, score, threshold, model.cases)
         column = f"v{version} ({label})"

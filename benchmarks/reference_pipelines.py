@@ -29,8 +29,9 @@ def main() -> None:
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     )
     from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
+    from autosink_platform.labeling.protocol import snapshot_dataset
     from autosink_platform.lake.public import datasets_root
-    from autosink_platform.pipelines import detector_lifecycle as lifecycle
+    from autosink_platform.pipelines import lifecycle
     from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 
     registry, channel, audit = MlflowResource().get(), FleetChannelResource().get(), FleetChannelResource().audit()
@@ -39,11 +40,11 @@ def main() -> None:
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
-        ds = lifecycle.snapshot_dataset(spec, datasets_root(), home / "store")
+        ds = snapshot_dataset(spec, datasets_root(), home / "store").open()
         for model in spec.models:
-            trained = lifecycle.train_detector(spec, model, ds, registry, "benchmark")
+            trained = lifecycle.train_model(spec, model, ds, registry, "benchmark")
             op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, home)
-            rel = lifecycle.release_detector(spec, model, trained, op, ds, registry, channel, audit, "benchmark")
+            rel = lifecycle.release_model(spec, model, trained, op, ds, registry, channel, audit, "benchmark")
             test = rel.manifest["metrics"]["test"]
             rows.append(
                 {

@@ -43,7 +43,7 @@ def main() -> None:
     from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
     from autosink_platform.fleet.api import create_app
     from autosink_platform.home import resolve_home
-    from autosink_platform.pipelines.lifecycle import load_alias_module, registered_name
+    from autosink_platform.pipelines.lifecycle import load_alias, registered_name
     from autosink_platform.pipelines.sink import SINK
     from autosink_platform.registry.promotion import promote
 
@@ -61,7 +61,7 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        module = load_alias_module(model, name, "champion", registry)
+        module = load_alias(model, name, "champion", registry)
         x = torch.from_numpy(frame)
         with torch.no_grad():
             torch_ms = median_ms(lambda m=module, x=x: m(x), args.runs)

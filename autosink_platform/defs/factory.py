@@ -12,12 +12,12 @@ import pandas as pd
 
 from autosink_platform.defs.checks import dataset_checks
 from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
-from autosink_platform.defs.model_stages import FOLLOW_CHECKED_DATASET, ModelStages, model_assets
+from autosink_platform.defs.model_stages import FOLLOW_CHECKED_DATASET, model_assets
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor, new_sessions_sensor, retrain_sensor, review_sensor
 from autosink_platform.home import resolve_home
 from autosink_platform.pipelines import lifecycle, sink
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, stage_code_versions
+from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.registry import promotion
 from autosink_platform.registry.mlflow_registry import CHAMPION
 from autosink_platform.registry.releases import registered_name
@@ -130,29 +130,6 @@ def _partition_metadata(results: dict[str, dict]) -> dict:
     }
 
 
-def _model_stages(spec: PipelineSpec, model: ModelSpec) -> ModelStages:
-    """The sink lifecycle's stages for one of its models (each loads the dataset it reads)."""
-    load = LoadedDataset.load
-    return ModelStages(
-        pipeline=spec.name,
-        model=model.name,
-        description=model.description,
-        code_versions=stage_code_versions(model),
-        train=lambda ds, registry, run_id: lifecycle.train_model(spec, model, load(ds), registry, run_id),
-        threshold=lambda trained, ds, registry, tmp: lifecycle.choose_threshold(
-            spec, model, trained, load(ds), registry, tmp
-        ),
-        release=lambda trained, op, ds, registry, channel, audit, run_id: lifecycle.release_model(
-            spec, model, trained, op, load(ds), registry, channel, audit, run_id
-        ),
-        train_metadata=lambda t: {
-            "warm_started_from": t.warm_started_from or "none",
-            "best_epoch": t.best_epoch,
-            **{k: float(v) for k, v in t.metrics.items() if k in ("train_loss", "val_loss")},
-        },
-    )
-
-
 def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     model = next(m for m in spec.models if m.name == spec.review_model)
     name = lifecycle.registered_name(spec, model)
@@ -172,8 +149,8 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
     ) -> dg.MaterializeResult:
         """Frames most worth a human look: weak or low-confidence labels the champion contradicts,
         and unlabeled frames it is unsure of. Reviewed at /review on the fleet API."""
-        champion = lifecycle.load_alias_module(model, name, CHAMPION, mlflow.get())
-        queue = sink.build_review_queue(model, champion, LoadedDataset.load(dataset), store.get(spec.name))
+        champion = lifecycle.load_alias(model, name, CHAMPION, mlflow.get())
+        queue = sink.build_review_queue(model, champion, dataset.open(), store.get(spec.name))
         top = queue.head(10)[["session_id", "frame_index", "label", "label_source", "champion_prob", "value", "reason"]]
         return dg.MaterializeResult(
             metadata={
@@ -239,7 +216,7 @@ def fleet_defs(pipeline: str, models: list[str]) -> dg.Definitions:
 
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
     partitions = sessions_partitions(spec)
-    assets = _session_assets(spec, partitions) + [a for m in spec.models for a in model_assets(_model_stages(spec, m))]
+    assets = _session_assets(spec, partitions) + [a for m in spec.models for a in model_assets(spec, m)]
     ingest = dg.define_asset_job(
         f"{spec.name}_ingest",
         selection=dg.AssetSelection.assets(*[[spec.name, "raw_sessions"], [spec.name, "labeled_frames"]]),

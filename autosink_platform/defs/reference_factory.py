@@ -10,13 +10,11 @@ import pandas as pd
 
 from autosink_platform.defs.factory import TRAIN_TAGS, fleet_defs
 from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
-from autosink_platform.defs.model_stages import ModelStages, model_assets
+from autosink_platform.defs.model_stages import model_assets
 from autosink_platform.defs.resources import FeatureStoreResource
 from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
 from autosink_platform.lake.public import DatasetMissing, datasets_root, fingerprint, require
-from autosink_platform.pipelines import detector_lifecycle as lifecycle
-from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec, stage_code_versions
-from autosink_platform.registry.releases import Release
+from autosink_platform.pipelines.spec import ReferenceSpec
 from autosink_platform.validation.samples import RefDataset, freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 from autosink_platform.validation.splits import snapshot_id
@@ -154,34 +152,8 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
     return reference_dataset_checks
 
 
-def _model_stages(spec: ReferenceSpec, model: DetectorModel) -> ModelStages:
-    """The detector lifecycle's stages for one of the pipeline's models."""
-    reference = {f"reference_{k}": v for k, v in spec.reference.items() if isinstance(v, float)}
-
-    def release_metadata(rel: Release) -> dict:
-        protocol = rel.manifest["metrics"].get("protocol", {}).get("pooled", {})
-        wanted = ("f1", "far_percent", "mar_percent")
-        return {f"protocol_{k}": float(v) for k, v in protocol.items() if k in wanted} | reference
-
-    return ModelStages(
-        pipeline=spec.name,
-        model=model.name,
-        description=f"{model.family} detector, registered as {spec.name}.{model.name}",
-        code_versions=stage_code_versions(model),
-        train=lambda ds, registry, run_id: lifecycle.train_detector(spec, model, ds, registry, run_id),
-        threshold=lambda trained, ds, registry, tmp: lifecycle.choose_threshold(
-            spec, model, trained, ds, registry, tmp
-        ),
-        release=lambda trained, op, ds, registry, channel, audit, run_id: lifecycle.release_detector(
-            spec, model, trained, op, ds, registry, channel, audit, run_id
-        ),
-        train_metadata=lambda t: {"train_seconds": t.train_seconds},
-        release_metadata=release_metadata,
-    )
-
-
 def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
-    assets = _data_assets(spec) + [a for m in spec.models for a in model_assets(_model_stages(spec, m))]
+    assets = _data_assets(spec) + [a for m in spec.models for a in model_assets(spec, m)]
     job = dg.define_asset_job(
         f"{spec.name}_pipeline",
         selection=dg.AssetSelection.assets(*assets),

@@ -18,7 +18,6 @@ from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_
 from autosink_platform.labeling.protocol import LabeledSamples
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
-from autosink_platform.pipelines.detector_lifecycle import TrainedDetector
 from autosink_platform.pipelines.lifecycle import TrainedModel
 from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.registry.promotion import AuditLog
@@ -172,7 +171,7 @@ REF_KINDS: dict[str, type] = {
     "reference_dataset": RefDataset,
     "labeled_samples": LabeledSamples,
     "trained_model": TrainedModel,
-    "trained_detector": TrainedDetector,
+    "trained_detector": TrainedModel,  # detectors' before the lifecycles were one (same fields, fewer)
     "operating_point": OperatingPoint,
     "release": Release,
 }

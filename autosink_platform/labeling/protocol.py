@@ -10,7 +10,7 @@ from pathlib import Path
 from autosink_platform.files import location
 from autosink_platform.lake.public import build_samples
 from autosink_platform.pipelines.spec import ReferenceSpec
-from autosink_platform.validation.samples import RefDataset, content_id, counts, freeze
+from autosink_platform.validation.samples import RefDataset, content_id, counts, freeze, freeze_dataset
 
 PROTOCOL_LABEL = "protocol"  # label_source of a label read from the dataset's own files
 
@@ -30,3 +30,8 @@ def label_samples(spec: ReferenceSpec, datasets_root: Path, store_root: Path) ->
     labeled = LabeledSamples(spec.name, lid, str(out), counts(table))
     freeze(out, table, X, extras, {"id": lid, "config": spec.config_dict(), "counts": labeled.counts})
     return labeled
+
+
+def snapshot_dataset(spec: ReferenceSpec, datasets_root: Path, store_root: Path) -> RefDataset:
+    """Both data stages at once, as scripts and benchmarks run them: labeled, then validated."""
+    return freeze_dataset(spec, label_samples(spec, datasets_root, store_root), store_root)

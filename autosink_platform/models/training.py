@@ -111,3 +111,15 @@ def to_float_tensor(images: np.ndarray) -> torch.Tensor:
     # Dataset images are memory-mapped read-only; torch wants memory it could write to.
     images = np.ascontiguousarray(images) if images.flags.writeable else np.array(images)
     return torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def torch_scorer(module: nn.Module, batch_size: int = 256) -> Callable[[np.ndarray], dict[str, np.ndarray]]:
+    """uint8 frames -> every output of ``module`` (NamedTuple fields) by name, float64, in batches."""
+
+    @torch.no_grad()
+    def score(images: np.ndarray) -> dict[str, np.ndarray]:
+        module.eval()
+        outs = [module(to_float_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
+        return {f: torch.cat([getattr(o, f) for o in outs]).double().numpy() for f in outs[0]._fields}
+
+    return score

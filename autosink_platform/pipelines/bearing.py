@@ -84,8 +84,13 @@ BEARING = ReferenceSpec(
     extract=extract_bearing,
     config=BearingConfig(),
     models=(
-        DetectorModel("anogan", "anogan", {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5}, BestF1()),
+        DetectorModel(
+            "anogan",
+            "anogan",
+            {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5},
+            BestF1(),
+            cases=CaseFloors(metric="accuracy", floor=0.8, min_examples=50),
+        ),
     ),
     reference={"source": "f-AnoGAN on CWRU (izi_f); report AUROC and F1"},
-    case_floors=CaseFloors(metric="accuracy", floor=0.8, min_examples=50),
 )

@@ -105,8 +105,8 @@ DIGITS = ReferenceSpec(
                 "precision": "bf16",
             },
             BestF1(),
+            cases=CaseFloors(metric="accuracy", floor=0.8, min_examples=300),
         ),
     ),
     reference={"test_f1": 0.9654, "test_accuracy": 0.9657, "source": "image anomaly-detection tutorial (conv AE)"},
-    case_floors=CaseFloors(metric="accuracy", floor=0.8, min_examples=300),
 )

@@ -1,24 +1,23 @@
-"""Train -> threshold -> release for one model of a pipeline: plain functions over the registry
-and the fleet channel. Each stage reuses its earlier result when its inputs are unchanged."""
+"""Train -> threshold -> release for every model of every pipeline, over the one model contract
+(``models.contract``): plain functions over the MLflow registry and the fleet channel. Each
+stage reuses its earlier result when its inputs are unchanged (Dagster decides first; the
+MLflow ``train_key`` is a second line of defence)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from mlflow.models import infer_signature
-from torch import nn
 
 import mlflow
 from autosink_platform import plots
-from autosink_platform.models.training import to_float_tensor
-from autosink_platform.pipelines.spec import LoadedDataset, ModelSpec, PipelineSpec, ScoreFn
+from autosink_platform.models.contract import Data, Model, OperatingData, ScoreFn
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog
@@ -34,141 +33,124 @@ from autosink_platform.registry.releases import (
     ship,
 )
 from autosink_platform.release.channel import FleetChannel
-from autosink_platform.release.onnx_export import OnnxScorer, Tolerance, export_onnx
-from autosink_platform.thresholds import OperatingPoint
+from autosink_platform.thresholds import OperatingPoint, SessionUCL, calibrated
 from autosink_platform.validation import cases as case_validation
 
-PARITY = Tolerance(atol=1e-4)  # on uint8 frames, outputs are probabilities and bounded scores
-SMOKE_FRAMES = 4
-# What the serving environment needs to load the logged PyTorch model; listing it skips
-# MLflow's slow requirement inference (it imports the model in a subprocess).
-PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+SMOKE_INPUTS = 4
+PARITY_INPUTS = 1024  # test inputs the parity gate uses when a protocol has no validation split
 
 
 @dataclass(frozen=True)
 class TrainedModel:
+    """A registered MLflow model version and how it was trained. ``best_epoch`` and ``metrics``
+    (at the best epoch) are None and empty for models fitted in one pass (PCA)."""
+
     registered_name: str
     version: str
     run_id: str
     train_key: str
     reused: bool
-    warm_started_from: str | None
-    best_epoch: int
-    metrics: dict  # at the best epoch
-    history: list[dict]  # per epoch: epoch, train_loss, val_loss
+    warm_started_from: str | None = None
+    best_epoch: int | None = None
+    metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # per epoch: epoch, train_loss, val_loss
+    train_seconds: float | None = None
 
 
-class _PrimaryOutput(nn.Module):
-    """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
-
-    def __init__(self, module: nn.Module, field: str):
-        super().__init__()
-        self.module, self.field = module, field
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return getattr(self.module(frames), self.field)
-
-
-def torch_scorer(module: nn.Module, batch_size: int = 256) -> ScoreFn:
-    @torch.no_grad()
-    def score(images: np.ndarray) -> dict[str, np.ndarray]:
-        module.eval()
-        outs = [module(to_float_tensor(images[i : i + batch_size])) for i in range(0, len(images), batch_size)]
-        return {f: torch.cat([getattr(o, f) for o in outs]).double().numpy() for f in outs[0]._fields}
-
-    return score
-
-
-def registered_name(pipeline: PipelineSpec, model: ModelSpec) -> str:
+def registered_name(pipeline, model: Model) -> str:
     return releases.registered_name(pipeline.name, model.name)
 
 
-def train_model(
-    pipeline: PipelineSpec, model: ModelSpec, dataset: LoadedDataset, registry: Registry, dagster_run_id: str
-) -> TrainedModel:
-    name = registered_name(pipeline, model)
-    train_key = hashlib.sha256(
-        f"{dataset.ref.snapshot_id}|{model.code_version}|{model.config_json()}".encode()
-    ).hexdigest()[:16]
-    existing = registry.find_version(name, "train_key", train_key)
-    if existing is not None:
-        run = registry.client.get_run(existing.run_id)
-        history = _history(registry, existing.run_id)
-        best = int(run.data.params["best_epoch"])
-        return TrainedModel(
-            name,
-            str(existing.version),
-            existing.run_id,
-            train_key,
-            True,
-            existing.tags.get("warm_started_from") or None,
-            best,
-            history[best - 1],
-            history,
-        )
+# -- 1. train ----------------------------------------------------------------------------------
 
-    # Warm start from the champion's weights when it has the same architecture and config.
-    champion = registry.alias_version(name, CHAMPION)
+
+def train_model(pipeline, model: Model, data: Data, registry: Registry, dagster_run_id: str) -> TrainedModel:
+    """1. reuse the version trained on these inputs, if any; 2. warm-start from the champion
+    when the model does and its config is the same; 3. fit, logging each epoch; 4. log the
+    trained model with its curves to MLflow as a new version of ``<pipeline>.<model>``."""
+    name = registered_name(pipeline, model)
+    train_key = hashlib.sha256(f"{data.snapshot_id}|{model.cache_key()}".encode()).hexdigest()[:16]
+    if (existing := registry.find_version(name, "train_key", train_key)) is not None:
+        return _reused(registry, name, existing, train_key)
+
+    champion = registry.alias_version(name, CHAMPION) if model.warm_starts else None
     warm = champion if champion is not None and champion.tags.get("config") == model.config_json() else None
-    warm_state = registry.load_state_dict(warm) if warm is not None else None
     warm_from = str(warm.version) if warm is not None else None
 
     with mlflow.start_run(
-        experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{dataset.ref.snapshot_id}"
+        experiment_id=registry.experiment_id(pipeline.name), run_name=f"{model.name}-{data.snapshot_id}"
     ) as run:
         mlflow.set_tags(
-            {"dataset_snapshot_id": dataset.ref.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key}
+            {"dataset_snapshot_id": data.snapshot_id, "dagster_run_id": dagster_run_id, "train_key": train_key}
         )
         mlflow.log_params(
-            {
-                "config": model.config_json(),
-                "code_version": model.code_version,
-                "warm_started_from": warm_from or "none",
-            }
+            {**model.tags(), "code_version": model.code_version, "warm_started_from": warm_from or "none"}
         )
-        module, fit = model.train(
-            dataset,
-            model.config,
-            warm_state,
+        start = time.perf_counter()
+        fitted, fit = model.fit(
+            data,
+            registry.load_state_dict(warm) if warm is not None else None,
             lambda m: mlflow.log_metrics(
                 flat_metrics("", {k: v for k, v in m.items() if k != "epoch"}), step=m["epoch"]
             ),
         )
-        mlflow.log_params({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early})
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.save(module.state_dict(), Path(tmp) / "state_dict.pt")
-            mlflow.log_artifact(str(Path(tmp) / "state_dict.pt"))
-            mlflow.log_artifact(
-                str(plots.training_curves(fit.history, Path(tmp) / "training_curves.png", f"{name} training"))
-            )
-        example = to_float_tensor(dataset.images[dataset.mask("validation")][:SMOKE_FRAMES])
-        serving = _PrimaryOutput(module, model.decision_output).eval()
-        with torch.no_grad():
-            signature = infer_signature(example.numpy(), serving(example).numpy())
-        info = mlflow.pytorch.log_model(
-            serving,
-            name="model",
-            signature=signature,
-            input_example=example.numpy(),
-            registered_model_name=name,
-            pip_requirements=PIP_REQUIREMENTS,
+        seconds = time.perf_counter() - start
+        history = fit.history if fit is not None else []
+        mlflow.log_params(
+            {"train_seconds": round(seconds, 2), "train_samples": int(data.mask("train").sum())}
+            | ({"best_epoch": fit.best_epoch, "stopped_early": fit.stopped_early} if fit is not None else {})
         )
+        with tempfile.TemporaryDirectory() as tmp:
+            mlflow.log_artifact(str(model.save(fitted, Path(tmp))))
+            if history:
+                curves = plots.training_curves(history, Path(tmp) / "training_curves.png", f"{name} training")
+                mlflow.log_artifact(str(curves))
+        info = model.log_model(fitted, data, name)
     version = str(info.registered_model_version)
     registry.set_tags(
         name,
         version,
         {
+            **model.tags(),
             "train_key": train_key,
-            "dataset_snapshot_id": dataset.ref.snapshot_id,
+            "dataset_snapshot_id": data.snapshot_id,
             "dagster_run_id": dagster_run_id,
-            "config": model.config_json(),
             "code_version": model.code_version,
             "validation_status": "pending",
             "warm_started_from": warm_from or "",
         },
     )
-    best = fit.history[fit.best_epoch - 1]
-    return TrainedModel(name, version, run.info.run_id, train_key, False, warm_from, fit.best_epoch, best, fit.history)
+    best = fit.best_epoch if fit is not None and history else None
+    return TrainedModel(
+        name,
+        version,
+        run.info.run_id,
+        train_key,
+        False,
+        warm_from,
+        best,
+        history[best - 1] if best else {},
+        history,
+        seconds,
+    )
+
+
+def _reused(registry: Registry, name: str, existing, train_key: str) -> TrainedModel:
+    run = registry.client.get_run(existing.run_id)
+    history = _history(registry, existing.run_id)
+    best = int(run.data.params["best_epoch"]) if "best_epoch" in run.data.params and history else None
+    return TrainedModel(
+        name,
+        str(existing.version),
+        existing.run_id,
+        train_key,
+        True,
+        existing.tags.get("warm_started_from") or None,
+        best,
+        history[best - 1] if best else {},
+        history,
+        float(run.data.params["train_seconds"]) if "train_seconds" in run.data.params else None,
+    )
 
 
 def _history(registry: Registry, run_id: str) -> list[dict]:
@@ -180,21 +162,17 @@ def _history(registry: Registry, run_id: str) -> list[dict]:
     return [by_epoch[e] for e in sorted(by_epoch)]
 
 
-def load_version_module(model: ModelSpec, version, registry: Registry) -> nn.Module:
-    """The module a registered MLflow model version was logged with."""
-    module = model.build(model.config)
-    module.load_state_dict(registry.load_state_dict(version))
-    return module.eval()
+def load_version(model: Model, version, registry: Registry):
+    """The trained model a registered MLflow version was logged with."""
+    return model.load(registry, version)
 
 
-def load_module(model: ModelSpec, trained: TrainedModel, registry: Registry) -> nn.Module:
-    return load_version_module(
-        model, registry.client.get_model_version(trained.registered_name, trained.version), registry
-    )
+def load_trained(model: Model, trained: TrainedModel, registry: Registry):
+    return load_version(model, registry.client.get_model_version(trained.registered_name, trained.version), registry)
 
 
-def load_alias_module(model: ModelSpec, name: str, alias: str, registry: Registry) -> nn.Module:
-    """The module of the version an alias points at (e.g. the champion)."""
+def load_alias(model: Model, name: str, alias: str, registry: Registry):
+    """The trained model of the version an alias points at (e.g. the champion)."""
     version = registry.alias_version(name, alias)
     if version is None:
         raise LookupError(f"{name} has no {alias!r} alias yet: release a version first")
@@ -202,145 +180,160 @@ def load_alias_module(model: ModelSpec, name: str, alias: str, registry: Registr
         raise LookupError(
             f"{name} v{version.version} ({alias}) was trained with another config than the current code builds"
         )
-    return load_version_module(model, version, registry)
+    return load_version(model, version, registry)
+
+
+# -- 2. threshold ------------------------------------------------------------------------------
 
 
 def choose_threshold(
-    pipeline: PipelineSpec,
-    model: ModelSpec,
-    trained: TrainedModel,
-    dataset: LoadedDataset,
-    registry: Registry,
-    plot_dir: Path,
+    pipeline, model: Model, trained: TrainedModel, data: Data, registry: Registry, plot_dir: Path
 ) -> tuple[OperatingPoint, dict[str, Path]]:
-    """Operating point on the validation split; logged to the version's run with its plots."""
-    module = load_module(model, trained, registry)
-    data = model.operating_data(dataset, "validation", torch_scorer(module))
-    op = model.threshold.choose(data.scores, data.labels)
+    """1. score the split the threshold policy is chosen on; 2. choose the operating point;
+    3. draw the scores on its scale with the point, and the PR curve where both classes are
+    present; 4. log the point, its inputs and figures to the version's run."""
+    policy = model.threshold
+    d = model.operating_data(data, policy.split, model.score(load_trained(model, trained, registry)))
+    rows = data.table.iloc[d.rows]  # a policy may calibrate per session (the rows' source)
+    op = policy.choose(d.scores, d.labels, rows)
+    scores = calibrated(rows, d.scores, op)
+    inputs = {"split": policy.split, "samples": len(d.labels)}
+    if policy.split == "validation":
+        inputs["anomalous"] = int(d.labels.sum())
+    if isinstance(policy, SessionUCL):
+        inputs["sessions"] = len(op.params["ucl"])
+    title, stem = f"{trained.registered_name} v{trained.version}", plot_dir / f"{pipeline.name}_{model.name}"
     figures = {
         "score_histogram": plots.score_histogram(
-            data.groups,
+            {g: scores[m] for g, m in d.groups.items() if m.any()},
             op.threshold,
-            plot_dir / f"{model.name}_score_histogram.png",
-            f"{trained.registered_name} v{trained.version}: validation scores",
-        ),
-        "pr_curve": plots.pr_curve(
-            data.scores,
-            data.labels,
-            (op.recall, op.precision),
-            plot_dir / f"{model.name}_pr_curve.png",
-            f"{trained.registered_name} v{trained.version}",
-        ),
+            Path(f"{stem}_score_histogram.png"),
+            f"{title}: {policy.split} scores",
+        )
     }
-    record_threshold(registry, trained.registered_name, trained.version, trained.run_id, op, figures)
+    if d.labels.min() != d.labels.max():
+        figures["pr_curve"] = plots.pr_curve(
+            scores, d.labels, (op.recall, op.precision), Path(f"{stem}_pr_curve.png"), title
+        )
+    record_threshold(
+        registry,
+        trained.registered_name,
+        trained.version,
+        trained.run_id,
+        op,
+        figures,
+        inputs=inputs,
+        model_version=trained.version,
+    )
     return op, figures
 
 
+# -- 3. release --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    metrics: dict[str, float]
+    cases: pd.DataFrame | None  # per slice at the threshold; None when the model has no floors
+    rows: np.ndarray
+    flags: np.ndarray  # per test score: at or above the threshold
+
+
+def evaluate(pipeline, model: Model, data: Data, score: ScoreFn, op: OperatingPoint | dict) -> Evaluation:
+    """What ``score`` does on the test split at the operating point ``op`` (as chosen, or as a
+    manifest stores it): the model's metrics and, when it has floors, the slice table."""
+    threshold = op.threshold if isinstance(op, OperatingPoint) else op["threshold"]
+    d: OperatingData = model.operating_data(data, "test", score)
+    scores = calibrated(data.table.iloc[d.rows], d.scores, op)
+    cases = None
+    if model.cases is not None and pipeline.slices:
+        cases = case_validation.slice_table(
+            data.frames(d.rows), scores, d.labels, threshold, pipeline.slices, model.cases
+        )
+    return Evaluation(model.metrics(d, scores, threshold), cases, d.rows, scores >= threshold)
+
+
 def release_model(
-    pipeline: PipelineSpec,
-    model: ModelSpec,
+    pipeline,
+    model: Model,
     trained: TrainedModel,
     op: OperatingPoint,
-    dataset: LoadedDataset,
+    data: Data,
     registry: Registry,
     channel: FleetChannel,
     audit: AuditLog,
     dagster_run_id: str,
 ) -> Release:
-    """Export, gate on ONNX parity, evaluate on test, publish to the fleet layout and set aliases."""
+    """1. nothing to do if this version is published at this point already; 2. export ONNX and
+    refuse it unless onnxruntime reproduces the trained model; 3. evaluate what ships on the test
+    split, per slice (refused below a floor) and by the pipeline's published protocol; 4. compare
+    with the champion on the same split; 5. ship: signed manifest, fleet channel, aliases."""
     name, version = trained.registered_name, trained.version
     if (done := published_release(registry, channel, pipeline.name, model.name, version, op)) is not None:
         return done
 
-    module = load_module(model, trained, registry)
-    val_images = dataset.images[dataset.mask("validation")]
+    fitted = load_trained(model, trained, registry)
+    has_validation = data.mask("validation").any()
+    check_rows = np.flatnonzero(data.mask("validation" if has_validation else "test"))
+    check_inputs = np.asarray(data.inputs[check_rows if has_validation else check_rows[:PARITY_INPUTS]])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx_path = export_onnx(
-            module, to_float_tensor(val_images[:SMOKE_FRAMES]), tmp / "model.onnx", list(model.output_names)
-        )
-        scorer = OnnxScorer(onnx_path)
-        diffs = parity_gate(
-            name, version, torch_scorer(module)(val_images), scorer(val_images), PARITY, "validation frames"
-        )
-        test_metrics = model.evaluate(dataset, scorer, op.threshold)  # what ships is what gets evaluated
-        cases = _case_table(pipeline, model, dataset, scorer, op.threshold)
-        if cases is not None:
-            gate_on_cases(registry, name, version, trained.run_id, cases)
-        comparison = _compare_with_champion(pipeline, model, dataset, registry, channel, test_metrics, cases)
-        smoke = np.ascontiguousarray(val_images[:SMOKE_FRAMES])
+        onnx_path = model.export_onnx(fitted, check_inputs[:SMOKE_INPUTS], tmp / "model.onnx")
+        scorer = model.onnx_scorer(onnx_path)
+        on = f"{'validation' if has_validation else 'test'} inputs"
+        diffs = parity_gate(name, version, model.score(fitted)(check_inputs), scorer(check_inputs), model.parity, on)
+        test = evaluate(pipeline, model, data, scorer, op)  # what ships is what gets evaluated
+        if test.cases is not None:
+            gate_on_cases(registry, name, version, trained.run_id, test.cases)
+        metrics = {"test": test.metrics}
+        if model.threshold.split == "validation":
+            metrics["validation"] = {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")}
+        if pipeline.protocol is not None:
+            metrics["protocol"] = pipeline.protocol(data.frames(test.rows), test.flags, data.extras(), pipeline.config)
+        smoke = np.ascontiguousarray(check_inputs[:SMOKE_INPUTS])
         candidate = Candidate(
             pipeline=pipeline.name,
             model=model.name,
             version=version,
             run_id=trained.run_id,
             onnx_path=onnx_path,
-            input={
-                "name": scorer.input_name,
-                "shape": ["batch", 3, model.input_size, model.input_size],
-                "dtype": "float32",
-                "preprocessing": {
-                    "color": "RGB",
-                    "resize": [model.input_size, model.input_size],
-                    "resample": "bilinear",
-                    "scale": "1/255",
-                    "layout": "NCHW",
-                },
-            },
-            outputs=list(model.output_names),
+            input=model.input_manifest(scorer.input_name, data),
+            outputs=list(model.outputs),
             decision_output=model.decision_output,
             threshold=op,
-            metrics={
-                "validation": {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")},
-                "test": test_metrics,
-            },
+            metrics=metrics,
             parity=diffs,
             smoke=smoke,
-            smoke_file="smoke_frames.npy",
+            smoke_file=model.smoke_file,
             expected={k: v.tolist() for k, v in scorer(smoke).items()},
-            tolerance=PARITY,
-            comparison=comparison,
-            cases=cases,
-            dataset_snapshot_id=dataset.ref.snapshot_id,
+            tolerance=model.parity,
+            comparison=_compare_with_champion(pipeline, model, data, registry, channel, test),
+            cases=test.cases,
+            dataset_snapshot_id=data.snapshot_id,
             dagster_run_id=dagster_run_id,
             code_version=model.code_version,
+            extra=model.manifest_extra() | ({"reference": pipeline.reference} if pipeline.reference else {}),
         )
         return ship(candidate, registry, channel, audit, pipeline.promotion, tmp)
 
 
-def _case_table(
-    pipeline: PipelineSpec, model: ModelSpec, dataset: LoadedDataset, score: ScoreFn, threshold: float
-) -> pd.DataFrame | None:
-    """Per-slice test metrics at the release threshold (None when the model has no floors)."""
-    if model.cases is None or not pipeline.slices:
-        return None
-    data = model.operating_data(dataset, "test", score)
-    return case_validation.slice_table(
-        dataset.frames(data.rows), data.scores, data.labels, threshold, pipeline.slices, model.cases
-    )
-
-
 def _compare_with_champion(
-    pipeline: PipelineSpec,
-    model: ModelSpec,
-    dataset: LoadedDataset,
-    registry: Registry,
-    channel: FleetChannel,
-    candidate: dict,
-    candidate_cases: pd.DataFrame | None,
+    pipeline, model: Model, data: Data, registry: Registry, channel: FleetChannel, candidate: Evaluation
 ) -> dict | None:
-    """The champion's released ONNX scored on the candidate's test split, with the same metric
-    overall and, when case validation is configured, per slice."""
+    """The champion's released ONNX scored on the candidate's test split at its own operating
+    point, with the same metric overall and, when the model has floors, per slice."""
     champion = registry.alias_version(registered_name(pipeline, model), CHAMPION)
     if champion is None:
         return None
     vdir = channel.version_dir(pipeline.name, model.name, champion.version)
     manifest = json.loads((vdir / "manifest.json").read_text())
-    theirs_score, theirs_threshold = OnnxScorer(vdir / "model.onnx"), manifest["threshold"]["threshold"]
-    theirs = model.evaluate(dataset, theirs_score, theirs_threshold)
-    theirs_cases = (
-        _case_table(pipeline, model, dataset, theirs_score, theirs_threshold) if candidate_cases is not None else None
-    )
+    theirs = evaluate(pipeline, model, data, model.onnx_scorer(vdir / "model.onnx"), manifest["threshold"])
     return champion_comparison(
-        pipeline.promotion.metric, champion.version, candidate, theirs, candidate_cases, theirs_cases, model.cases
+        pipeline.promotion.metric,
+        champion.version,
+        candidate.metrics,
+        theirs.metrics,
+        candidate.cases,
+        theirs.cases if candidate.cases is not None else None,
+        model.cases,
     )

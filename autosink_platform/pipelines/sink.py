@@ -15,21 +15,15 @@ from autosink_platform.lake.demo import read_truth
 from autosink_platform.lake.sessions import Lake, Session, SessionFormatError, read_session
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
+from autosink_platform.models.contract import NetModel, OperatingData, ScoreFn
 from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
-from autosink_platform.pipelines.lifecycle import torch_scorer
-from autosink_platform.pipelines.spec import (
-    LoadedDataset,
-    ModelSpec,
-    OperatingData,
-    PipelineSpec,
-    PromotionPolicy,
-    ScoreFn,
-)
+from autosink_platform.models.training import torch_scorer
+from autosink_platform.pipelines.spec import PipelineSpec, PromotionPolicy
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
-from autosink_platform.validation.dataset import DatasetRef
+from autosink_platform.validation.dataset import DatasetRef, LoadedDataset
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
 from autosink_platform.validation.splits import SplitConfig
 
@@ -131,13 +125,12 @@ def _classifier_operating_data(data: LoadedDataset, split: str, score: ScoreFn) 
     scores = score(data.images[m])["valve_open_prob"]
     labels = data.table["label"].to_numpy()[m].astype(np.int64)
     return OperatingData(
-        scores, labels, {"closed (label)": scores[labels == 0], "open (label)": scores[labels == 1]}, np.flatnonzero(m)
+        scores, labels, {"closed (label)": labels == 0, "open (label)": labels == 1}, np.flatnonzero(m)
     )
 
 
-def _classifier_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) -> dict[str, float]:
-    d = _classifier_operating_data(data, "test", score)
-    return metrics_at(d.scores, d.labels, threshold)
+def _classifier_evaluate(d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    return metrics_at(scores, d.labels, threshold)
 
 
 # -- frame guard ----------------------------------------------------------------------------
@@ -151,21 +144,19 @@ def _guard_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> Op
     """Ordinary frames of the split (negatives) and the same frames with each camera fault."""
     rows = np.flatnonzero(data.mask(split))
     frames = data.images[rows]
-    groups = {"ordinary": score(frames)["score"]}
+    parts = [score(frames)["score"]]
     for k, fault in enumerate(FAULTS):
-        groups[fault] = score(corrupt(frames, fault, FAULT_SEEDS[split] + k))["score"]
-    scores = np.concatenate(list(groups.values()))
-    labels = np.concatenate([np.zeros(len(groups["ordinary"]))] + [np.ones(len(groups[f])) for f in FAULTS]).astype(
-        np.int64
-    )
-    return OperatingData(scores, labels, groups, np.tile(rows, 1 + len(FAULTS)))
+        parts.append(score(corrupt(frames, fault, FAULT_SEEDS[split] + k))["score"])
+    scores = np.concatenate(parts)
+    group = np.repeat(np.arange(1 + len(FAULTS)), len(rows))  # 0: ordinary, then each fault in turn
+    groups = {name: group == i for i, name in enumerate(("ordinary", *FAULTS))}
+    return OperatingData(scores, (group > 0).astype(np.int64), groups, np.tile(rows, 1 + len(FAULTS)))
 
 
-def _guard_evaluate(data: LoadedDataset, score: ScoreFn, threshold: float) -> dict[str, float]:
-    d = _guard_operating_data(data, "test", score)
-    out = metrics_at(d.scores, d.labels, threshold)
+def _guard_evaluate(d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    out = metrics_at(scores, d.labels, threshold)
     for fault in FAULTS:
-        out[f"detection_{fault}"] = float(np.mean(d.groups[fault] >= threshold))
+        out[f"detection_{fault}"] = float(np.mean(scores[d.groups[fault]] >= threshold))
     return out
 
 
@@ -211,7 +202,7 @@ SINK = PipelineSpec(
     # split by the margin, with no case slice regressed, is promoted by the release stage.
     promotion=PromotionPolicy(mode="auto"),
     models=(
-        ModelSpec(
+        NetModel(
             name="classifier",
             config=ClassifierConfig(),
             code_version="3",
@@ -220,13 +211,13 @@ SINK = PipelineSpec(
             operating_data=_classifier_operating_data,
             threshold=BestF1(plateau=True),
             evaluate=_classifier_evaluate,
-            output_names=("logit", "valve_open_prob"),
+            outputs=("logit", "valve_open_prob"),
             decision_output="valve_open_prob",
             input_size=64,
             description="Valve classifier (layout-keeping CNN); threshold mid-plateau of best F1 on validation labels.",
             cases=CaseFloors(metric="accuracy", floor=0.85),
         ),
-        ModelSpec(
+        NetModel(
             name="frame_guard",
             config=FrameGuardConfig(),
             code_version="2",
@@ -235,7 +226,7 @@ SINK = PipelineSpec(
             operating_data=_guard_operating_data,
             threshold=TargetFPR(GUARD_TARGET_FPR, centred=True),
             evaluate=_guard_evaluate,
-            output_names=("score", "novelty", "haze", "structure"),
+            outputs=("score", "novelty", "haze", "structure"),
             decision_output="score",
             input_size=64,
             description="Frame guard (haze and structure terms, autoencoder drift); threshold centred in the gap above 1% FPR on validation frames.",
@@ -248,7 +239,7 @@ SINK = PipelineSpec(
 
 
 def build_review_queue(
-    model: ModelSpec, champion, data: LoadedDataset, store: FeatureStore, limit: int = 200
+    model: NetModel, champion, data: LoadedDataset, store: FeatureStore, limit: int = 200
 ) -> pd.DataFrame:
     """Rank the dataset's frames for human review with the champion's scores; written to the store."""
     probs = torch_scorer(champion)(data.images)[model.decision_output]

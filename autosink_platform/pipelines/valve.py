@@ -108,10 +108,10 @@ VALVE = ReferenceSpec(
             # validation split, so this choice was made on the protocol's test figures (README).
             {"cell": "gru", "hidden": 32, "epochs": 5, "batch_size": 64},
             SessionUCL(q=0.999, factor=4 / 3),  # the protocol's UCL, per session
+            cases=CaseFloors(metric="f1", floor=0.5, min_examples=300),
         ),
     ),
     reference={"leaderboard": {k: list(v) for k, v in skab.LEADERBOARD.items()}, "source": "SKAB README"},
-    case_floors=CaseFloors(metric="f1", floor=0.5, min_examples=300),
     min_per_split_class=1,
     required=(("train", 0), ("test", 0), ("test", 1)),
     protocol=valve_protocol,

@@ -10,6 +10,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,48 @@ class DatasetRef:
 
     def frame_stats(self) -> pd.DataFrame:
         return load_frame_stats(self.path)
+
+    def open(self) -> LoadedDataset:
+        return LoadedDataset(self, *self.load())
+
+
+@dataclass
+class LoadedDataset:
+    """A snapshot as models read it (``models.contract.Data``): its inputs are the frames."""
+
+    ref: DatasetRef
+    table: pd.DataFrame
+    images: np.ndarray  # uint8 (N, H, W, 3), table order
+
+    @classmethod
+    def load(cls, ref: DatasetRef) -> LoadedDataset:
+        return ref.open()
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.ref.snapshot_id
+
+    @property
+    def inputs(self) -> np.ndarray:
+        return self.images
+
+    @cached_property
+    def stats(self) -> pd.DataFrame:
+        """Per-frame quality and content statistics, table order (stored with the snapshot)."""
+        return self.ref.frame_stats()
+
+    def frames(self, rows: np.ndarray) -> pd.DataFrame:
+        """Table rows joined with their frame statistics: what case slices are defined on."""
+        return pd.concat(
+            [self.table.iloc[rows].reset_index(drop=True), self.stats.iloc[rows].reset_index(drop=True)], axis=1
+        )
+
+    def mask(self, split: str, labeled: bool = False) -> np.ndarray:
+        m = (self.table["split"] == split).to_numpy()
+        return m & self.table["label"].notna().to_numpy() if labeled else m
+
+    def extras(self) -> dict[str, pd.DataFrame]:
+        return {}
 
 
 def snapshot_cache() -> Path:

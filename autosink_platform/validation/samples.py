@@ -44,6 +44,31 @@ class RefDataset:
         """The extra tables the pipeline's protocol needs (e.g. SKAB's per-row test labels)."""
         return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
 
+    def open(self) -> LoadedSamples:
+        return LoadedSamples(self, *self.load())
+
+
+@dataclass
+class LoadedSamples:
+    """A sample set as models read it (``models.contract.Data``): inputs memory-mapped."""
+
+    ref: RefDataset
+    table: pd.DataFrame
+    inputs: np.ndarray
+
+    @property
+    def snapshot_id(self) -> str:
+        return self.ref.snapshot_id
+
+    def mask(self, split: str, labeled: bool = False) -> np.ndarray:
+        return (self.table["split"] == split).to_numpy()  # every sample has its protocol label
+
+    def frames(self, rows: np.ndarray) -> pd.DataFrame:
+        return self.table.iloc[rows].reset_index(drop=True)
+
+    def extras(self) -> dict[str, pd.DataFrame]:
+        return self.ref.extras()
+
 
 def counts(table: pd.DataFrame) -> dict:
     return {

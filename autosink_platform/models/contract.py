@@ -1,0 +1,333 @@
+"""The one model contract: what the lifecycle (train -> threshold -> release) needs of a model,
+whatever it is. Two kinds meet it:
+
+- ``NetModel``: a PyTorch network on camera frames with a training function of its own (the
+  sink's valve classifier and frame guard), logged to MLflow as a PyTorch model;
+- ``DetectorModel``: a detector family from ``models.detectors`` (PCA, autoencoders, f-AnoGAN)
+  on rows, windows or images, logged to MLflow as its ONNX graph.
+
+Both read a validated dataset through ``Data`` and hand the lifecycle ``OperatingData``: the
+scores of one split, their labels, the rows they came from and named groups for the histogram.
+Everything else (the registry, the parity gate, thresholds, case slices, the champion
+comparison, the manifest) is the lifecycle's, written once for every model.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, is_dataclass
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from mlflow.models import infer_signature
+from torch import nn
+
+import mlflow
+from autosink_platform.models.detectors import build_detector
+from autosink_platform.models.training import FitResult, to_float_tensor, torch_scorer
+from autosink_platform.release.onnx_export import OnnxModel, OnnxScorer, Tolerance, export_onnx
+from autosink_platform.thresholds import BestF1, ThresholdPolicy, metrics_at
+from autosink_platform.validation.cases import CaseFloors
+
+ScoreFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch of inputs -> outputs by name
+# What the serving environment needs to load a logged PyTorch model; listing it skips MLflow's
+# slow requirement inference (it imports the model in a subprocess).
+PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+
+
+class Data(Protocol):
+    """A validated dataset as a model reads it: one table row per sample, inputs in table order."""
+
+    snapshot_id: str
+    table: pd.DataFrame  # split, label and the columns slices and protocols are defined on
+    inputs: np.ndarray
+
+    def mask(self, split: str, labeled: bool = False) -> np.ndarray: ...
+
+    def frames(self, rows: np.ndarray) -> pd.DataFrame:
+        """The table rows ``rows`` with what case slices are defined on (reset index)."""
+
+    def extras(self) -> dict[str, pd.DataFrame]:
+        """Extra tables a pipeline's protocol needs at release (e.g. SKAB's per-row labels)."""
+
+
+class OperatingData(NamedTuple):
+    scores: np.ndarray  # the decision output, raw (a threshold policy may calibrate it per row)
+    labels: np.ndarray
+    groups: dict[str, np.ndarray]  # named boolean masks over ``scores``, for the histogram
+    rows: np.ndarray  # per score, the dataset row (table position) it was computed on
+
+
+class Model(Protocol):
+    """What every model declares and does. Fields: ``name`` (registered as
+    ``<pipeline>.<name>``), ``code_version``, ``threshold`` (a policy from ``thresholds``),
+    ``cases`` (per-slice floors at release, or None), ``outputs`` and ``decision_output`` (the
+    ONNX graph's), ``parity`` (how far onnxruntime may be from the trained model),
+    ``smoke_file`` (the inputs a device scores before it activates a release) and
+    ``warm_starts`` (whether training starts from the champion's weights)."""
+
+    name: str
+    code_version: str
+    threshold: ThresholdPolicy
+    cases: CaseFloors | None
+    description: str
+    outputs: tuple[str, ...]
+    decision_output: str
+    parity: Tolerance
+    smoke_file: str
+    warm_starts: bool
+
+    def config_json(self) -> str: ...
+
+    def cache_key(self) -> str:
+        """What, besides the dataset, decides what training produces (the MLflow ``train_key``)."""
+
+    def tags(self) -> dict[str, str]: ...
+
+    def fit(self, data: Data, warm: dict | None, on_epoch: Callable[[dict], None]) -> tuple[Any, FitResult | None]: ...
+
+    def score(self, fitted) -> ScoreFn:
+        """The trained model in memory (what the ONNX build is checked against)."""
+
+    def save(self, fitted, folder: Path) -> Path: ...
+
+    def load(self, registry, version) -> Any:
+        """The trained model a registered MLflow version was logged with."""
+
+    def log_model(self, fitted, data: Data, registered_name: str): ...
+
+    def export_onnx(self, fitted, example: np.ndarray, path: Path) -> Path: ...
+
+    def onnx_scorer(self, source) -> ScoreFn: ...
+
+    def operating_data(self, data: Data, split: str, score: ScoreFn) -> OperatingData: ...
+
+    def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]: ...
+
+    def input_manifest(self, input_name: str, data: Data) -> dict:
+        """The manifest's ``input``: name, shape, dtype and how a device prepares raw input."""
+
+    def manifest_extra(self) -> dict: ...
+
+
+def _example(data: Data, n: int = 4) -> np.ndarray:
+    """A few validation inputs (test ones where the protocol has no validation split)."""
+    rows = (
+        np.flatnonzero(data.mask("validation")) if data.mask("validation").any() else np.flatnonzero(data.mask("test"))
+    )
+    return np.ascontiguousarray(data.inputs[rows[:n]])
+
+
+# -- PyTorch networks on camera frames --------------------------------------------------------
+
+
+class _PrimaryOutput(nn.Module):
+    """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
+
+    def __init__(self, module: nn.Module, field: str):
+        super().__init__()
+        self.module, self.field = module, field
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module(frames), self.field)
+
+
+@dataclass(frozen=True)
+class NetModel:
+    """A network on uint8 RGB frames (N, H, W, 3) with NamedTuple outputs; ``train`` is its own
+    loop, ``operating_data`` says which scores its threshold is chosen on (labeled frames, or
+    ordinary frames against synthetic faults) and ``evaluate`` what its test metrics are."""
+
+    name: str
+    config: Any  # a frozen dataclass: its content is part of the training cache key
+    code_version: str  # bump when training code changes what a config produces
+    build: Callable[[Any], nn.Module]
+    train: Callable[[Data, Any, dict | None, Callable[[dict], None]], tuple[nn.Module, FitResult]]
+    operating_data: Callable[[Data, str, ScoreFn], OperatingData]
+    threshold: ThresholdPolicy  # chosen on the operating data of its split
+    evaluate: Callable[[OperatingData, np.ndarray, float], dict[str, float]]
+    outputs: tuple[str, ...]
+    decision_output: str
+    input_size: int
+    description: str = ""
+    cases: CaseFloors | None = None  # per-slice floors on the test split; None: no case validation
+    parity: Tolerance = Tolerance(atol=1e-4)  # on uint8 frames outputs are probabilities and bounded scores
+    smoke_file: str = "smoke_frames.npy"
+    warm_starts: bool = True
+
+    def config_json(self) -> str:
+        return json.dumps(asdict(self.config) if is_dataclass(self.config) else self.config, sort_keys=True)
+
+    def cache_key(self) -> str:
+        return f"{self.code_version}|{self.config_json()}"
+
+    def tags(self) -> dict[str, str]:
+        return {"config": self.config_json()}
+
+    def fit(self, data, warm, on_epoch):
+        return self.train(data, self.config, warm, on_epoch)
+
+    def score(self, fitted: nn.Module) -> ScoreFn:
+        return torch_scorer(fitted)
+
+    def save(self, fitted: nn.Module, folder: Path) -> Path:
+        torch.save(fitted.state_dict(), folder / "state_dict.pt")
+        return folder / "state_dict.pt"
+
+    def load(self, registry, version) -> nn.Module:
+        module = self.build(self.config)
+        module.load_state_dict(registry.load_state_dict(version))
+        return module.eval()
+
+    def log_model(self, fitted: nn.Module, data, registered_name: str):
+        example = to_float_tensor(_example(data))
+        serving = _PrimaryOutput(fitted, self.decision_output).eval()
+        with torch.no_grad():
+            signature = infer_signature(example.numpy(), serving(example).numpy())
+        return mlflow.pytorch.log_model(
+            serving,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
+            registered_model_name=registered_name,
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+
+    def export_onnx(self, fitted: nn.Module, example: np.ndarray, path: Path) -> Path:
+        return export_onnx(fitted, to_float_tensor(example), path, list(self.outputs))
+
+    def onnx_scorer(self, source) -> ScoreFn:
+        return OnnxScorer(source)
+
+    def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
+        return self.evaluate(d, scores, threshold)
+
+    def input_manifest(self, input_name: str, data) -> dict:
+        size = self.input_size
+        return {
+            "name": input_name,
+            "shape": ["batch", 3, size, size],
+            "dtype": "float32",
+            "preprocessing": {
+                "color": "RGB",
+                "resize": [size, size],
+                "resample": "bilinear",
+                "scale": "1/255",
+                "layout": "NCHW",
+            },
+        }
+
+    def manifest_extra(self) -> dict:
+        return {}
+
+
+# -- anomaly detectors on rows, windows or images ----------------------------------------------
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve (ties counted half); None when only one class is present."""
+    labels = np.asarray(labels).astype(int)
+    n1 = int(labels.sum())
+    if n1 == 0 or n1 == len(labels):
+        return None
+    ranks = pd.Series(scores).rank(method="average").to_numpy()
+    return float((ranks[labels == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(labels) - n1)))
+
+
+def detection_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float) -> dict[str, float]:
+    out = metrics_at(scores, labels, threshold)
+    if (a := auroc(scores, labels)) is not None:
+        out["auroc"] = a
+    out["flagged"] = float(np.mean(scores >= threshold))
+    return out
+
+
+@dataclass(frozen=True)
+class DetectorModel:
+    """A detector family (see ``models.FAMILIES``) with its parameters; it fits the normal
+    training samples, and its one output ``score`` is higher the more anomalous a sample is."""
+
+    name: str  # registered as "<pipeline>.<name>"
+    family: str
+    params: dict = field(default_factory=dict)
+    threshold: ThresholdPolicy = BestF1()  # chosen on validation labels, or on training scores
+    code_version: str = "1"
+    cases: CaseFloors | None = None  # per-group floors on the test split at release
+    description: str = ""
+    # scores are unbounded (reconstruction errors): relative
+    parity: Tolerance = Tolerance(rtol=1e-4)
+    smoke_file: str = "smoke_inputs.npy"
+    warm_starts: bool = False
+    outputs: tuple[str, ...] = ("score",)
+    decision_output: str = "score"
+
+    def config_json(self) -> str:
+        return json.dumps(self.params, sort_keys=True)
+
+    def cache_key(self) -> str:
+        return f"{self.family}|{self.config_json()}|{self.code_version}"
+
+    def tags(self) -> dict[str, str]:
+        return {"family": self.family, "config": self.config_json()}
+
+    def fit(self, data, warm, on_epoch):
+        epochs = {} if self.family == "pca" else {"on_epoch": on_epoch}
+        detector = build_detector(self.family, **self.params, **epochs)
+        detector.fit(np.asarray(data.inputs[data.mask("train")]))
+        if hasattr(detector, "on_epoch"):
+            detector.on_epoch = None  # a closure over the MLflow run: not part of the saved model
+        return detector, getattr(detector, "fit_result", None)
+
+    def score(self, fitted) -> ScoreFn:
+        return lambda X: {"score": fitted.decision_function(X)}
+
+    def save(self, fitted, folder: Path) -> Path:
+        torch.save(fitted, folder / "detector.pt")
+        return folder / "detector.pt"
+
+    def load(self, registry, version):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = registry.download(version.run_id, "detector.pt", tmp)
+            return torch.load(path, weights_only=False)  # our own artifact, written by ``save``
+
+    def log_model(self, fitted, data, registered_name: str):
+        import onnx
+
+        example = _example(data)
+        with tempfile.TemporaryDirectory() as tmp:
+            graph = onnx.load(str(fitted.export_onnx(Path(tmp) / "model.onnx", example[:2])))
+        return mlflow.onnx.log_model(
+            graph,
+            name="model",
+            signature=infer_signature(example, fitted.decision_function(example).astype(np.float32)),
+            input_example=example,
+            registered_model_name=registered_name,
+            save_as_external_data=False,  # one self-contained file: the one the fleet gets
+            onnx_execution_providers=["CPUExecutionProvider"],
+        )
+
+    def export_onnx(self, fitted, example: np.ndarray, path: Path) -> Path:
+        return fitted.export_onnx(path, example[:2])
+
+    def onnx_scorer(self, source) -> ScoreFn:
+        return OnnxModel(source)
+
+    def operating_data(self, data, split: str, score: ScoreFn) -> OperatingData:
+        rows = np.flatnonzero(data.mask(split))
+        labels = data.table["label"].to_numpy()[rows].astype(np.int64)
+        scores = score(np.asarray(data.inputs[rows]))["score"]
+        return OperatingData(scores, labels, {"normal": labels == 0, "anomalous": labels == 1}, rows)
+
+    def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
+        return detection_metrics(scores, d.labels, threshold)
+
+    def input_manifest(self, input_name: str, data) -> dict:
+        return {"name": input_name, "shape": ["batch", *data.inputs.shape[1:]], "dtype": "float32"}
+
+    def manifest_extra(self) -> dict:
+        return {"family": self.family}
