@@ -94,7 +94,7 @@ def test_sink_pipeline_end_to_end(home, instance):
             metadata(f"{model.name}_threshold")
         )
         assert metadata(f"{model.name}_threshold")["pr_curve"].value.startswith(
-            f"![{model.name}_pr_curve](data:image/png;base64,"
+            f"![sink_{model.name}_pr_curve](data:image/png;base64,"
         )
         assert {"onnx_sha256", "parity_max_abs_diff", "test_f1", "case_validation"} <= set(
             metadata(f"{model.name}_release")
