@@ -97,7 +97,7 @@ def make_fake_datasets(root: Path, seed: int = 0) -> Path:
 
 # The reference pipelines at sizes these files have, with models small enough to train in seconds.
 def _small(spec, config, model):
-    return dataclasses.replace(spec, config=config, models=(model,))
+    return dataclasses.replace(spec, source=dataclasses.replace(spec.source, config=config), models=(model,))
 
 
 SMALL = {

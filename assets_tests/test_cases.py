@@ -30,8 +30,8 @@ def frames(tiny_lake_template, tmp_path_factory):
     hashes = {}
     for sid in lake.committed_sessions():
         hashes[sid] = ingest_session(lake, store, sid)["content_sha256"]
-        label_session(store, sid, SINK.labeling)
-    ref = build_dataset(store, lake.root, hashes, SINK.split)
+        label_session(store, sid, SINK.source.labeling)
+    ref = build_dataset(store, lake.root, hashes, SINK.source.split)
     table, images = ref.load()
     truth = pd.concat([read_truth(lake.root, s).assign(session_id=s) for s in table["session_id"].unique()])
     truth = table[["session_id", "frame_index"]].merge(truth, on=["session_id", "frame_index"], how="left")

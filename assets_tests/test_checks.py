@@ -20,8 +20,8 @@ def dataset(tiny_lake_template, tmp_path_factory):
     hashes = {}
     for sid in lake.committed_sessions():
         hashes[sid] = ingest_session(lake, store, sid)["content_sha256"]
-        label_session(store, sid, SINK.labeling)
-    table, images = build_dataset(store, lake.root, hashes, SINK.split).load()
+        label_session(store, sid, SINK.source.labeling)
+    table, images = build_dataset(store, lake.root, hashes, SINK.source.split).load()
     return table, np.asarray(images)
 
 

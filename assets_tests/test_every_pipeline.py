@@ -9,12 +9,11 @@ import pytest
 
 from autosink_platform import definitions
 from autosink_platform.defs.factory import build_pipeline_defs
-from autosink_platform.defs.reference_factory import build_reference_defs
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
-from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
+from autosink_platform.pipelines import catalog
 from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import PromotionPolicy
@@ -32,7 +31,7 @@ PIPELINES = {
 
 
 def test_the_contract_covers_every_pipeline_of_the_code_location():
-    assert set(PIPELINES) == {s.name for s in definitions.PIPELINES} | set(REFERENCE_PIPELINES)
+    assert set(PIPELINES) == set(catalog.PIPELINES) == {k.path[0] for k in definitions.defs.resolve_all_asset_keys()}
 
 
 def _new_data(spec, home, monkeypatch, tmp_path_factory) -> None:
@@ -50,8 +49,7 @@ def _new_data(spec, home, monkeypatch, tmp_path_factory) -> None:
 
 
 def _defs(spec) -> dg.Definitions:
-    build = build_pipeline_defs if spec.name == "sink" else build_reference_defs
-    return dg.Definitions.merge(build(spec), dg.Definitions(resources=definitions.defs.resources))
+    return dg.Definitions.merge(build_pipeline_defs(spec), dg.Definitions(resources=definitions.defs.resources))
 
 
 def _materialize(spec, instance, home) -> None:

@@ -85,7 +85,7 @@ def test_dagster_yaml_is_postgres_with_the_queued_coordinator():
     assert config["storage"]["postgres"]["postgres_url"] == {"env": "DAGSTER_POSTGRES_URL"}
     assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     (limit,) = config["run_coordinator"]["config"]["tag_concurrency_limits"]
-    from autosink_platform.defs.factory import STAGE_TAG, TRAIN_TAGS
+    from autosink_platform.defs.model_stages import STAGE_TAG, TRAIN_TAGS
 
     assert (limit["key"], limit["value"]) == (STAGE_TAG, TRAIN_TAGS[STAGE_TAG])
 

@@ -106,7 +106,7 @@ def test_tick_reads_only_new_commits(tiny_lake):
 def test_retrain_sensor_waits_for_enough_new_labeled_frames(instance):
     sensor = defs.resolve_sensor_def("sink_retrain")
     labeled = dg.AssetKey(["sink", "labeled_frames"])
-    need = SINK.retrain.min_new_labeled_frames
+    need = SINK.source.retrain.min_new_labeled_frames
     instance.add_dynamic_partitions(PARTITIONS, ["a", "b", "c"])
 
     def report(partition, labeled_count):
@@ -133,7 +133,7 @@ def test_retrain_sensor_waits_for_enough_new_labeled_frames(instance):
 def test_downstream_stages_follow_by_declarative_automation():
     graph = defs.resolve_asset_graph()
     condition = lambda name: graph.get(dg.AssetKey(["sink", name])).automation_condition  # noqa: E731
-    assert condition("validated_dataset") == dg.AutomationCondition.on_cron(SINK.retrain.cron)
+    assert condition("validated_dataset") == dg.AutomationCondition.on_cron(SINK.source.retrain.cron)
     for model in SINK.models:
         for stage in ("model", "threshold", "release"):
             # eager, but never past a failed blocking check on the dataset

@@ -19,7 +19,7 @@ def _labeled_store(lake_root, store_root):
     hashes = {}
     for sid in lake.committed_sessions():
         hashes[sid] = ingest_session(lake, store, sid)["content_sha256"]
-        label_session(store, sid, SINK.labeling)
+        label_session(store, sid, SINK.source.labeling)
     return lake, store, hashes
 
 
@@ -41,29 +41,29 @@ def test_schema_errors_name_column_and_check(tiny_lake, tmp_path):
 
 def test_dataset_snapshot_is_content_addressed_and_reused(tiny_lake, tmp_path):
     lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
-    ref = build_dataset(store, lake.root, hashes, SINK.split)
+    ref = build_dataset(store, lake.root, hashes, SINK.source.split)
     table, images = ref.load()
     assert images.shape == (len(table), 64, 64, 3) and images.dtype == np.uint8
     assert table.groupby("session_id")["split"].nunique().max() == 1  # split by session, never by frame
     assert {c["sessions"] for c in (ref.counts[s] for s in ("train", "validation", "test"))} >= {1}
 
-    again = build_dataset(store, lake.root, hashes, SINK.split)
+    again = build_dataset(store, lake.root, hashes, SINK.source.split)
     assert again.snapshot_id == ref.snapshot_id
 
     fewer = dict(sorted(hashes.items())[1:])
     if all(assign_split(s) in {assign_split(x) for x in fewer} for s in hashes):
-        assert build_dataset(store, lake.root, fewer, SINK.split).snapshot_id != ref.snapshot_id
+        assert build_dataset(store, lake.root, fewer, SINK.source.split).snapshot_id != ref.snapshot_id
     relabeled = store.get_labels([sorted(hashes)[0]])
     relabeled.loc[relabeled["label"].notna().idxmax(), "confidence"] = 0.5
     store.put_labels(sorted(hashes)[0], relabeled)
-    assert build_dataset(store, lake.root, hashes, SINK.split).snapshot_id != ref.snapshot_id
+    assert build_dataset(store, lake.root, hashes, SINK.source.split).snapshot_id != ref.snapshot_id
 
 
 def test_dataset_refuses_an_empty_split(tiny_lake, tmp_path):
     lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
     train_only = {s: h for s, h in hashes.items() if assign_split(s) == "train"}
     with pytest.raises(ValueError, match="split has no sessions"):
-        build_dataset(store, lake.root, train_only, SINK.split)
+        build_dataset(store, lake.root, train_only, SINK.source.split)
 
 
 @settings(max_examples=50, deadline=None)
@@ -148,6 +148,6 @@ def test_labeling_validates_its_table_before_it_reaches_the_store(tiny_lake, tmp
 
     monkeypatch.setattr(sink, "propagate_labels", negative_confidence)  # a labeler bug, not bad input
     with pytest.raises(DataValidationError, match="store/labeled_frames|labeled_frames") as err:
-        sink.label_session(store, sid, SINK.labeling)
+        sink.label_session(store, sid, SINK.source.labeling)
     assert "confidence" in set(err.value.failure_cases["column"])
     pd.testing.assert_frame_equal(store.get_labels([sid]), before)  # nothing half-written

@@ -229,22 +229,15 @@ def run_pipeline(home, pipeline) -> None:
     h = _use_home(home)
     import dagster as dg
 
-    from autosink_platform.definitions import PIPELINES
-    from autosink_platform.defs.runner import launch_detector_pipeline, launch_pipeline
+    from autosink_platform.defs.runner import launch_pipeline
     from autosink_platform.lake.sessions import Lake
-    from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
+    from autosink_platform.pipelines.catalog import PIPELINES
 
-    specs = {spec.name: spec for spec in PIPELINES}
-    if pipeline not in specs and pipeline not in REFERENCE_PIPELINES:
-        raise click.BadParameter(
-            f"{pipeline!r}: the pipelines are {sorted([*specs, *REFERENCE_PIPELINES])}", param_hint="--pipeline"
-        )
+    if pipeline not in PIPELINES:
+        raise click.BadParameter(f"{pipeline!r}: the pipelines are {sorted(PIPELINES)}", param_hint="--pipeline")
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        if pipeline in specs:
-            run_ids = launch_pipeline(specs[pipeline], instance, Lake(h.lake))
-        else:
-            run_ids = launch_detector_pipeline(pipeline, instance)
+        run_ids = launch_pipeline(PIPELINES[pipeline], instance, Lake(h.lake))
     seconds = time.perf_counter() - started
     if not run_ids:
         click.echo(f"{pipeline}: nothing changed, every asset is up to date: no run launched ({seconds:.1f} s)")

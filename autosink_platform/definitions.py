@@ -6,7 +6,7 @@ import os
 import dagster as dg
 
 from autosink_platform.defs.factory import build_pipeline_defs
-from autosink_platform.defs.reference_factory import ReferenceDataResource, build_reference_defs
+from autosink_platform.defs.public_files import ReferenceDataResource
 from autosink_platform.defs.resources import (
     FeatureStoreResource,
     FleetChannelResource,
@@ -14,12 +14,10 @@ from autosink_platform.defs.resources import (
     MlflowResource,
     RefIOManager,
 )
-from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
-from autosink_platform.pipelines.sink import SINK
+from autosink_platform.pipelines.catalog import PIPELINES
 
-PIPELINES = (SINK,)  # fed by the lake's sessions
 # Every registered model of every pipeline, as MLflow names it: what `autosink status` reports.
-MODEL_NAMES = tuple(f"{p.name}.{m.name}" for p in (*PIPELINES, *REFERENCE_PIPELINES.values()) for m in p.models)
+MODEL_NAMES = tuple(f"{p.name}.{m.name}" for p in PIPELINES.values() for m in p.models)
 CELERY_BROKER = "pyamqp://guest@localhost//"  # dagster-celery's default: a local RabbitMQ
 CELERY_QUEUE = "dagster"
 
@@ -63,8 +61,7 @@ AUTOMATION = dg.AutomationConditionSensorDefinition(
 )
 
 defs = dg.Definitions.merge(
-    *(build_pipeline_defs(spec) for spec in PIPELINES),
-    *(build_reference_defs(spec) for spec in REFERENCE_PIPELINES.values()),
+    *(build_pipeline_defs(spec) for spec in PIPELINES.values()),
     dg.Definitions(
         resources={
             "lake": LakeResource(),

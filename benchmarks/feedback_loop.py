@@ -58,7 +58,7 @@ def run(n: int, repeats: int, workdir: Path) -> dict:
         tiny_session(lake, i, frames)
     for sid in lake.committed_sessions():
         ingest_session(lake, store, sid)
-        label_session(store, sid, SINK.labeling)
+        label_session(store, sid, SINK.source.labeling)
     (workdir / "dagster").mkdir()
     sensor = defs.resolve_sensor_def("sink_new_sessions")
     ingest = defs.resolve_job_def("sink_ingest")

@@ -44,7 +44,7 @@ def dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
         outcomes = checks.run_all(
             table,
             images,
-            spec.dataset_checks,
+            spec.source.dataset_checks,
             None if isinstance(reference, str) else reference,
             stats=ref.frame_stats(),
         )

@@ -18,6 +18,9 @@ from autosink_platform.pipelines.spec import stage_code_versions
 from autosink_platform.registry.releases import Release, ReleaseRejected
 from autosink_platform.thresholds import OperatingPoint
 
+# The queued run coordinator (infra/dagster/dagster.yaml) runs one training run at a time by this tag.
+STAGE_TAG = "autosink/stage"
+TRAIN_TAGS = {STAGE_TAG: "train"}
 # Follow a new dataset through to release, but never past a failed blocking check.
 FOLLOW_CHECKED_DATASET = dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
 

@@ -7,10 +7,10 @@ import dagster as dg
 from dagster._core.definitions.reconstruct import ReconstructableRepository
 from tqdm import tqdm
 
-from autosink_platform.defs.factory import sessions_partitions
 from autosink_platform.defs.sensors import INGEST_BATCH, partition_range_request
+from autosink_platform.defs.sessions import sessions_partitions
 from autosink_platform.lake.sessions import Lake
-from autosink_platform.pipelines.spec import PipelineSpec
+from autosink_platform.pipelines.spec import PipelineSpec, Sessions
 
 # The console shows warnings only; every event is still stored in the instance for the UI.
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -131,14 +131,17 @@ def materialize_pipeline(
 def launch_pipeline(
     spec: PipelineSpec,
     instance: dg.DagsterInstance,
-    lake: Lake,
+    lake: Lake | None = None,
     module: str = "autosink_platform.definitions",
     progress: bool = True,
 ) -> list[str]:
-    """The same runs as ``materialize_pipeline``, executed the way a deployment executes them:
-    the jobs are reconstructed from the code location module, so the configured executor (e.g.
-    Celery workers in other processes) runs the steps. Needs a persistent instance (Postgres).
-    Returns the run ids (ingest runs, then the train run); raises if any run fails."""
+    """A pipeline's runs, lazily, executed the way a deployment executes them: the jobs are
+    reconstructed from the code location module, so the configured executor (e.g. Celery
+    workers in other processes) runs the steps. For the fleet's sessions: ingest runs for the
+    sessions in ``lake`` not yet labeled, then the train run (``materialize_pipeline``'s runs);
+    for public files, see ``_launch_public_files``. Returns the run ids; raises if any run fails."""
+    if not isinstance(spec.source, Sessions):
+        return _launch_public_files(spec.name, instance, module, progress)
     todo = unlabeled_sessions(instance, spec, lake)
     runs = [(f"{spec.name}_ingest", _tags(partition_range_request(b))) for b in _batches(instance, spec, todo)]
     run_ids = launch_jobs(runs, instance, module, progress, desc=f"{spec.name}: ingest runs")
@@ -149,10 +152,8 @@ def launch_pipeline(
     return run_ids
 
 
-def launch_detector_pipeline(
-    name: str, instance: dg.DagsterInstance, module: str = "autosink_platform.definitions", progress: bool = True
-) -> list[str]:
-    """A detector pipeline's job the lazy way: its ``raw_files`` step always runs (fingerprinting
+def _launch_public_files(name: str, instance: dg.DagsterInstance, module: str, progress: bool) -> list[str]:
+    """A public-file pipeline's job the lazy way: its ``raw_files`` step always runs (fingerprinting
     the public files is how the pipeline sees them change; unchanged files give the same data
     version), then only what Dagster sees as stale or missing. Returns the run ids."""
     job = f"{name}_pipeline"

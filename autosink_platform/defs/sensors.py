@@ -64,7 +64,7 @@ def _labeled(materialization: dg.AssetMaterialization) -> int:
 def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
     labeled_key = dg.AssetKey([spec.name, "labeled_frames"])
     dataset_key = dg.AssetKey([spec.name, "validated_dataset"])
-    threshold = spec.retrain.min_new_labeled_frames
+    threshold = spec.source.retrain.min_new_labeled_frames
 
     @dg.sensor(
         name=f"{spec.name}_retrain",

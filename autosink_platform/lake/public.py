@@ -20,7 +20,7 @@ import pandas as pd
 from autosink_platform.validation.schemas import Samples, validate
 
 if TYPE_CHECKING:
-    from autosink_platform.pipelines.spec import ReferenceSpec
+    from autosink_platform.pipelines.spec import PipelineSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -78,9 +78,9 @@ def samples_table(source, position, label, split, group) -> pd.DataFrame:
     return table
 
 
-def build_samples(spec: ReferenceSpec, root: Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
+def build_samples(spec: PipelineSpec, root: Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
     """Extract and validate (the Samples schema) one pipeline's samples, with any extra tables."""
-    table, X, *rest = spec.extract(root, spec.config)
+    table, X, *rest = spec.source.extract(root, spec.config)
     extras = rest[0] if rest else {}
     if len(table) != len(X):
         raise ValueError(f"{spec.name}: {len(table)} table rows but {len(X)} inputs")

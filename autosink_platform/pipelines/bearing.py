@@ -13,7 +13,7 @@ import pandas as pd
 import torch
 
 from autosink_platform.lake.public import require, samples_table
-from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
+from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
 from autosink_platform.thresholds import BestF1
 from autosink_platform.validation.cases import CaseFloors
 
@@ -77,12 +77,15 @@ def extract_bearing(root: Path, cfg: BearingConfig) -> tuple[pd.DataFrame, np.nd
     return table, np.concatenate(images)
 
 
-BEARING = ReferenceSpec(
+BEARING = PipelineSpec(
     name="bearing",
     description="CWRU drive-end vibration: f-AnoGAN on log-spectrogram windows, trained on Normal only.",
-    raw_files=tuple(f"cwru_bearing/{f}" for f in BEARING_FILES.values()),
-    extract=extract_bearing,
-    config=BearingConfig(),
+    source=PublicFiles(
+        raw_files=tuple(f"cwru_bearing/{f}" for f in BEARING_FILES.values()),
+        extract=extract_bearing,
+        config=BearingConfig(),
+    ),
+    slices=GROUP_SLICES,
     models=(
         DetectorModel(
             "anogan",

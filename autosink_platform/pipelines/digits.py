@@ -14,7 +14,7 @@ import torch
 from torch.nn import functional as F
 
 from autosink_platform.lake.public import read_idx, require, samples_table
-from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
+from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
 from autosink_platform.thresholds import BestF1
 from autosink_platform.validation.cases import CaseFloors
 
@@ -76,12 +76,11 @@ def extract_digits(root: Path, cfg: DigitsConfig) -> tuple[pd.DataFrame, np.ndar
     return table, resize(np.concatenate(images), cfg.size)
 
 
-DIGITS = ReferenceSpec(
+DIGITS = PipelineSpec(
     name="digits",
     description="MNIST normal vs KMNIST anomalous: convolutional autoencoder, best-F1 threshold on validation.",
-    raw_files=DIGITS_FILES,
-    extract=extract_digits,
-    config=DigitsConfig(),
+    source=PublicFiles(raw_files=DIGITS_FILES, extract=extract_digits, config=DigitsConfig()),
+    slices=GROUP_SLICES,
     # Probed on this protocol (validation F1 / test F1, train seconds on 2 cores): width 32,
     # lr 1e-3, 15 epochs: fp32 0.982 test in 224 s; bf16 0.986 / 0.984 in 159 s. Width 16, bf16:
     # batch 128, lr 2e-3, 40 epochs 0.985 / 0.983 in 167 s; lr 4e-3, 20 epochs 0.986 / 0.983 in

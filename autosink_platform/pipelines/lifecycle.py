@@ -289,7 +289,9 @@ def release_model(
         if model.threshold.split == "validation":
             metrics["validation"] = {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")}
         if pipeline.protocol is not None:
-            metrics["protocol"] = pipeline.protocol(data.frames(test.rows), test.flags, data.extras(), pipeline.config)
+            metrics["protocol"] = pipeline.protocol(
+                data.frames(test.rows), test.flags, data.extras(), pipeline.source.config
+            )
         smoke = np.ascontiguousarray(check_inputs[:SMOKE_INPUTS])
         candidate = Candidate(
             pipeline=pipeline.name,

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform.lake.public import require, samples_table
-from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
+from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
 from autosink_platform.thresholds import KSigma
 from autosink_platform.validation.schemas import RobotArmRows, validate
 
@@ -36,14 +36,17 @@ def extract_robotarm(root: Path, cfg: RobotArmConfig) -> tuple[pd.DataFrame, np.
     return table, rows[list(ROBOTARM_COLUMNS)].to_numpy(np.float32)
 
 
-ROBOTARM = ReferenceSpec(
+ROBOTARM = PipelineSpec(
     name="robotarm",
     description="Robot-arm telemetry: PCA reconstruction error, k-sigma threshold on training scores.",
-    raw_files=("robotarm/robotarm-train.csv",),
-    extract=extract_robotarm,
-    config=RobotArmConfig(),
+    source=PublicFiles(
+        raw_files=("robotarm/robotarm-train.csv",),
+        extract=extract_robotarm,
+        config=RobotArmConfig(),
+        min_per_split_class=1,
+        required=(("train", 0), ("validation", 0), ("test", 0)),  # unlabelled: no anomalies anywhere
+    ),
     models=(DetectorModel("pca", "pca", {"n_components": 2}, KSigma(k=3.0)),),
+    slices=GROUP_SLICES,
     reference={"source": "MakinaRocks Runway tutorial (PCA, 2 components); no labelled figure published"},
-    min_per_split_class=1,
-    required=(("train", 0), ("validation", 0), ("test", 0)),  # unlabelled: no anomalies anywhere
 )

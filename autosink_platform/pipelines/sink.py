@@ -19,7 +19,7 @@ from autosink_platform.models.contract import NetModel, OperatingData, ScoreFn
 from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
 from autosink_platform.models.training import torch_scorer
-from autosink_platform.pipelines.spec import PipelineSpec, PromotionPolicy
+from autosink_platform.pipelines.spec import PipelineSpec, PromotionPolicy, Sessions
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
@@ -194,9 +194,11 @@ SINK = PipelineSpec(
     name="sink",
     review_model="classifier",
     description="Kitchen-sink cameras: should the faucet valve be open?",
-    labeling=LabelingConfig(),
-    split=SplitConfig(validation=0.2, test=0.2),
-    code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "2"},
+    source=Sessions(
+        labeling=LabelingConfig(),
+        split=SplitConfig(validation=0.2, test=0.2),
+        code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "2"},
+    ),
     slices=SINK_SLICES,
     # Feedback reaches the fleet unattended: a candidate that beats the champion on the same test
     # split by the margin, with no case slice regressed, is promoted by the release stage.

@@ -19,7 +19,7 @@ from autosink_platform.validation.cases import Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
 from autosink_platform.validation.splits import SplitConfig
 
-__all__ = ["DetectorModel", "Model", "NetModel", "PipelineSpec", "ReferenceSpec", "RetrainPolicy"]
+__all__ = ["DetectorModel", "Model", "NetModel", "PipelineSpec", "PublicFiles", "RetrainPolicy", "Sessions"]
 
 # the detector pipelines' case slices: each sample's group (its file, class or rig)
 GROUP_SLICES = (Slice("group", lambda f: f["group"], "the sample's group (file, class or rig)"),)
@@ -33,28 +33,6 @@ class RetrainPolicy:
     cron: str | None = "0 3 * * *"  # and a nightly rebuild when anything changed that day
 
 
-@dataclass(frozen=True)
-class PipelineSpec:
-    name: str
-    description: str
-    labeling: LabelingConfig
-    split: SplitConfig
-    models: tuple[Model, ...]
-    code_versions: dict[str, str] = field(default_factory=dict)  # per data stage: raw, labels, dataset
-    retrain: RetrainPolicy = RetrainPolicy()
-    review_model: str | None = None  # the model whose champion ranks the human review queue
-    promotion: PromotionPolicy = PromotionPolicy()
-    dataset_checks: DatasetChecksConfig = DatasetChecksConfig()
-    slices: tuple[Slice, ...] = ()  # situations every model is evaluated on before release
-    protocol: Protocol | None = None  # a published protocol's figures on the test split, at release
-    config: Any = None  # data settings a protocol reads
-    reference: dict = field(default_factory=dict)  # published figures releases are compared with
-
-
-# -- the detector pipelines (robotarm, digits, valve, bearing) ----------------------------------
-# Still a spec type of their own beside PipelineSpec: their data stages read public files in
-# place, where the sink's ingest sessions from a lake. Their models meet the same contract.
-
 # raw files -> (Samples table, inputs in table order[, extra tables the protocol needs at release])
 Extract = Callable[[Path, Any], tuple[pd.DataFrame, np.ndarray] | tuple[pd.DataFrame, np.ndarray, dict]]
 # (test samples, flags at the threshold, extra tables, data config) -> the protocol's own figures
@@ -62,16 +40,29 @@ Protocol = Callable[[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame], Any], di
 
 
 @dataclass(frozen=True)
-class ReferenceSpec:
-    name: str
-    description: str
+class Sessions:
+    """Raw data from the fleet: Pi sessions committed to the lake, one Dagster partition each,
+    labeled from the users' overrides (and the on-device model's unchallenged decisions), split
+    by session. New sessions arrive through the fleet API; a sensor ingests them."""
+
+    labeling: LabelingConfig = LabelingConfig()
+    split: SplitConfig = SplitConfig()
+    retrain: RetrainPolicy = RetrainPolicy()
+    dataset_checks: DatasetChecksConfig = DatasetChecksConfig()
+    # per data stage: raw_sessions, labeled_frames, validated_dataset
+    code_versions: dict[str, str] = field(
+        default_factory=lambda: {"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "1"}
+    )
+
+
+@dataclass(frozen=True)
+class PublicFiles:
+    """Raw data from a published dataset: its files read in place (fingerprinted, never copied
+    or changed), split and labeled by the dataset's own protocol."""
+
     raw_files: tuple[str, ...]  # relative to the datasets root
     extract: Extract  # raw files -> (Samples table, inputs in table order)
     config: Any  # a frozen dataclass of data settings: part of the snapshot id
-    models: tuple[Model, ...]
-    reference: dict = field(default_factory=dict)  # the published figures we compare with
-    slices: tuple[Slice, ...] = GROUP_SLICES  # what the models' case floors are cut by
-    promotion: PromotionPolicy = PromotionPolicy()
     min_per_split_class: int = 10  # dataset gate: samples per (split, label) that the protocol has
     # the (split, label) pairs the protocol has; the dataset gate wants min_per_split_class of each
     required: tuple[tuple[str, int], ...] = (
@@ -81,10 +72,25 @@ class ReferenceSpec:
         ("validation", 1),
         ("test", 1),
     )
-    protocol: Protocol | None = None  # a published protocol's figures on the test split, at release
 
     def config_dict(self) -> dict:
         return asdict(self.config)
+
+
+@dataclass(frozen=True)
+class PipelineSpec:
+    """One pipeline, declared in ``pipelines/<name>.py``: where its data comes from, the models
+    trained on it and how a release is judged. ``defs.factory`` builds its six stages."""
+
+    name: str
+    description: str
+    source: Sessions | PublicFiles
+    models: tuple[Model, ...]
+    slices: tuple[Slice, ...] = ()  # situations every model's case floors are cut by at release
+    promotion: PromotionPolicy = PromotionPolicy()
+    review_model: str | None = None  # the model whose champion ranks the human review queue
+    protocol: Protocol | None = None  # a published protocol's figures on the test split, at release
+    reference: dict = field(default_factory=dict)  # published figures releases are compared with
 
 
 def stage_code_versions(model: Model) -> dict[str, str]:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from autosink_platform.lake.public import require, samples_table
 from autosink_platform.pipelines import skab
-from autosink_platform.pipelines.spec import DetectorModel, ReferenceSpec
+from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
 from autosink_platform.thresholds import SessionUCL
 from autosink_platform.validation.cases import CaseFloors
 
@@ -90,15 +90,20 @@ def valve_protocol(test: pd.DataFrame, flags: np.ndarray, extras: dict[str, pd.D
     }
 
 
-VALVE = ReferenceSpec(
+VALVE = PipelineSpec(
     name="valve",
     description=(
         "SKAB valve rig: a GRU autoencoder over 60-s windows of the 8 sensors, each session calibrated on"
         " its first 400 rows (scaler and UCL), scored by SKAB's leaderboard protocol."
     ),
-    raw_files=SKAB_FILES,
-    extract=extract_valve,
-    config=ValveConfig(),
+    source=PublicFiles(
+        raw_files=SKAB_FILES,
+        extract=extract_valve,
+        config=ValveConfig(),
+        min_per_split_class=1,
+        required=(("train", 0), ("test", 0), ("test", 1)),
+    ),
+    slices=GROUP_SLICES,
     models=(
         DetectorModel(
             "rnn_ae",
@@ -112,7 +117,5 @@ VALVE = ReferenceSpec(
         ),
     ),
     reference={"leaderboard": {k: list(v) for k, v in skab.LEADERBOARD.items()}, "source": "SKAB README"},
-    min_per_split_class=1,
-    required=(("train", 0), ("test", 0), ("test", 1)),
     protocol=valve_protocol,
 )

@@ -21,7 +21,7 @@ from autosink_platform.validation.splits import snapshot_id
 
 if TYPE_CHECKING:
     from autosink_platform.labeling.protocol import LabeledSamples
-    from autosink_platform.pipelines.spec import ReferenceSpec
+    from autosink_platform.pipelines.spec import PipelineSpec
 
 COMPLETE = "_COMPLETE"
 
@@ -104,15 +104,15 @@ def freeze(out, table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFra
     publish_folder(staging, out, COMPLETE)
 
 
-def freeze_dataset(spec: ReferenceSpec, labeled: LabeledSamples, store_root: Path) -> RefDataset:
+def freeze_dataset(spec: PipelineSpec, labeled: LabeledSamples, store_root: Path) -> RefDataset:
     """The validated stage: the labeled samples checked against ``LabeledSamples`` (provenance
     included) and frozen as the snapshot every model of the pipeline trains on."""
     table, X = labeled.load()
     table = validate(table, LabeledSampleRows, f"{spec.name}/validated_dataset")
     extras = labeled.extras()
-    sid = content_id(table, X, extras, json.dumps(spec.config_dict(), sort_keys=True))
+    sid = content_id(table, X, extras, json.dumps(spec.source.config_dict(), sort_keys=True))
     out = location(store_root) / spec.name / "datasets" / sid
     ref = RefDataset(spec.name, sid, str(out), counts(table))
-    manifest = {"id": sid, "snapshot_id": sid, "labeled": labeled.snapshot_id, "config": spec.config_dict()}
+    manifest = {"id": sid, "snapshot_id": sid, "labeled": labeled.snapshot_id, "config": spec.source.config_dict()}
     freeze(out, table, np.asarray(X), extras, manifest | {"counts": ref.counts})
     return ref

@@ -1,6 +1,8 @@
-"""Reference pipeline spec -> Dagster assets: the sink pipeline's six stages for detectors on
-public datasets (raw files read in place -> samples -> validated dataset -> models ->
-thresholds -> releases), with blocking checks on the dataset."""
+"""The data stages of a pipeline on a published dataset (``spec.source`` is ``PublicFiles``):
+
+    raw_files (read in place, fingerprinted) -> labeled_samples (the protocol's labels) -> validated_dataset
+
+with the dataset's blocking checks and the ``<pipeline>_pipeline`` job from raw files to release."""
 
 from pathlib import Path
 
@@ -8,13 +10,12 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from autosink_platform.defs.factory import TRAIN_TAGS, fleet_defs
 from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
-from autosink_platform.defs.model_stages import model_assets
+from autosink_platform.defs.model_stages import TRAIN_TAGS
 from autosink_platform.defs.resources import FeatureStoreResource
 from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
 from autosink_platform.lake.public import DatasetMissing, datasets_root, fingerprint, require
-from autosink_platform.pipelines.spec import ReferenceSpec
+from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.validation.samples import RefDataset, freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 from autosink_platform.validation.splits import snapshot_id
@@ -30,7 +31,7 @@ class ReferenceDataResource(dg.ConfigurableResource):
         return Path(self.root) if self.root else datasets_root()
 
 
-def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
+def _data_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     prefix = [spec.name]
 
     @dg.asset(name="raw_files", key_prefix=prefix, group_name=spec.name, code_version="1", kinds={"numpy"})
@@ -38,7 +39,7 @@ def _data_assets(spec: ReferenceSpec) -> list[dg.AssetsDefinition]:
         """The public files this pipeline reads in place, fingerprinted (never copied or changed)."""
         root = datasets.get()
         try:
-            paths = require(root, *spec.raw_files)
+            paths = require(root, *spec.source.raw_files)
         except DatasetMissing as e:
             raise dg.Failure(description=str(e)) from e
         prints = fingerprint(paths)
@@ -116,7 +117,7 @@ def _sample_set_output(build, id_name: str, **extra) -> dg.Output:
 REFERENCE_CHECKS = ("min_examples", "finite_inputs", "no_leakage")
 
 
-def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
+def _dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
     key = dg.AssetKey([spec.name, "validated_dataset"])
 
     @dg.multi_asset_check(
@@ -128,9 +129,11 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
         """The protocol's examples per split and class, finite inputs, no sample in two splits."""
         table, X = dataset.load()
         counts = table.groupby(["split", "label"]).size()
-        need = max(spec.min_per_split_class, 1)
+        need = max(spec.source.min_per_split_class, 1)
         short = {
-            f"{s}/{lbl}": int(counts.get((s, lbl), 0)) for s, lbl in spec.required if counts.get((s, lbl), 0) < need
+            f"{s}/{lbl}": int(counts.get((s, lbl), 0))
+            for s, lbl in spec.source.required
+            if counts.get((s, lbl), 0) < need
         }
         yield dg.AssetCheckResult(
             check_name="min_examples",
@@ -152,15 +155,12 @@ def _dataset_checks(spec: ReferenceSpec) -> dg.AssetChecksDefinition:
     return reference_dataset_checks
 
 
-def build_reference_defs(spec: ReferenceSpec) -> dg.Definitions:
-    assets = _data_assets(spec) + [a for m in spec.models for a in model_assets(spec, m)]
+def public_file_defs(spec: PipelineSpec, model_assets: list[dg.AssetsDefinition]) -> dg.Definitions:
+    assets = _data_assets(spec)
     job = dg.define_asset_job(
         f"{spec.name}_pipeline",
-        selection=dg.AssetSelection.assets(*assets),
+        selection=dg.AssetSelection.assets(*assets, *model_assets),
         description=f"{spec.description} Raw files to validated release.",
         tags=TRAIN_TAGS,
     )
-    return dg.Definitions.merge(
-        dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job]),
-        fleet_defs(spec.name, [m.name for m in spec.models]),
-    )
+    return dg.Definitions(assets=assets, asset_checks=[_dataset_checks(spec)], jobs=[job])
