@@ -80,7 +80,7 @@ def samples_table(source, position, label, split, group) -> pd.DataFrame:
 
 def build_samples(spec: PipelineSpec, root: Path) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
     """Extract and validate (the Samples schema) one pipeline's samples, with any extra tables."""
-    table, X, *rest = spec.source.extract(root, spec.config)
+    table, X, *rest = spec.source.extract(root, spec.source.config)
     extras = rest[0] if rest else {}
     if len(table) != len(X):
         raise ValueError(f"{spec.name}: {len(table)} table rows but {len(X)} inputs")
