@@ -154,7 +154,7 @@ def test_sink_pipeline_end_to_end(home, instance):
 
         # Parity, measured here independently of the release gate, on every validation frame.
         scorer = OnnxScorer(vdir / "model.onnx")
-        frames = data.images[data.mask("validation")]
+        frames = data.inputs[data.mask("validation")]
         module = lifecycle.load_trained(model, out[f"{model.name}_model"], registry)
         diffs = parity(model.score(module)(frames), scorer(frames))["max_abs_diff"]
         assert max(diffs.values()) <= 1e-4, diffs

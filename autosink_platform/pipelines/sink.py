@@ -111,7 +111,7 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
 def _classifier_train(data: LoadedDataset, cfg: ClassifierConfig, warm, on_epoch):
     split = {s: data.mask(s, labeled=True) for s in ("train", "validation")}
     return train_classifier(
-        {s: data.images[m] for s, m in split.items()},
+        {s: data.inputs[m] for s, m in split.items()},
         {s: data.table["label"].to_numpy()[m].astype(np.int64) for s, m in split.items()},
         {s: data.table["confidence"].to_numpy()[m] for s, m in split.items()},
         cfg,
@@ -122,7 +122,7 @@ def _classifier_train(data: LoadedDataset, cfg: ClassifierConfig, warm, on_epoch
 
 def _classifier_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> OperatingData:
     m = data.mask(split, labeled=True)
-    scores = score(data.images[m])["valve_open_prob"]
+    scores = score(data.inputs[m])["valve_open_prob"]
     labels = data.table["label"].to_numpy()[m].astype(np.int64)
     return OperatingData(
         scores, labels, {"closed (label)": labels == 0, "open (label)": labels == 1}, np.flatnonzero(m)
@@ -137,13 +137,13 @@ def _classifier_evaluate(d: OperatingData, scores: np.ndarray, threshold: float)
 
 
 def _guard_train(data: LoadedDataset, cfg: FrameGuardConfig, warm, on_epoch):
-    return train_frame_guard({s: data.images[data.mask(s)] for s in ("train", "validation")}, cfg, warm, on_epoch)
+    return train_frame_guard({s: data.inputs[data.mask(s)] for s in ("train", "validation")}, cfg, warm, on_epoch)
 
 
 def _guard_operating_data(data: LoadedDataset, split: str, score: ScoreFn) -> OperatingData:
     """Ordinary frames of the split (negatives) and the same frames with each camera fault."""
     rows = np.flatnonzero(data.mask(split))
-    frames = data.images[rows]
+    frames = data.inputs[rows]
     parts = [score(frames)["score"]]
     for k, fault in enumerate(FAULTS):
         parts.append(score(corrupt(frames, fault, FAULT_SEEDS[split] + k))["score"])
@@ -244,7 +244,7 @@ def build_review_queue(
     model: NetModel, champion, data: LoadedDataset, store: FeatureStore, limit: int = 200
 ) -> pd.DataFrame:
     """Rank the dataset's frames for human review with the champion's scores; written to the store."""
-    probs = torch_scorer(champion)(data.images)[model.decision_output]
+    probs = torch_scorer(champion)(data.inputs)[model.decision_output]
     queue = review_queue(data.table, probs, ReviewLog(store.root).reviewed_frames(), limit)
     put_bytes(store.root / "review_queue.parquet", queue.to_parquet(index=False))
     return queue
@@ -267,7 +267,7 @@ def truth_report(
         truth, on=["session_id", "frame_index"], how="left", validate="one_to_one"
     )
     y = merged["valve_should_open"].to_numpy()
-    scores = score(data.images[m])["valve_open_prob"]
+    scores = score(data.inputs[m])["valve_open_prob"]
     out = metrics_at(scores, y, threshold)
     out["deployed_model_f1"] = metrics_at(merged["model_decision"].to_numpy(), y, 0.5)["f1"]
     slices = slice_table(data.frames(np.flatnonzero(m)), scores, y, threshold, SINK_SLICES, floors)
@@ -295,7 +295,7 @@ def release_quality(lake_root: str | Path, store: FeatureStore, release_dir: str
         "case_margin": float(low["value"] - model.cases.floor),
     }
     if model.name == "classifier":
-        data = LoadedDataset.load(DatasetRef.of_snapshot(store.dataset_dir(manifest["dataset_snapshot_id"])))
+        data = DatasetRef.of_snapshot(store.dataset_dir(manifest["dataset_snapshot_id"])).open()
         truth, slices = truth_report(lake_root, data, OnnxScorer(release_dir / "model.onnx"), threshold, model.cases)
         counted = slices[slices["status"] != TOO_FEW]
         out["truth"] = truth

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -50,47 +51,45 @@ class DatasetRef:
     def frame_stats(self) -> pd.DataFrame:
         return load_frame_stats(self.path)
 
+    def extras(self) -> dict[str, pd.DataFrame]:
+        return {}
+
     def open(self) -> LoadedDataset:
         return LoadedDataset(self, *self.load())
 
 
 @dataclass
 class LoadedDataset:
-    """A snapshot as models read it (``models.contract.Data``): its inputs are the frames."""
+    """A validated snapshot as models read it (``models.contract.Data``): its table and inputs
+    in table order, memory-mapped: uint8 frames (N, H, W, 3) for the fleet's sessions, float32
+    rows, windows or images for a published dataset's samples (``validation.samples``)."""
 
-    ref: DatasetRef
+    ref: Any  # DatasetRef or samples.RefDataset: snapshot_id, frame_stats(), extras()
     table: pd.DataFrame
-    images: np.ndarray  # uint8 (N, H, W, 3), table order
-
-    @classmethod
-    def load(cls, ref: DatasetRef) -> LoadedDataset:
-        return ref.open()
+    inputs: np.ndarray
 
     @property
     def snapshot_id(self) -> str:
         return self.ref.snapshot_id
 
-    @property
-    def inputs(self) -> np.ndarray:
-        return self.images
-
     @cached_property
-    def stats(self) -> pd.DataFrame:
-        """Per-frame quality and content statistics, table order (stored with the snapshot)."""
+    def stats(self) -> pd.DataFrame | None:
+        """Per-frame quality and content statistics, table order (stored with a frame snapshot)."""
         return self.ref.frame_stats()
 
     def frames(self, rows: np.ndarray) -> pd.DataFrame:
-        """Table rows joined with their frame statistics: what case slices are defined on."""
-        return pd.concat(
-            [self.table.iloc[rows].reset_index(drop=True), self.stats.iloc[rows].reset_index(drop=True)], axis=1
-        )
+        """Table rows (with their frame statistics, where there are any): what slices are cut by."""
+        parts = [self.table.iloc[rows].reset_index(drop=True)]
+        if self.stats is not None:
+            parts.append(self.stats.iloc[rows].reset_index(drop=True))
+        return pd.concat(parts, axis=1)
 
     def mask(self, split: str, labeled: bool = False) -> np.ndarray:
         m = (self.table["split"] == split).to_numpy()
         return m & self.table["label"].notna().to_numpy() if labeled else m
 
     def extras(self) -> dict[str, pd.DataFrame]:
-        return {}
+        return self.ref.extras()
 
 
 def snapshot_cache() -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform.files import local_copy, location, publish_folder
-from autosink_platform.validation.dataset import snapshot_cache, staging_for
+from autosink_platform.validation.dataset import LoadedDataset, snapshot_cache, staging_for
 from autosink_platform.validation.schemas import LabeledSampleRows, validate
 from autosink_platform.validation.splits import snapshot_id
 
@@ -44,30 +44,11 @@ class RefDataset:
         """The extra tables the pipeline's protocol needs (e.g. SKAB's per-row test labels)."""
         return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
 
-    def open(self) -> LoadedSamples:
-        return LoadedSamples(self, *self.load())
+    def frame_stats(self) -> None:
+        return None  # slices are cut by the table's own columns (group)
 
-
-@dataclass
-class LoadedSamples:
-    """A sample set as models read it (``models.contract.Data``): inputs memory-mapped."""
-
-    ref: RefDataset
-    table: pd.DataFrame
-    inputs: np.ndarray
-
-    @property
-    def snapshot_id(self) -> str:
-        return self.ref.snapshot_id
-
-    def mask(self, split: str, labeled: bool = False) -> np.ndarray:
-        return (self.table["split"] == split).to_numpy()  # every sample has its protocol label
-
-    def frames(self, rows: np.ndarray) -> pd.DataFrame:
-        return self.table.iloc[rows].reset_index(drop=True)
-
-    def extras(self) -> dict[str, pd.DataFrame]:
-        return self.ref.extras()
+    def open(self) -> LoadedDataset:
+        return LoadedDataset(self, *self.load())
 
 
 def counts(table: pd.DataFrame) -> dict:
