@@ -101,7 +101,8 @@ class Model(Protocol):
 
     def log_model(self, fitted, data: Data, registered_name: str): ...
 
-    def export_onnx(self, fitted, example: np.ndarray, path: Path) -> Path: ...
+    def release_onnx(self, fitted, example: np.ndarray, folder: Path, registry, run_id: str) -> Path:
+        """The ONNX graph a release of this trained model ships, as a file in ``folder``."""
 
     def onnx_scorer(self, source) -> ScoreFn: ...
 
@@ -115,12 +116,21 @@ class Model(Protocol):
     def manifest_extra(self) -> dict: ...
 
 
+PARITY_INPUTS = 1024  # test inputs used when a protocol has no validation split
+
+
+def check_rows(data: Data) -> tuple[np.ndarray, str]:
+    """The rows a trained model is checked on (its ONNX build's parity, its MLflow signature and
+    the device's smoke inputs): the validation split, or the first ``PARITY_INPUTS`` test rows
+    where the protocol has no validation split; with the split's name."""
+    validation = data.mask("validation")
+    if validation.any():
+        return np.flatnonzero(validation), "validation"
+    return np.flatnonzero(data.mask("test"))[:PARITY_INPUTS], "test"
+
+
 def _example(data: Data, n: int = 4) -> np.ndarray:
-    """A few validation inputs (test ones where the protocol has no validation split)."""
-    rows = (
-        np.flatnonzero(data.mask("validation")) if data.mask("validation").any() else np.flatnonzero(data.mask("test"))
-    )
-    return np.ascontiguousarray(data.inputs[rows[:n]])
+    return np.ascontiguousarray(data.inputs[check_rows(data)[0][:n]])
 
 
 # -- PyTorch networks on camera frames --------------------------------------------------------
@@ -198,8 +208,9 @@ class NetModel:
             pip_requirements=PIP_REQUIREMENTS,
         )
 
-    def export_onnx(self, fitted: nn.Module, example: np.ndarray, path: Path) -> Path:
-        return export_onnx(fitted, to_float_tensor(example), path, list(self.outputs))
+    def release_onnx(self, fitted: nn.Module, example: np.ndarray, folder: Path, registry, run_id: str) -> Path:
+        """Exported from the trained network (MLflow keeps it as a PyTorch model)."""
+        return export_onnx(fitted, to_float_tensor(example), folder / "model.onnx", list(self.outputs))
 
     def onnx_scorer(self, source) -> ScoreFn:
         return OnnxScorer(source)
@@ -311,8 +322,9 @@ class DetectorModel:
             onnx_execution_providers=["CPUExecutionProvider"],
         )
 
-    def export_onnx(self, fitted, example: np.ndarray, path: Path) -> Path:
-        return fitted.export_onnx(path, example[:2])
+    def release_onnx(self, fitted, example: np.ndarray, folder: Path, registry, run_id: str) -> Path:
+        """The graph registered as the MLflow model at training (exported once, shipped as is)."""
+        return registry.download(run_id, "model/model.onnx", folder)
 
     def onnx_scorer(self, source) -> ScoreFn:
         return OnnxModel(source)

@@ -17,7 +17,7 @@ import pandas as pd
 
 import mlflow
 from autosink_platform import plots
-from autosink_platform.models.contract import Data, Model, OperatingData, ScoreFn
+from autosink_platform.models.contract import Data, Model, OperatingData, ScoreFn, check_rows
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog
@@ -37,7 +37,6 @@ from autosink_platform.thresholds import OperatingPoint, SessionUCL, calibrated
 from autosink_platform.validation import cases as case_validation
 
 SMOKE_INPUTS = 4
-PARITY_INPUTS = 1024  # test inputs the parity gate uses when a protocol has no validation split
 
 
 @dataclass(frozen=True)
@@ -120,37 +119,30 @@ def train_model(pipeline, model: Model, data: Data, registry: Registry, dagster_
             "warm_started_from": warm_from or "",
         },
     )
-    best = fit.best_epoch if fit is not None and history else None
-    return TrainedModel(
-        name,
-        version,
-        run.info.run_id,
-        train_key,
-        False,
-        warm_from,
-        best,
-        history[best - 1] if best else {},
-        history,
-        seconds,
-    )
+    best = fit.best_epoch if fit is not None else None
+    return _trained(name, version, run.info.run_id, train_key, False, warm_from, best, history, seconds)
 
 
 def _reused(registry: Registry, name: str, existing, train_key: str) -> TrainedModel:
-    run = registry.client.get_run(existing.run_id)
-    history = _history(registry, existing.run_id)
-    best = int(run.data.params["best_epoch"]) if "best_epoch" in run.data.params and history else None
-    return TrainedModel(
+    params = registry.client.get_run(existing.run_id).data.params
+    return _trained(
         name,
         str(existing.version),
         existing.run_id,
         train_key,
         True,
         existing.tags.get("warm_started_from") or None,
-        best,
-        history[best - 1] if best else {},
-        history,
-        float(run.data.params["train_seconds"]) if "train_seconds" in run.data.params else None,
+        int(params["best_epoch"]) if "best_epoch" in params else None,
+        _history(registry, existing.run_id),
+        float(params["train_seconds"]) if "train_seconds" in params else None,
     )
+
+
+def _trained(name, version, run_id, train_key, reused, warm_from, best_epoch, history, seconds) -> TrainedModel:
+    """The reference, with the metrics of the best epoch when the model was trained in epochs."""
+    best = best_epoch if best_epoch and history else None
+    metrics = history[best - 1] if best else {}
+    return TrainedModel(name, version, run_id, train_key, reused, warm_from, best, metrics, history, seconds)
 
 
 def _history(registry: Registry, run_id: str) -> list[dict]:
@@ -273,15 +265,14 @@ def release_model(
         return done
 
     fitted = load_trained(model, trained, registry)
-    has_validation = data.mask("validation").any()
-    check_rows = np.flatnonzero(data.mask("validation" if has_validation else "test"))
-    check_inputs = np.asarray(data.inputs[check_rows if has_validation else check_rows[:PARITY_INPUTS]])
+    rows, split = check_rows(data)
+    check_inputs = np.asarray(data.inputs[rows])
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        onnx_path = model.export_onnx(fitted, check_inputs[:SMOKE_INPUTS], tmp / "model.onnx")
+        onnx_path = model.release_onnx(fitted, check_inputs[:SMOKE_INPUTS], tmp, registry, trained.run_id)
         scorer = model.onnx_scorer(onnx_path)
-        on = f"{'validation' if has_validation else 'test'} inputs"
-        diffs = parity_gate(name, version, model.score(fitted)(check_inputs), scorer(check_inputs), model.parity, on)
+        ours, theirs = model.score(fitted)(check_inputs), scorer(check_inputs)
+        diffs = parity_gate(name, version, ours, theirs, model.parity, f"{split} inputs")
         test = evaluate(pipeline, model, data, scorer, op)  # what ships is what gets evaluated
         if test.cases is not None:
             gate_on_cases(registry, name, version, trained.run_id, test.cases)
@@ -307,7 +298,7 @@ def release_model(
             parity=diffs,
             smoke=smoke,
             smoke_file=model.smoke_file,
-            expected={k: v.tolist() for k, v in scorer(smoke).items()},
+            expected={k: v.tolist() for k, v in scorer(smoke).items()},  # as the device runs them: one batch
             tolerance=model.parity,
             comparison=_compare_with_champion(pipeline, model, data, registry, channel, test),
             cases=test.cases,
@@ -336,6 +327,6 @@ def _compare_with_champion(
         candidate.metrics,
         theirs.metrics,
         candidate.cases,
-        theirs.cases if candidate.cases is not None else None,
+        theirs.cases,
         model.cases,
     )
