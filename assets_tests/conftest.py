@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+from autosink_platform.settings import Settings
 
 # 9 sessions x 120 frames: the smallest lake whose session-level splits are all non-empty
 # (6 train / 2 validation / 1 test under the default SplitConfig).
@@ -41,6 +42,12 @@ def home(tmp_path, monkeypatch, tiny_lake) -> Path:
     monkeypatch.setenv("AUTOSINK_SIGNING_KEY", str(tmp_path / "keys" / "signing.pem"))  # never the user's key
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
     return root
+
+
+def platform_resources() -> dict:
+    """The resources the code location configures, from this process's environment now (the
+    ``home`` fixture's, or what a test set), for code that uses them outside a run."""
+    return Settings.from_environ(os.environ).resources()
 
 
 def pytest_report_header(config):
@@ -100,6 +107,10 @@ def bucket(s3_endpoint, monkeypatch, request) -> str:
         "AUTOSINK_S3_ENDPOINT": s3_endpoint,
     }.items():
         monkeypatch.setenv(k, v)
+    # What the resources do with AUTOSINK_S3_ENDPOINT, for the tests that open s3:// paths themselves.
+    import fsspec.config
+
+    monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_endpoint})
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:50].strip("-")
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name

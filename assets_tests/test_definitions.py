@@ -1,7 +1,13 @@
-import dagster as dg
+import re
+from pathlib import Path
 
+import dagster as dg
+import pytest
+
+import autosink_platform
 from autosink_platform.definitions import defs
 from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
+from autosink_platform.settings import VARIABLES, Settings
 
 STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
     f"{m}_{s}" for m in ("classifier", "frame_guard") for s in ("model", "threshold", "release")
@@ -72,3 +78,81 @@ def test_jobs_and_sensors_exist():
     graph = defs.resolve_asset_graph()
     automated = {k for k in graph.get_all_asset_keys() if graph.get(k).automation_condition is not None}
     assert automated and automated <= set(automation.asset_selection.resolve(graph))
+
+
+def test_configuration_enters_only_at_the_edge():
+    """No module below the code location and the command line reads the environment."""
+    package = Path(autosink_platform.__file__).parent
+    readers = {
+        p.relative_to(package).as_posix()
+        for p in package.rglob("*.py")
+        if re.search(r"\bos\.environ\b|\bgetenv\(", p.read_text())
+    }
+    assert readers == {"cli.py", "definitions.py"}
+
+
+def test_resources_read_their_variables_when_a_run_starts(tmp_path, monkeypatch):
+    """The code location's resources are dg.EnvVars, resolved per run: a changed environment
+    reaches the next run without reloading the code location."""
+    monkeypatch.setenv("AUTOSINK_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("AUTOSINK_LAKE", "")
+    lake = Settings.from_environ({}).resources(env_vars=True)["lake"]
+    assert isinstance(lake.home, dg.EnvVar) and lake.home.env_var_name == "AUTOSINK_HOME"
+    assert lake.process_config_and_initialize().get().root == tmp_path / "home" / "lake"
+    monkeypatch.setenv("AUTOSINK_LAKE", str(tmp_path / "elsewhere"))
+    assert lake.process_config_and_initialize().get().root == tmp_path / "elsewhere"
+    # Outside a run (the command line, tests) the values themselves.
+    values = Settings.from_environ({"AUTOSINK_HOME": str(tmp_path / "h")}).resources()
+    assert values["fleet"].audit().path == tmp_path / "h" / "audit" / "promotions.jsonl"
+    assert values["io_manager"].store.location() == tmp_path / "h" / "store"
+
+
+def test_a_configured_signing_key_that_is_missing_is_an_error_not_a_new_key(tmp_path):
+    fleet = Settings.from_environ({"AUTOSINK_HOME": str(tmp_path)}).resources()["fleet"]
+    missing = tmp_path / "secrets" / "key.pem"
+    with pytest.raises(FileNotFoundError, match=r"key\.pem does not exist"):
+        fleet.model_copy(update={"signing_key": str(missing), "create_key": False}).get()
+    assert not missing.exists()
+
+
+def test_the_executor_is_chosen_by_configuration():
+    assert Settings.from_environ({}).executor_config() == {"in_process": {}}
+    assert Settings.from_environ({"AUTOSINK_EXECUTOR": "multiprocess"}).executor_config() == {"multiprocess": {}}
+    celery = Settings.from_environ({"AUTOSINK_EXECUTOR": "celery", "AUTOSINK_CELERY_QUEUE": "q"})
+    assert celery.executor_config() == {"celery": {"queue": "q"}}
+    with pytest.raises(ValueError, match=r"AUTOSINK_EXECUTOR='threads': expected one of"):
+        Settings.from_environ({"AUTOSINK_EXECUTOR": "threads"})
+    # One executor for every job; its kind is run configuration (the launchpad's `execution:`).
+    job = defs.resolve_job_def("sink_ingest")
+    assert job.executor_def.name == "autosink"
+    schema = job.executor_def.config_schema.config_type
+    assert set(schema.fields) == {"in_process", "multiprocess", "celery"}
+
+
+def test_a_run_configured_for_multiprocess_runs_each_step_in_its_own_process(home, tmp_path):
+    from dagster._core.definitions.reconstruct import ReconstructableRepository
+
+    from autosink_platform.defs.runner import register_sessions
+    from autosink_platform.lake.sessions import Lake
+    from autosink_platform.pipelines.sink import SINK
+
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        (session, *_) = register_sessions(instance, SINK, Lake(home / "lake"))
+        repo = ReconstructableRepository.for_module("autosink_platform.definitions", "defs")
+        with dg.execute_job(
+            repo.get_reconstructable_job("sink_ingest"),
+            instance,
+            run_config={"execution": {"config": {"multiprocess": {}}}},
+            tags={"dagster/partition": session},
+            asset_selection=[dg.AssetKey(["sink", "raw_sessions"])],
+        ) as result:
+            assert result.success
+            started = [e for e in result.all_events if e.event_type_value == "STEP_WORKER_STARTED"]
+    # The step ran in a subprocess of the run: what the default (in_process) never starts.
+    assert [e.step_key for e in started] == ["sink__raw_sessions"]
+
+
+def test_every_variable_is_in_the_configuration_table():
+    doc = (Path(autosink_platform.__file__).parents[1] / "docs" / "architecture.md").read_text()
+    assert [v for v in VARIABLES if f"| `{v}` |" not in doc] == []

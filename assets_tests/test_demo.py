@@ -19,6 +19,8 @@ from autosink_platform.lake.store import FeatureStore
 from autosink_platform.models.corruptions import FAULTS
 from autosink_platform.pipelines.sink import SINK, release_quality
 
+from .conftest import platform_resources
+
 MARGIN = 0.03  # every gated slice group at least this far above its floor
 TRUTH_F1, TRUTH_SLICE_ACCURACY = 0.95, 0.90  # classifier vs truth on the test split
 GUARD_MAX_FPR, GUARD_MIN_DETECTION = 0.01, 0.95  # ordinary test frames flagged / faults caught
@@ -126,13 +128,17 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
     cfg = DemoLakeConfig(first_session=19, sessions_per_device=11, model_error_rate=0.45, override_prob=0.0)
     folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
     with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
-        devices = provision_fleet(home, services.api, folders)  # the same Pis, with their tokens
+        resources = platform_resources()
+        devices = provision_fleet(
+            home, services.api, folders, resources["fleet"].get()
+        )  # the same Pis, with their tokens
         watched = devices["pi-001"]
         watched.sync()
         assert watched.version == champion
         with DeviceTimer(watched, 5.0):
             report = feedback_to_device(
                 instance,
+                resources,
                 folders,
                 devices,
                 watched,

@@ -9,7 +9,6 @@ import pytest
 
 from autosink_platform import definitions
 from autosink_platform.defs.factory import build_pipeline_defs
-from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
@@ -18,6 +17,7 @@ from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import PromotionPolicy
 
+from .conftest import platform_resources
 from .fake_reference_data import SMALL, make_fake_datasets
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,8 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
 ):
     monkeypatch.setenv("AUTOSINK_DATASETS", str(fake_root))
     spec = PIPELINES[name]
-    registry, channel = MlflowResource().get(), FleetChannelResource().get()
+    resources = platform_resources()
+    registry, channel = resources["mlflow"].get(), resources["fleet"].get()
     model = spec.models[0].name
     registered = f"{name}.{model}"
     (tmp_path / "dagster").mkdir()
@@ -101,7 +102,7 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         defs = _defs(spec)
         sensor = defs.resolve_sensor_def(f"{name}_champion_moved")
         context = lambda: dg.build_sensor_context(  # noqa: E731
-            instance=instance, resources={"mlflow": MlflowResource(), "fleet": FleetChannelResource()}
+            instance=instance, resources={k: resources[k] for k in ("mlflow", "fleet")}
         )
         request = sensor(context())
         assert isinstance(request, dg.RunRequest) and f"{registered}:v2" in request.run_key
@@ -111,7 +112,7 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         assert result.success
         assert channel.read_pointer(name, model, "stable")["version"] == "2"
         assert isinstance(sensor(context()), dg.SkipReason)
-        published = [e for e in FleetChannelResource().audit().entries(registered) if e["action"] == "publish"]
+        published = [e for e in resources["fleet"].audit().entries(registered) if e["action"] == "publish"]
         assert [(e["from"], e["to"]) for e in published] == [("1", "2")]
         channels = instance.get_latest_materialization_event(dg.AssetKey([name, "fleet_channel"]))
         assert channels.asset_materialization.metadata["published_now"].value == [f"{registered} v2"]

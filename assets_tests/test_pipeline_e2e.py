@@ -3,6 +3,7 @@
 
 import dataclasses
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -18,7 +19,6 @@ import mlflow
 from autosink_platform import definitions
 from autosink_platform.cli import main
 from autosink_platform.defs.factory import build_pipeline_defs
-from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
@@ -30,8 +30,10 @@ from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.registry.releases import ReleaseRejected
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
-from autosink_platform.release.signing import default_key_path, verify
+from autosink_platform.release.signing import verify
 from autosink_platform.validation.cases import CaseFloors
+
+from .conftest import platform_resources
 
 pytestmark = pytest.mark.slow
 
@@ -74,7 +76,8 @@ def _run_count(registry) -> int:
 def test_sink_pipeline_end_to_end(home, instance):
     lake = Lake(home / "lake")
     out = materialize_pipeline(defs, SINK, instance, lake, progress=False)
-    registry, fleet = MlflowResource().get(), FleetChannelResource().get()
+    resources = platform_resources()
+    registry, fleet = resources["mlflow"].get(), resources["fleet"].get()
     ref = out["validated_dataset"]
     data = ref.open()
 
@@ -178,7 +181,7 @@ def test_sink_pipeline_end_to_end(home, instance):
     _device_syncs_and_infers(home, fleet, lake, out["classifier_threshold"].threshold)
 
     # The private key is nowhere near the lake, the home or MLflow.
-    private = default_key_path().read_bytes()
+    private = Path(os.environ["AUTOSINK_SIGNING_KEY"]).read_bytes()  # the home fixture's key
     for root in (home, Path(registry.tracking_uri.removeprefix("sqlite:///")).parent):
         assert not any(f.is_file() and f.read_bytes() == private for f in root.rglob("*")), root
 
@@ -254,7 +257,7 @@ def _a_slice_below_its_floor_blocks_the_release(registry, fleet, data, tmp: Path
     champion = str(registry.alias_version("sink.classifier", "champion").version)
     with pytest.raises(ReleaseRejected, match=r"slice group\(s\) below the floor") as rejected:
         lifecycle.release_model(
-            SINK, weak, trained, op, data, registry, fleet, FleetChannelResource().audit(), "case-test"
+            SINK, weak, trained, op, data, registry, fleet, platform_resources()["fleet"].audit(), "case-test"
         )
     assert set(rejected.value.cases["slice"]) == {"lighting", "device", "activity", "basin"}
     assert not fleet.version_dir("sink", "classifier", trained.version).exists()
@@ -280,7 +283,7 @@ def _promotion_is_the_registrys(instance, registry, fleet) -> None:
     registry.set_alias(name, "champion", "2")
     sensor = defs.resolve_sensor_def("sink_champion_moved")
     context = lambda: dg.build_sensor_context(
-        instance=instance, resources={"mlflow": MlflowResource(), "fleet": FleetChannelResource()}
+        instance=instance, resources={k: platform_resources()[k] for k in ("mlflow", "fleet")}
     )  # noqa: E731
     request = sensor(context())
     assert isinstance(request, dg.RunRequest) and "sink.classifier:v2" in request.run_key
@@ -292,7 +295,7 @@ def _promotion_is_the_registrys(instance, registry, fleet) -> None:
     assert fleet.read_pointer("sink", "classifier", "stable")["version"] == "2"
     assert isinstance(sensor(context()), dg.SkipReason)
 
-    log = FleetChannelResource().audit().entries(name)
+    log = platform_resources()["fleet"].audit().entries(name)
     assert [(e["action"], e["from"], e["to"]) for e in log] == [
         ("promote", None, "1"),
         ("promote", "1", "2"),

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import QUIET
 from autosink_platform.labeling.protocol import label_samples, snapshot_dataset
 from autosink_platform.lake.public import DatasetMissing, build_samples
@@ -22,6 +21,7 @@ from autosink_platform.pipelines.valve import VALVE
 from autosink_platform.validation.samples import freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 
+from .conftest import platform_resources
 from .fake_reference_data import SMALL, make_fake_datasets
 
 
@@ -34,9 +34,9 @@ def fake_root(tmp_path_factory) -> Path:
 def world(home, fake_root, monkeypatch, tmp_path):
     monkeypatch.setenv("AUTOSINK_DATASETS", str(fake_root))
     return {
-        "registry": MlflowResource().get(),
-        "channel": FleetChannelResource().get(),
-        "audit": FleetChannelResource().audit(),
+        "registry": platform_resources()["mlflow"].get(),
+        "channel": platform_resources()["fleet"].get(),
+        "audit": platform_resources()["fleet"].audit(),
     }
 
 
@@ -187,9 +187,9 @@ def real_world(home, monkeypatch):
         pytest.skip(f"real reference data not found at {REAL}")
     monkeypatch.setenv("AUTOSINK_DATASETS", str(REAL))
     return {
-        "registry": MlflowResource().get(),
-        "channel": FleetChannelResource().get(),
-        "audit": FleetChannelResource().audit(),
+        "registry": platform_resources()["mlflow"].get(),
+        "channel": platform_resources()["fleet"].get(),
+        "audit": platform_resources()["fleet"].audit(),
     }
 
 

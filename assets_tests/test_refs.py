@@ -8,7 +8,7 @@ import dagster as dg
 import pandas as pd
 import pytest
 
-from autosink_platform.defs.resources import REF_KINDS, RefIOManager, dump_ref, load_ref
+from autosink_platform.defs.resources import REF_KINDS, FeatureStoreResource, RefIOManager, dump_ref, load_ref
 from autosink_platform.pipelines.lifecycle import TrainedModel
 from autosink_platform.registry.releases import Release
 from autosink_platform.thresholds import OperatingPoint
@@ -59,15 +59,16 @@ def test_what_has_no_stable_name_is_refused_with_the_type():
 
 
 def test_the_io_manager_writes_json_and_still_reads_a_home_written_with_pickles(tmp_path):
-    manager = RefIOManager(root=str(tmp_path))
+    manager = RefIOManager(store=FeatureStoreResource(root=str(tmp_path)))
+    refs = tmp_path / "_refs"  # beside the store's data
     key = dg.AssetKey(["sink", "classifier_threshold"])
     op = EXAMPLES[2]
     manager.handle_output(dg.build_output_context(asset_key=key), op)
-    assert json.loads((tmp_path / "sink" / "classifier_threshold.json").read_text())["kind"] == "operating_point"
+    assert json.loads((refs / "sink" / "classifier_threshold.json").read_text())["kind"] == "operating_point"
     assert manager.load_input(dg.build_input_context(asset_key=key)) == op
 
     old = dg.AssetKey(["sink", "validated_dataset"])
-    (tmp_path / "sink" / "validated_dataset.pkl").write_bytes(pickle.dumps(EXAMPLES[0]))
+    (refs / "sink" / "validated_dataset.pkl").write_bytes(pickle.dumps(EXAMPLES[0]))
     assert manager.load_input(dg.build_input_context(asset_key=old)) == EXAMPLES[0]
     with pytest.raises(FileNotFoundError, match="sink/review_queue has not been materialized"):
         manager.load_input(dg.build_input_context(asset_key=dg.AssetKey(["sink", "review_queue"])))

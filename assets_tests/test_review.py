@@ -12,7 +12,6 @@ import pytest
 import uvicorn
 
 from autosink_platform.definitions import defs
-from autosink_platform.defs.resources import FeatureStoreResource
 from autosink_platform.defs.runner import QUIET, register_sessions
 from autosink_platform.fleet.api import create_app
 from autosink_platform.home import Home
@@ -20,6 +19,8 @@ from autosink_platform.labeling.review import Correction, ReviewLog, apply_revie
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.sink import SINK
+
+from .conftest import platform_resources
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
@@ -144,7 +145,7 @@ def test_reviewer_corrects_a_label_in_the_browser(served, browser):
 
     # The review sensor re-labels exactly the corrected session ...
     sensor = defs.resolve_sensor_def("sink_reviews")
-    result = sensor(dg.build_sensor_context(instance=instance, resources={"store": FeatureStoreResource()}))
+    result = sensor(dg.build_sensor_context(instance=instance, resources={"store": platform_resources()["store"]}))
     assert [r.partition_key for r in result.run_requests] == [session_id]
     assert (
         defs.resolve_job_def("sink_relabel")
@@ -162,6 +163,8 @@ def test_reviewer_corrects_a_label_in_the_browser(served, browser):
         s: (store.root / "labeled_frames" / f"{s}.parquet").stat().st_mtime_ns for s in others_before
     } == others_before
     again = sensor(
-        dg.build_sensor_context(instance=instance, cursor=result.cursor, resources={"store": FeatureStoreResource()})
+        dg.build_sensor_context(
+            instance=instance, cursor=result.cursor, resources={"store": platform_resources()["store"]}
+        )
     )
     assert again.run_requests == []

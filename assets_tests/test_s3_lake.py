@@ -12,14 +12,14 @@ pytest.importorskip("s3fs", reason="the object-store lake needs the s3 extra (pi
 boto3 = pytest.importorskip("boto3")
 
 from autosink_platform.definitions import defs  # noqa: E402
-from autosink_platform.defs.resources import LakeResource  # noqa: E402
 from autosink_platform.defs.runner import materialize_pipeline  # noqa: E402
+from autosink_platform.home import Home  # noqa: E402
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake, read_truth  # noqa: E402
 from autosink_platform.lake.sessions import COMMITTED, Lake, SessionExists, read_session  # noqa: E402
 from autosink_platform.lake.store import FeatureStore  # noqa: E402
 from autosink_platform.pipelines.sink import SINK, ingest_session  # noqa: E402
 
-from .conftest import TINY  # noqa: E402
+from .conftest import TINY, platform_resources  # noqa: E402
 
 
 def _keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
@@ -95,7 +95,7 @@ def test_a_partial_upload_is_invisible_and_a_bad_session_is_quarantined_on_s3(bu
 def test_sink_pipeline_with_lake_store_and_channel_on_one_bucket(home, bucket, s3_endpoint, monkeypatch):
     for name in ("lake", "store", "fleet"):
         monkeypatch.setenv(f"AUTOSINK_{name.upper()}", f"s3://{bucket}/{name}")
-    lake = LakeResource().get()  # the resources the assets use, configured as in production
+    lake = platform_resources()["lake"].get()  # the resources the assets use, configured as in production
     assert not lake.local
     generate_demo_lake(lake.root, TINY, progress=False)
     with dg.DagsterInstance.ephemeral() as instance:
@@ -141,7 +141,6 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
 
     from autosink_platform.fleet.devices import DeviceRegistry
     from autosink_platform.fleet.uploads import pack_session
-    from autosink_platform.home import resolve_home
     from autosink_platform.live import free_port
 
     from .conftest import stop, wait_for_http
@@ -150,7 +149,7 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
     monkeypatch.setenv("AUTOSINK_LAKE", f"s3://{bucket}/lake")
     monkeypatch.setenv("AUTOSINK_STORE", f"s3://{bucket}/store")
     (session,) = generate_demo_lake(tmp_path / "device", LATER, progress=False)
-    token = DeviceRegistry(resolve_home().devices_db).add("pi-001")
+    token = DeviceRegistry(Home(home).devices_db).add("pi-001")
     port, log = free_port(), tmp_path / "fleet-api.log"
     with log.open("w") as out:
         api = subprocess.Popen(
@@ -170,6 +169,6 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
             assert r.status == 201 and json.loads(r.read())["session_id"] == session.name
     finally:
         stop([api])
-    assert set(LakeResource().get().committed_sessions()) == {session.name}
+    assert set(platform_resources()["lake"].get().committed_sessions()) == {session.name}
     assert any(k.endswith(f"{session.name}/{COMMITTED}") for k in _keys(s3_endpoint, bucket, "lake/raw/"))
     assert not (home / "lake" / "raw").exists()

@@ -17,7 +17,6 @@ import dagster as dg
 import pytest
 
 from autosink_platform.definitions import defs
-from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.defs.runner import materialize_pipeline
 from autosink_platform.defs.sensors import INGEST_BATCH
 from autosink_platform.labeling.protocol import snapshot_dataset
@@ -26,10 +25,12 @@ from autosink_platform.live import free_port
 from autosink_platform.pipelines import lifecycle
 from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
-from autosink_platform.testing import POSTGRES, celery_worker_command, scratch_postgres_database
+from autosink_platform.testing import LOCAL_POSTGRES, celery_worker_command, scratch_postgres_database
 
-from .conftest import stop, wait_for_http
+from .conftest import platform_resources, stop, wait_for_http
 from .fake_reference_data import make_fake_datasets
+
+POSTGRES = os.environ.get("AUTOSINK_TEST_POSTGRES", LOCAL_POSTGRES)
 
 pytestmark = pytest.mark.services
 
@@ -46,7 +47,7 @@ def pg_database():
         psycopg2.connect(f"{POSTGRES}/postgres", connect_timeout=3).close()
     except psycopg2.OperationalError as e:
         pytest.skip(f"PostgreSQL is not reachable at {POSTGRES} (set AUTOSINK_TEST_POSTGRES): {e}")
-    with scratch_postgres_database("autosink_test") as url:
+    with scratch_postgres_database("autosink_test", POSTGRES) as url:
         yield url
 
 
@@ -128,8 +129,8 @@ def mlflow_server(pg_database, s3_endpoint, bucket, tmp_path):
 def test_reference_pipeline_through_an_mlflow_server_on_postgres_and_s3(home, mlflow_server, tmp_path, monkeypatch):
     url, database, endpoint, bucket = mlflow_server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", url)
-    registry = MlflowResource().get()
-    fleet = FleetChannelResource()
+    registry = platform_resources()["mlflow"].get()
+    fleet = platform_resources()["fleet"]
     root = make_fake_datasets(tmp_path / "datasets")
     ds = snapshot_dataset(ROBOTARM, root, tmp_path / "store").open()
     model = ROBOTARM.models[0]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from autosink_platform.home import Home, resolve_home
+from autosink_platform.home import Home
+from autosink_platform.settings import Settings
 
 DAGSTER_YAML = """\
 # Embedded default: SQLite storage under this folder (Dagster's default), no telemetry.
@@ -16,9 +17,12 @@ telemetry:
 """
 
 
-def _use_home(home: str | None) -> Home:
-    """Point every component at one home before Dagster or MLflow are imported."""
-    h = resolve_home(home)
+def _configure(home: str | None) -> Settings:
+    """The platform's configuration: the environment's variables, with ``--home`` over its own.
+    The home is exported before Dagster or MLflow are imported, so the code location this process
+    loads, and every process it starts, sees the same one."""
+    settings = Settings.from_environ(os.environ, home)
+    h = settings.home
     os.environ["AUTOSINK_HOME"] = str(h.root)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("DAGSTER_HOME", str(h.dagster))
@@ -26,7 +30,16 @@ def _use_home(home: str | None) -> Home:
     dagster_home.mkdir(parents=True, exist_ok=True)
     if not (dagster_home / "dagster.yaml").exists():
         (dagster_home / "dagster.yaml").write_text(DAGSTER_YAML)
-    return h
+    return settings
+
+
+def _use_home(home: str | None) -> Home:
+    return _configure(home).home
+
+
+def _resources(home: str | None) -> dict:
+    """The resources the assets use, configured as the code location configures them."""
+    return _configure(home).resources()
 
 
 @click.group()
@@ -65,9 +78,9 @@ def demo_lake(home, devices, sessions, frames, seed) -> None:
     """Write simulated Pi sessions into the lake (public session format)."""
     from autosink_platform.lake.demo import generate_demo_lake
 
-    h = _use_home(home)
-    paths = generate_demo_lake(h.lake, _lake_config(devices, sessions, frames, seed))
-    click.echo(f"wrote {len(paths)} sessions to {h.lake / 'raw'}")
+    lake = _resources(home)["lake"].get()
+    paths = generate_demo_lake(lake.root, _lake_config(devices, sessions, frames, seed))
+    click.echo(f"wrote {len(paths)} sessions to {lake.root / 'raw'}")
 
 
 @main.command()
@@ -83,21 +96,21 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
     """The main job on embedded defaults: demo lake -> Dagster -> MLflow -> fleet channel, then a
     day of feedback through the running platform to a device."""
     started = time.perf_counter()
-    h = _use_home(home)
+    settings = _configure(home)
+    h, resources = settings.home, settings.resources()
     import dagster as dg
 
     from autosink_platform.definitions import defs
     from autosink_platform.defs.runner import materialize_pipeline
     from autosink_platform.lake.demo import generate_demo_lake
-    from autosink_platform.lake.sessions import Lake
     from autosink_platform.pipelines.lifecycle import load_trained
     from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.validation.cases import weakest
 
-    lake, lake_cfg = Lake(h.lake), _lake_config(devices, sessions, frames, seed)
+    lake, lake_cfg = resources["lake"].get(), _lake_config(devices, sessions, frames, seed)
     fresh = not lake.committed_sessions()
     if fresh:
-        generate_demo_lake(h.lake, lake_cfg)
+        generate_demo_lake(lake.root, lake_cfg)
     with dg.DagsterInstance.get() as instance:
         out = materialize_pipeline(defs, SINK, instance, lake)
 
@@ -117,10 +130,9 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
         f"dataset snapshot    {ref.snapshot_id}  "
         + ", ".join(f"{s}: {ref.counts[s]['sessions']} sessions" for s in ("train", "validation", "test"))
     )
-    from autosink_platform.defs.resources import MlflowResource
     from autosink_platform.registry import releases
 
-    registry = MlflowResource().get()
+    registry = resources["mlflow"].get()
     for model in SINK.models:
         trained, op, rel = out[f"{model.name}_model"], out[f"{model.name}_threshold"], out[f"{model.name}_release"]
         test = rel.manifest["metrics"]["test"]
@@ -140,7 +152,7 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
         click.echo("  test              " + "  ".join(f"{k} {v:.3f}" for k, v in test.items() if k != "n"))
         if model.name == "classifier":
             truth, slices = truth_report(
-                h.lake, data, model.score(load_trained(model, trained, registry)), op.threshold, model.cases
+                lake.root, data, model.score(load_trained(model, trained, registry)), op.threshold, model.cases
             )
             worst = weakest(slices)
             click.echo(
@@ -164,8 +176,8 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
 
         click.echo(f"\nfirst act           {time.perf_counter() - started:.1f} s\n")
         with dg.DagsterInstance.get() as instance:
-            report, device = demo_day.run_day(h, lake_cfg, instance)
-        click.echo(demo_day.summary(h, report, device))
+            report, device = demo_day.run_day(settings, lake_cfg, instance)
+        click.echo(demo_day.summary(settings, report, device))
     click.echo(f"\nMLflow              {registry.tracking_uri}")
     click.echo(f"Dagster             DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (make dev shows these runs)")
     click.echo(f"wall time           {time.perf_counter() - started:.1f} s")
@@ -180,9 +192,7 @@ def lake() -> None:
 @home_option
 def lake_status(home) -> None:
     """Committed sessions, and every quarantined session with its reason."""
-    from autosink_platform.lake.sessions import Lake
-
-    lk = Lake(_use_home(home).lake)
+    lk = _resources(home)["lake"].get()
     committed, quarantined = lk.committed_sessions(), lk.quarantined()
     click.echo(f"lake: {lk.root}")
     click.echo(f"committed sessions: {len(committed)}  quarantined: {len(quarantined)}")
@@ -197,18 +207,14 @@ def lake_status(home) -> None:
 @home_option
 def lake_reindex(home) -> None:
     """Log committed sessions missing from the commit log (e.g. copied into raw/ by hand)."""
-    from autosink_platform.lake.sessions import Lake
-
-    added = Lake(_use_home(home).lake).reindex()
+    added = _resources(home)["lake"].get().reindex()
     click.echo(f"indexed {len(added)} sessions" + (": " + ", ".join(added) if added else ""))
 
 
 def _registry_and_channel(home):
-    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
-
-    h = _use_home(home)
-    fleet = FleetChannelResource()
-    return h, MlflowResource().get(), fleet.get(), fleet.audit()
+    settings = _configure(home)
+    resources = settings.resources()
+    return settings.home, resources["mlflow"].get(), resources["fleet"].get(), resources["fleet"].audit()
 
 
 def _model_names() -> list[str]:
@@ -226,18 +232,17 @@ def run_pipeline(home, pipeline) -> None:
     release. Only what Dagster sees as changed or missing is launched. The jobs are loaded from
     the code location, so the configured executor runs the steps (AUTOSINK_EXECUTOR=celery:
     dagster-celery workers; see README, "Scaling out")."""
-    h = _use_home(home)
+    lake = _resources(home)["lake"].get()
     import dagster as dg
 
     from autosink_platform.defs.runner import launch_pipeline
-    from autosink_platform.lake.sessions import Lake
     from autosink_platform.pipelines.catalog import PIPELINES
 
     if pipeline not in PIPELINES:
         raise click.BadParameter(f"{pipeline!r}: the pipelines are {sorted(PIPELINES)}", param_hint="--pipeline")
     started = time.perf_counter()
     with dg.DagsterInstance.get() as instance:
-        run_ids = launch_pipeline(PIPELINES[pipeline], instance, Lake(h.lake))
+        run_ids = launch_pipeline(PIPELINES[pipeline], instance, lake)
     seconds = time.perf_counter() - started
     if not run_ids:
         click.echo(f"{pipeline}: nothing changed, every asset is up to date: no run launched ({seconds:.1f} s)")
@@ -312,10 +317,7 @@ def audit(home, model) -> None:
 @click.option("--channel", default="stable", show_default=True)
 def show_release(home, pipeline, model, channel) -> None:
     """Print a channel pointer and the manifest it points at."""
-    from autosink_platform.defs.resources import FleetChannelResource
-
-    _use_home(home)
-    fleet = FleetChannelResource().get()
+    fleet = _resources(home)["fleet"].get()
     pointer = fleet.read_pointer(pipeline, model, channel)
     if pointer is None:
         raise click.ClickException(f"no {channel!r} pointer for {pipeline}/{model} under {fleet.root}")
@@ -339,15 +341,15 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
     """Serve the fleet API (uploads) with uvicorn."""
     import uvicorn
 
-    from autosink_platform.defs.resources import FeatureStoreResource, LakeResource
     from autosink_platform.fleet.api import create_app
     from autosink_platform.fleet.uploads import UploadLimits
 
     limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
-    h = _use_home(home)
-    # The lake and store the pipeline's resources use ($AUTOSINK_LAKE, $AUTOSINK_STORE, else the
-    # home's folders): with the lake on S3, uploads land in the bucket the sensor reads.
-    app = create_app(h, limits, lake=LakeResource().get(), store=FeatureStoreResource().get("sink"))
+    settings = _configure(home)
+    resources = settings.resources()
+    # The lake and store the pipeline's resources use: with the lake on S3, uploads land in the
+    # bucket the sensor reads.
+    app = create_app(settings.home, limits, lake=resources["lake"].get(), store=resources["store"].get("sink"))
     uvicorn.run(app, host=host, port=port)
 
 
@@ -359,10 +361,12 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
 )
 def fleet_keygen(out) -> None:
     """Write a new Ed25519 release-signing key pair (private key mode 0600; never in the repo)."""
-    from autosink_platform.release.signing import default_key_path, generate_keypair, key_id, load_public_key
+    from autosink_platform.release.signing import DEFAULT_KEY, generate_keypair, key_id, load_public_key
 
     try:
-        private, public = generate_keypair(out or default_key_path())
+        private, public = generate_keypair(
+            out or Settings.from_environ(os.environ)["AUTOSINK_SIGNING_KEY"] or DEFAULT_KEY.expanduser()
+        )
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
     click.echo(

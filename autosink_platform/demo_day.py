@@ -17,7 +17,6 @@ from dataclasses import replace
 import pandas as pd
 from tqdm import tqdm
 
-from autosink_platform.home import Home
 from autosink_platform.lake.demo import TRUTH_DIR, DemoLakeConfig, generate_demo_lake
 from autosink_platform.live import (
     Device,
@@ -27,6 +26,7 @@ from autosink_platform.live import (
     feedback_to_device,
     provision_fleet,
 )
+from autosink_platform.settings import Settings
 
 DAY_SESSIONS = 7  # per device: enough labeled frames for the sink's retrain policy
 RENOVATED_FROM = 2  # devices from this index on have the new dark sinks
@@ -43,18 +43,20 @@ def day_config(first: DemoLakeConfig) -> DemoLakeConfig:
     )
 
 
-def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) -> tuple[LoopReport, Device]:
+def run_day(settings: Settings, first: DemoLakeConfig, instance, progress: bool = True) -> tuple[LoopReport, Device]:
     """Generate the day on the devices (outside the lake), then run the live loop on it."""
+    home, resources = settings.home, settings.resources()
+    lake = resources["lake"].get().root
     outbox = home.root / "demo_outbox"  # what the Pis recorded and have not uploaded yet
     shutil.rmtree(outbox, ignore_errors=True)
     folders = generate_demo_lake(outbox, day_config(first), progress=progress)
     # The generator's truth is for the demo's report only; it never travels with an upload.
-    (home.lake / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
+    (lake / TRUTH_DIR).mkdir(parents=True, exist_ok=True)
     for f in (outbox / TRUTH_DIR).glob("*.csv"):
-        shutil.copy(f, home.lake / TRUTH_DIR / f.name)
+        (lake / TRUTH_DIR / f.name).write_bytes(f.read_bytes())
 
     with Services(home, home.root / "logs") as services:
-        devices = provision_fleet(home, services.api, folders)
+        devices = provision_fleet(home, services.api, folders, resources["fleet"].get())
         watched = devices[sorted(devices)[RENOVATED_FROM]]  # a Pi over one of the new sinks
         watched.sync()  # on the first release before the day starts
         bar = tqdm(desc="feedback -> device", unit="s", disable=not progress, bar_format="{desc}: {elapsed} {postfix}")
@@ -73,6 +75,7 @@ def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) 
         with DeviceTimer(watched, DEVICE_SYNC_EVERY):
             report = feedback_to_device(
                 instance,
+                resources,
                 folders,
                 devices,
                 watched,
@@ -83,20 +86,20 @@ def run_day(home: Home, first: DemoLakeConfig, instance, progress: bool = True) 
     return report, watched
 
 
-def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+def side_by_side(settings: Settings, report: LoopReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both versions on the candidate's test split against the generator's truth: overall, and
     per case slice (accuracy)."""
-    from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
     from autosink_platform.pipelines.lifecycle import load_version
     from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.release.onnx_export import OnnxScorer
     from autosink_platform.validation.dataset import DatasetRef
 
     model = next(m for m in SINK.models if m.name == "classifier")
-    registry, channel = MlflowResource().get(), FleetChannelResource().get()
+    resources = settings.resources()
+    registry, channel, lake = resources["mlflow"].get(), resources["fleet"].get(), resources["lake"].get()
     name = "sink.classifier"
     snapshot = registry.client.get_model_version(name, report.candidate).tags["dataset_snapshot_id"]
-    data = DatasetRef.of_snapshot(FeatureStoreResource().get("sink").dataset_dir(snapshot)).open()
+    data = DatasetRef.of_snapshot(resources["store"].get("sink").dataset_dir(snapshot)).open()
     overall, slices = {}, []
     for label, version in (("champion before", report.champion_before), ("candidate", report.candidate)):
         vdir = channel.version_dir("sink", "classifier", version)
@@ -107,7 +110,7 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
             mv = registry.client.get_model_version(name, version)
             score = model.score(load_version(model, mv, registry))
             threshold = json.loads(mv.tags["threshold"])["threshold"]
-        truth, table = truth_report(home.lake, data, score, threshold, model.cases)
+        truth, table = truth_report(lake.root, data, score, threshold, model.cases)
         column = f"v{version} ({label})"
         overall[column] = {k: truth[k] for k in ("f1", "precision", "recall", "accuracy")}
         slices.append(table.set_index(["slice", "group"])[["n", "value"]].rename(columns={"value": column}))
@@ -115,8 +118,8 @@ def side_by_side(home: Home, report: LoopReport) -> tuple[pd.DataFrame, pd.DataF
     return pd.DataFrame(overall), by_slice.reset_index()
 
 
-def summary(home: Home, report: LoopReport, device: Device) -> str:
-    overall, by_slice = side_by_side(home, report)
+def summary(settings: Settings, report: LoopReport, device: Device) -> str:
+    overall, by_slice = side_by_side(settings, report)
     runs = ", ".join(f"{r['job']}:{r['status'].lower()}" for r in report.runs)
     lines = [
         "\n== second act: a day of feedback, nobody in between ==",

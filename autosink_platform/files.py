@@ -17,22 +17,31 @@ from pathlib import Path
 
 from upath import UPath
 
-S3_ENDPOINT_ENV = "AUTOSINK_S3_ENDPOINT"
-
 
 def location(root: str | os.PathLike) -> Path | UPath:
     """A local folder as a ``Path``; a URL (``s3://bucket/prefix``, ``memory://...``) as a
-    ``UPath`` through fsspec. For ``s3://`` the endpoint is ``$AUTOSINK_S3_ENDPOINT`` when set
-    (MinIO, any S3-compatible store); credentials come from the usual AWS variables."""
+    ``UPath`` through fsspec, with the options fsspec is configured with for its protocol (see
+    ``use_s3_endpoint``); credentials come from the usual AWS variables."""
     if isinstance(root, UPath) and not isinstance(root, Path):
         return root
     text = os.fspath(root)
     if not is_url(text):
         return Path(text.removeprefix("file://"))
-    options = {}
-    if text.startswith("s3://") and os.environ.get(S3_ENDPOINT_ENV):
-        options["endpoint_url"] = os.environ[S3_ENDPOINT_ENV]
-    return UPath(text, **options)
+    return UPath(text)
+
+
+def use_s3_endpoint(endpoint: str) -> None:
+    """Send every ``s3://`` path of this process to ``endpoint`` (MinIO, any S3-compatible
+    store; empty: AWS). It is fsspec's own configuration, so a path rebuilt from a stored
+    reference reaches the same store as the one the resource opened. The resources apply it
+    from their configuration; nothing else sets it."""
+    import fsspec.config
+
+    options = fsspec.config.conf.setdefault("s3", {})
+    if endpoint:
+        options["endpoint_url"] = endpoint
+    else:
+        options.pop("endpoint_url", None)
 
 
 def is_url(root: str | os.PathLike) -> bool:

@@ -1,8 +1,8 @@
 """Where the embedded default keeps its state.
 
 One home directory holds the lake, the feature store, the fleet channel and the Dagster
-instance; MLflow lives in the top-level ``mlflow/`` folder of the project. Every value can be
-overridden explicitly (resource config) or by the usual environment variables.
+instance; MLflow lives in the top-level ``mlflow/`` folder of the project. Which home, and any
+value that overrides a part of it, is configuration: ``settings`` reads it at the edge.
 """
 
 from __future__ import annotations
@@ -45,15 +45,13 @@ class Home:
         return self.root / "fleet_api" / "heartbeats.jsonl"
 
 
-def resolve_home(explicit: str | os.PathLike | None = None) -> Home:
-    """Explicit value, else ``$AUTOSINK_HOME``, else ``.autosink/`` in the project."""
-    value = explicit or os.environ.get("AUTOSINK_HOME") or PROJECT_ROOT / ".autosink"
-    return Home(Path(value).expanduser().resolve())
+DEFAULT_HOME = PROJECT_ROOT / ".autosink"
+EMBEDDED_MLFLOW_URI = f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"  # the registry without a server
 
 
-def default_mlflow_tracking_uri() -> str:
-    """``$MLFLOW_TRACKING_URI`` if set, else the SQLite registry under ``mlflow/``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{PROJECT_ROOT / 'mlflow' / 'mlflow.db'}"
+def resolve_home(value: str | os.PathLike | None = None) -> Home:
+    """The home at ``value``; empty: ``.autosink/`` in the project."""
+    return Home(Path(value or DEFAULT_HOME).expanduser().resolve())
 
 
 def default_mlflow_artifact_root(tracking_uri: str) -> str | None:

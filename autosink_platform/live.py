@@ -169,15 +169,12 @@ class Device:
         return self.beats[-1]["version"] if self.beats else None
 
 
-def provision_fleet(home: Home, api: str, sessions: list[Path]) -> dict[str, Device]:
+def provision_fleet(home: Home, api: str, sessions: list[Path], channel) -> dict[str, Device]:
     """A device per recorder of ``sessions`` (folders named ``<device id>-<start>``), provisioned
     under ``<home>/devices/<id>`` with the channel's public key, as installation would: the key
-    comes from provisioning, never from the channel a device then trusts."""
-    from autosink_platform.defs.resources import FleetChannelResource
-
+    comes from provisioning, never from the ``channel`` (a ``FleetChannel``) a device then trusts."""
     public_key = home.root / "devices" / "channel-key.pem"
     if not public_key.exists():
-        channel = FleetChannelResource().get()
         public_key.parent.mkdir(parents=True, exist_ok=True)
         public_key.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
     ids = sorted({recorder(s) for s in sessions})
@@ -247,6 +244,7 @@ def _runs_since(instance, since: float) -> list:
 
 def feedback_to_device(
     instance,
+    resources: dict,
     sessions: list[Path],
     fleet: dict[str, Device],
     device: Device,
@@ -257,15 +255,14 @@ def feedback_to_device(
     progress=None,
 ) -> LoopReport:
     """Upload each session folder from the ``fleet`` device that recorded it, then wait, touching
-    nothing, until ``device`` reports the model they produced or the release stage keeps the
+    nothing (``resources`` are the platform's, to read the registry and channel), until ``device`` reports the model they produced or the release stage keeps the
     champion; the device must be syncing on its timer."""
     import dagster as dg
 
-    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
     from autosink_platform.registry.mlflow_registry import CHAMPION
 
     name = f"{pipeline}.{model}"
-    registry, channel = MlflowResource().get(), FleetChannelResource().get()
+    registry, channel = resources["mlflow"].get(), resources["fleet"].get()
     before = registry.alias_version(name, CHAMPION)
     before = None if before is None else str(before.version)
     start = _now()
@@ -317,7 +314,7 @@ def feedback_to_device(
             {"job": r.dagster_run.job_name, "status": r.dagster_run.status.value, "run_id": r.dagster_run.run_id}
             for r in runs
         ],
-        decision=_decision(registry, name, candidate, outcome),
+        decision=_decision(registry, resources["fleet"].audit(), name, candidate, outcome),
     )
 
 
@@ -346,12 +343,10 @@ def _candidate(registry, name: str, train) -> str | None:
     return str(max(int(v.version) for v in found)) if found else None
 
 
-def _decision(registry, name: str, candidate: str | None, outcome: str) -> str:
-    from autosink_platform.defs.resources import FleetChannelResource
-
+def _decision(registry, audit, name: str, candidate: str | None, outcome: str) -> str:
     if candidate is None:
         return "no candidate was trained"
-    entries = [e for e in FleetChannelResource().audit().entries(name) if e.get("to") == candidate]
+    entries = [e for e in audit.entries(name) if e.get("to") == candidate]
     if outcome == "promoted" and entries:
         return f"v{candidate} promoted by {entries[-1].get('who')}: {entries[-1].get('reason')}"
     tags = registry.client.get_model_version(name, candidate).tags

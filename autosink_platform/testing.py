@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-POSTGRES = os.environ.get("AUTOSINK_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432")
+LOCAL_POSTGRES = "postgresql://postgres@127.0.0.1:5432"  # the machine's own server, trust auth
 
 
 @contextmanager
-def scratch_postgres_database(prefix: str, server: str = POSTGRES) -> Iterator[str]:
+def scratch_postgres_database(prefix: str, server: str = LOCAL_POSTGRES) -> Iterator[str]:
     """A fresh database on ``server`` for one test or benchmark row, dropped afterwards (its
     connections terminated first). Yields a SQLAlchemy URL with the psycopg2 driver named, since
     SQLAlchemy 2.1 would otherwise pick psycopg 3. Raises ``psycopg2.OperationalError`` when the

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -31,9 +32,9 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from tqdm import tqdm
 
-from autosink_platform.lake.public import datasets_root
 from autosink_platform.models.detectors import ConvAEDetector, _ConvAE, _ConvTranspose2x2
 from autosink_platform.pipelines.digits import DIGITS, DigitsConfig, extract_digits, resize
+from autosink_platform.settings import Settings
 from autosink_platform.thresholds import best_f1, metrics_at
 
 # The tutorial's training: our reconstruction of its network (width 32, 16-d code), Adam at 1e-3,
@@ -130,7 +131,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/conv_ae_throughput.json")
     args = parser.parse_args()
     cfg = DigitsConfig(train=4_000, validation=1_000, test=1_000) if args.quick else DigitsConfig()
-    table, native = extract_digits(datasets_root(), replace(cfg, size=28))  # 28x28 is MNIST's own size: no resampling
+    table, native = extract_digits(
+        Settings.from_environ(os.environ).resources()["datasets"].get(), replace(cfg, size=28)
+    )  # 28x28 is MNIST's own size: no resampling
     split, label = table["split"].to_numpy(), table["label"].to_numpy()
     raw = np.rint(native[:, 0] * 255).astype(np.uint8)  # back to the files' bytes; each row resizes its own way
     train_u8 = raw[split == "train"]

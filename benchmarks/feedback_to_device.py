@@ -51,13 +51,13 @@ def run(seed: int, sync_every: float, workdir: Path) -> dict:
     import dagster as dg
 
     from autosink_platform import demo_day
-    from autosink_platform.home import resolve_home
     from autosink_platform.lake.demo import DemoLakeConfig
+    from autosink_platform.settings import Settings
 
     demo_day.DEVICE_SYNC_EVERY = sync_every
-    home = resolve_home()
+    settings = Settings.from_environ(os.environ)
     with dg.DagsterInstance.get() as instance:
-        report, device = demo_day.run_day(home, DemoLakeConfig(seed=seed), instance, progress=False)
+        report, device = demo_day.run_day(settings, DemoLakeConfig(seed=seed), instance, progress=False)
     return {"seed": seed, "first_act_s": round(first_act_s, 1), "sync_every_s": sync_every, **report.to_json()}
 
 

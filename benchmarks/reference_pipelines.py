@@ -28,19 +28,19 @@ def main() -> None:
         AUTOSINK_SIGNING_KEY=str(home / "signing.pem"),
         MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false",
     )
-    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
     from autosink_platform.labeling.protocol import snapshot_dataset
-    from autosink_platform.lake.public import datasets_root
     from autosink_platform.pipelines import lifecycle
     from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
+    from autosink_platform.settings import Settings
 
-    registry, channel, audit = MlflowResource().get(), FleetChannelResource().get(), FleetChannelResource().audit()
+    resources = Settings.from_environ(os.environ).resources()
+    registry, channel, audit = resources["mlflow"].get(), resources["fleet"].get(), resources["fleet"].audit()
     rows = []
     for name, spec in REFERENCE_PIPELINES.items():
         if args.only and name not in args.only:
             continue
         start = time.perf_counter()
-        ds = snapshot_dataset(spec, datasets_root(), home / "store").open()
+        ds = snapshot_dataset(spec, resources["datasets"].get(), home / "store").open()
         for model in spec.models:
             trained = lifecycle.train_model(spec, model, ds, registry, "benchmark")
             op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, home)

@@ -10,6 +10,7 @@ that has synced, verified and smoke-tested the release over HTTP on loopback.
 
 import argparse
 import json
+import os
 import statistics
 import tempfile
 import threading
@@ -40,15 +41,16 @@ def main() -> None:
     import uvicorn
     from autosink_pi.client import PiConfig, sync
 
-    from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
     from autosink_platform.fleet.api import create_app
-    from autosink_platform.home import resolve_home
     from autosink_platform.pipelines.lifecycle import load_alias, registered_name
     from autosink_platform.pipelines.sink import SINK
     from autosink_platform.registry.promotion import promote
+    from autosink_platform.settings import Settings
 
     torch.set_num_threads(1)
-    registry, fleet = MlflowResource().get(), FleetChannelResource()
+    settings = Settings.from_environ(os.environ)
+    resources = settings.resources()
+    registry, fleet = resources["mlflow"].get(), resources["fleet"]
     channel = fleet.get()
     frame = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
     rows = []
@@ -69,7 +71,7 @@ def main() -> None:
         rows.append((name, pointer["version"], onnx_ms, torch_ms, onnx_path.stat().st_size / 1024))
 
     # promote -> a device on loopback has synced and smoke-tested the release
-    home = resolve_home()
+    home = settings.home
     srv = uvicorn.Server(uvicorn.Config(create_app(home), host="127.0.0.1", port=0, log_level="warning"))
     threading.Thread(target=srv.run, daemon=True).start()
     while not srv.started:

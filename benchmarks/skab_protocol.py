@@ -16,9 +16,9 @@ import time
 from functools import partial
 from pathlib import Path
 
-from autosink_platform.lake.public import datasets_root
 from autosink_platform.models import build_detector
 from autosink_platform.pipelines.skab import LEADERBOARD, PER_FILE_RNN_AE, evaluate
+from autosink_platform.settings import Settings
 
 
 def main() -> None:
@@ -41,7 +41,11 @@ def main() -> None:
         "patience": args.patience,
     }
     start = time.perf_counter()
-    result = evaluate(datasets_root(), partial(build_detector, "rnn_ae", **params), workers=args.workers)
+    result = evaluate(
+        Settings.from_environ(os.environ).resources()["datasets"].get(),
+        partial(build_detector, "rnn_ae", **params),
+        workers=args.workers,
+    )
     seconds = time.perf_counter() - start
     ours = result["pooled"]
     print(f"SKAB outlier detection, 34 files, one model per file; {seconds:.0f} s on {args.workers} worker(s)\n")

@@ -20,7 +20,6 @@ from autosink_platform.defs.public_files import public_file_defs
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, MlflowResource
 from autosink_platform.defs.sensors import champion_sensor
 from autosink_platform.defs.sessions import session_defs
-from autosink_platform.home import resolve_home
 from autosink_platform.pipelines import lifecycle, sink
 from autosink_platform.pipelines.spec import PipelineSpec, Sessions
 from autosink_platform.registry import promotion
@@ -81,7 +80,7 @@ def _fleet_channel_asset(pipeline: str, models: list[str]) -> dg.AssetsDefinitio
         registry, channel, audit = mlflow.get(), fleet.get(), fleet.audit()
         who = context.run.tags.get("dagster/sensor_name", "dagster run")
         changes = promotion.publish_champions(registry, channel, audit, names, who=who)
-        rows = promotion.status(registry, channel, names, resolve_home().heartbeats)
+        rows = promotion.status(registry, channel, names, fleet.heartbeats())
         history = [
             {k: e.get(k) for k in ("at", "action", "model", "from", "to", "who", "reason")}
             for e in [e for e in audit.entries() if e["model"] in names][-15:]

@@ -12,23 +12,13 @@ import pandas as pd
 
 from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.model_stages import TRAIN_TAGS
-from autosink_platform.defs.resources import FeatureStoreResource
+from autosink_platform.defs.resources import FeatureStoreResource, ReferenceDataResource
 from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
-from autosink_platform.lake.public import DatasetMissing, datasets_root, fingerprint, require
+from autosink_platform.lake.public import DatasetMissing, fingerprint, require
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.validation.samples import RefDataset, freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 from autosink_platform.validation.splits import snapshot_id
-
-
-class ReferenceDataResource(dg.ConfigurableResource):
-    """Where the reference datasets are read in place (default: ``$AUTOSINK_DATASETS``, else
-    ``../shared/datasets`` beside the repository)."""
-
-    root: str = ""
-
-    def get(self) -> Path:
-        return Path(self.root) if self.root else datasets_root()
 
 
 def _data_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:

@@ -1,11 +1,12 @@
-"""Every external system is a resource. Empty values mean the embedded default (see ``home``);
-production sets them in resource config, e.g. ``MlflowResource(tracking_uri=dg.EnvVar(...))``."""
+"""Every external system is a resource, configured at the edge: ``settings`` builds them from
+the environment (``definitions.py`` with ``dg.EnvVar``, so the UI shows where each value comes
+from; the command line with the values). An empty field means the embedded default under the
+home; nothing here reads the environment."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import pickle
 from pathlib import Path
 
@@ -13,9 +14,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 
-from autosink_platform.files import S3_ENDPOINT_ENV, location, put_bytes
-from autosink_platform.home import default_mlflow_artifact_root, default_mlflow_tracking_uri, resolve_home
+from autosink_platform.files import location, put_bytes, use_s3_endpoint
+from autosink_platform.home import EMBEDDED_MLFLOW_URI, default_mlflow_artifact_root, resolve_home
 from autosink_platform.labeling.protocol import LabeledSamples
+from autosink_platform.lake.public import default_datasets_root
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.lifecycle import TrainedModel
@@ -23,77 +25,104 @@ from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.registry.releases import Release
 from autosink_platform.release.channel import FleetChannel
-from autosink_platform.release.signing import default_key_path, ensure_keypair, load_private_key
+from autosink_platform.release.signing import DEFAULT_KEY, ensure_keypair, load_private_key
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef
 from autosink_platform.validation.samples import RefDataset
 
 
-class LakeResource(dg.ConfigurableResource):
-    """The raw data lake: a folder or an object-store URL such as ``s3://bucket/lake`` (default:
-    ``$AUTOSINK_LAKE``, else ``$AUTOSINK_HOME/lake``; S3 endpoint ``$AUTOSINK_S3_ENDPOINT``)."""
+class _Stored(dg.ConfigurableResource):
+    """A store under the home (``home``), or at ``root``: a folder or an object-store URL such
+    as ``s3://bucket/prefix``, whose endpoint is ``s3_endpoint`` (empty: AWS)."""
 
+    home: str = ""
     root: str = ""
+    s3_endpoint: str = ""
+
+    def setup_for_execution(self, context) -> None:
+        use_s3_endpoint(self.s3_endpoint)
+
+    def _root(self, part: str):
+        use_s3_endpoint(self.s3_endpoint)
+        return location(self.root or resolve_home(self.home).root / part)
+
+
+class LakeResource(_Stored):
+    """The raw data lake (default: ``<home>/lake``)."""
 
     def get(self) -> Lake:
-        return Lake(self.root or os.environ.get("AUTOSINK_LAKE") or resolve_home().lake)
+        return Lake(self._root("lake"))
 
 
-class FeatureStoreResource(dg.ConfigurableResource):
-    """Labeled feature store and dataset snapshots: a folder or an object-store URL such as
-    ``s3://bucket/store`` (default: ``$AUTOSINK_STORE``, else ``$AUTOSINK_HOME/store``)."""
-
-    root: str = ""
+class FeatureStoreResource(_Stored):
+    """Labeled feature store and dataset snapshots (default: ``<home>/store``)."""
 
     def location(self):
-        return location(self.root or os.environ.get("AUTOSINK_STORE") or resolve_home().store)
+        return self._root("store")
 
     def get(self, pipeline: str) -> FeatureStore:
         return FeatureStore(self.location(), pipeline)
 
 
-class FleetChannelResource(dg.ConfigurableResource):
-    """The release channel the fleet pulls from, and the Ed25519 key that signs it (default:
-    ``$AUTOSINK_SIGNING_KEY``, else ``~/.config/autosink/fleet-signing-key.pem``, created on first use).
+class FleetChannelResource(_Stored):
+    """The release channel the fleet pulls from (``root``: a folder or an S3 URL, default
+    ``<home>/fleet``), the Ed25519 key that signs it (``signing_key``, default
+    ``~/.config/autosink/fleet-signing-key.pem``; made on first use unless ``create_key`` is
+    off), the audit log of
+    promotions and the devices' heartbeats. ``channel_s3_endpoint`` (else ``s3_endpoint``) and
+    ``storage_options`` go to s3fs, ``put_options`` to every write; ``public_read="1"`` adds
+    ``ACL: public-read`` so devices can GET releases."""
 
-    ``root`` is a folder or an S3 URL (default: ``$AUTOSINK_FLEET``, else ``$AUTOSINK_HOME/fleet``).
-    For S3-compatible stores, ``storage_options`` go to s3fs (default endpoint:
-    ``$AUTOSINK_FLEET_S3_ENDPOINT``, else ``$AUTOSINK_S3_ENDPOINT``; credentials from the usual AWS variables) and ``put_options``
-    to every write (``$AUTOSINK_FLEET_PUBLIC_READ=1`` adds ``ACL: public-read`` so devices can GET)."""
-
-    root: str = ""
+    channel_s3_endpoint: str = ""
+    public_read: str = ""
     storage_options: dict[str, str] = {}
     put_options: dict[str, str] = {}
     signing_key: str = ""
-    audit_log: str = ""  # promotions and rollbacks (default: $AUTOSINK_HOME/audit/promotions.jsonl)
+    create_key: bool = True  # a deployment that mounts its key sets False: a missing secret is then an error
+    audit_log: str = ""  # promotions and rollbacks (default: <home>/audit/promotions.jsonl)
 
     def audit(self) -> AuditLog:
-        return AuditLog(self.audit_log or resolve_home().root / "audit" / "promotions.jsonl")
+        return AuditLog(self.audit_log or resolve_home(self.home).root / "audit" / "promotions.jsonl")
+
+    def heartbeats(self) -> Path:
+        """The fleet API's log of what each device runs."""
+        return resolve_home(self.home).heartbeats
 
     def get(self) -> FleetChannel:
-        path = Path(self.signing_key).expanduser() if self.signing_key else default_key_path()
+        path = Path(self.signing_key or DEFAULT_KEY).expanduser()
         if not path.exists():
-            if self.signing_key:  # configured explicitly: a missing key is an error, never replaced
+            if not self.create_key:  # never a new key where the deployment's was expected
                 raise FileNotFoundError(f"signing key {path} does not exist (autosink fleet keygen --out {path})")
             ensure_keypair(path)
         storage, put = dict(self.storage_options), dict(self.put_options)
-        if endpoint := os.environ.get("AUTOSINK_FLEET_S3_ENDPOINT") or os.environ.get(S3_ENDPOINT_ENV):
+        if endpoint := self.channel_s3_endpoint or self.s3_endpoint:
             storage.setdefault("endpoint_url", endpoint)
-        if os.environ.get("AUTOSINK_FLEET_PUBLIC_READ") == "1":
+        if self.public_read == "1":
             put.setdefault("ACL", "public-read")
-        root = self.root or os.environ.get("AUTOSINK_FLEET") or resolve_home().fleet
+        use_s3_endpoint(self.s3_endpoint)
+        root = self.root or resolve_home(self.home).fleet
         return FleetChannel(root, load_private_key(path), storage, put)
 
 
 class MlflowResource(dg.ConfigurableResource):
-    """MLflow tracking and registry (default: ``$MLFLOW_TRACKING_URI``, else SQLite under ``mlflow/``)."""
+    """MLflow tracking and registry (default: the SQLite registry under ``mlflow/``)."""
 
     tracking_uri: str = ""
     artifact_root: str = ""  # where new experiments keep artifacts; empty = the server's default
 
     def get(self) -> Registry:
-        uri = self.tracking_uri or default_mlflow_tracking_uri()
+        uri = self.tracking_uri or EMBEDDED_MLFLOW_URI
         return Registry(uri, self.artifact_root or default_mlflow_artifact_root(uri))
+
+
+class ReferenceDataResource(dg.ConfigurableResource):
+    """Where the public datasets are read in place (default: ``../shared/datasets`` beside the
+    repository)."""
+
+    root: str = ""
+
+    def get(self) -> Path:
+        return Path(self.root) if self.root else default_datasets_root()
 
 
 DATAFRAME = "__dataframe__"  # how a data-frame field (a release's case table) is marked in JSON
@@ -144,10 +173,10 @@ class RefIOManager(dg.ConfigurableIOManager):
     before references were JSON still loads: a missing ``.json`` falls back to the old ``.pkl``
     (read only; the next materialization writes JSON)."""
 
-    root: str = ""
+    store: FeatureStoreResource
 
     def _path(self, key: dg.AssetKey, suffix: str = ".json"):
-        base = location(self.root) if self.root else FeatureStoreResource().location() / "_refs"
+        base = self.store.location() / "_refs"
         return base.joinpath(*key.path[:-1], f"{key.path[-1]}{suffix}")
 
     def handle_output(self, context: dg.OutputContext, obj) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,8 +28,9 @@ class DatasetMissing(FileNotFoundError):
     """A reference dataset is not where the pipeline reads it."""
 
 
-def datasets_root() -> Path:
-    return Path(os.environ.get("AUTOSINK_DATASETS") or REPO.parent / "shared" / "datasets")
+def default_datasets_root() -> Path:
+    """``../shared/datasets`` beside the repository (``AUTOSINK_DATASETS`` overrides it)."""
+    return REPO.parent / "shared" / "datasets"
 
 
 def require(root: Path, *relative: str) -> list[Path]:

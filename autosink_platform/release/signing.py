@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 __all__ = [  # verification is the device package's, so the platform checks exactly what devices check
     "SignatureError",
     "canonical",
+    "DEFAULT_KEY",
     "ensure_keypair",
     "generate_keypair",
     "key_id",
@@ -37,10 +38,6 @@ __all__ = [  # verification is the device package's, so the platform checks exac
 ]
 
 DEFAULT_KEY = Path("~/.config/autosink/fleet-signing-key.pem")
-
-
-def default_key_path() -> Path:
-    return Path(os.environ.get("AUTOSINK_SIGNING_KEY") or DEFAULT_KEY).expanduser()
 
 
 def generate_keypair(private_path: str | Path, public_path: str | Path | None = None) -> tuple[Path, Path]:

@@ -19,7 +19,6 @@ import pandas as pd
 from PIL import Image
 
 from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder, read_all
-from autosink_platform.home import resolve_home
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.validation.frame_stats import frame_stats
 from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
@@ -92,9 +91,14 @@ class LoadedDataset:
         return self.ref.extras()
 
 
+SNAPSHOT_CACHE = Path("~/.cache/autosink/snapshots")
+
+
 def snapshot_cache() -> Path:
-    """Where snapshots kept on an object store are copied to be memory-mapped (once each)."""
-    return resolve_home().root / "cache" / "snapshots"
+    """Where snapshots kept on an object store are copied to be memory-mapped, once each: the
+    user's cache, shared by every home, which is safe because a snapshot's id is the hash of its
+    content and a copy is keyed by its URL."""
+    return SNAPSHOT_CACHE.expanduser()
 
 
 def staging_for(out) -> Path:
