@@ -41,7 +41,7 @@ pytestmark = pytest.mark.slow
 # in test_demo.py, through the daemon; here the same asset factory builds a manual twin.
 SINK = dataclasses.replace(AUTO_SINK, promotion=PromotionPolicy(mode="manual"))
 defs = dg.Definitions.merge(
-    build_pipeline_defs(SINK), dg.Definitions(resources=definitions.defs.resources, executor=definitions.executor())
+    build_pipeline_defs(SINK), dg.Definitions(resources=definitions.defs.resources, executor=definitions.executor)
 )
 
 MANIFEST_FIELDS = {

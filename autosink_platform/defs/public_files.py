@@ -16,7 +16,8 @@ from autosink_platform.defs.resources import FeatureStoreResource, ReferenceData
 from autosink_platform.labeling.protocol import PROTOCOL_LABEL, LabeledSamples, label_samples
 from autosink_platform.lake.public import DatasetMissing, fingerprint, require
 from autosink_platform.pipelines.spec import PipelineSpec
-from autosink_platform.validation.samples import RefDataset, freeze_dataset
+from autosink_platform.validation.dataset import DatasetRef
+from autosink_platform.validation.samples import freeze_dataset
 from autosink_platform.validation.schemas import DataValidationError
 from autosink_platform.validation.splits import snapshot_id
 
@@ -80,7 +81,7 @@ def _data_assets(spec: PipelineSpec) -> list[dg.AssetsDefinition]:
     )
     def validated_dataset(
         context: dg.AssetExecutionContext, labeled: LabeledSamples, store: FeatureStoreResource
-    ) -> dg.Output[RefDataset]:
+    ) -> dg.Output[DatasetRef]:
         """The labeled samples pandera-validated (provenance included), frozen as a content-hash snapshot."""
         return _sample_set_output(lambda: freeze_dataset(spec, labeled, store.location()), "snapshot_id")
 
@@ -115,7 +116,7 @@ def _dataset_checks(spec: PipelineSpec) -> dg.AssetChecksDefinition:
         name=f"{spec.name}_dataset_checks",
         ins={"dataset": dg.AssetIn(key)},
     )
-    def reference_dataset_checks(dataset: RefDataset):
+    def reference_dataset_checks(dataset: DatasetRef):
         """The protocol's examples per split and class, finite inputs, no sample in two splits."""
         table, X = dataset.load()
         counts = table.groupby(["split", "label"]).size()

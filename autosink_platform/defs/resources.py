@@ -28,7 +28,6 @@ from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.signing import DEFAULT_KEY, ensure_keypair, load_private_key
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef
-from autosink_platform.validation.samples import RefDataset
 
 
 class _Stored(dg.ConfigurableResource):
@@ -197,7 +196,7 @@ class RefIOManager(dg.ConfigurableIOManager):
 # Stable names of what stages hand each other (never rename one: stored runs refer to it).
 REF_KINDS: dict[str, type] = {
     "dataset": DatasetRef,
-    "reference_dataset": RefDataset,
+    "reference_dataset": DatasetRef,  # a sample set's, before there was one snapshot reference
     "labeled_samples": LabeledSamples,
     "trained_model": TrainedModel,
     "trained_detector": TrainedModel,  # detectors' before the lifecycles were one (same fields, fewer)

@@ -1,5 +1,7 @@
 """The validated dataset: every ingested session's labeled frames, schema-checked, split by
-session, and frozen as a content-addressed snapshot (table + decoded frames)."""
+session, and frozen as a content-addressed snapshot (table + decoded frames); and the one
+reference to a snapshot, ``DatasetRef``, for frames and for a published dataset's samples
+(``validation.samples``) alike."""
 
 from __future__ import annotations
 
@@ -9,10 +11,9 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,13 +29,20 @@ COMPLETE = "_COMPLETE"
 FRAME_STATS = "frame_stats.parquet"
 
 
+FRAMES, SAMPLES = "images.npy", "X.npy"  # a snapshot's inputs: the fleet's frames, or samples
+
+
 @dataclass(frozen=True)
 class DatasetRef:
+    """A frozen, content-addressed snapshot folder: ``table.parquet`` and its inputs in table
+    order, either the fleet's frames (``images.npy``, with their statistics) or a published
+    dataset's samples (``X.npy``, with any ``extras/`` tables its protocol needs)."""
+
     pipeline: str
     snapshot_id: str
     path: str
-    sessions: dict[str, str]  # session_id -> raw content sha256: the exact sessions it saw
-    counts: dict
+    sessions: dict[str, str] = field(default_factory=dict)  # frames: session_id -> raw content sha256
+    counts: dict = field(default_factory=dict)
 
     @classmethod
     def of_snapshot(cls, path: str | os.PathLike) -> DatasetRef:
@@ -43,15 +51,28 @@ class DatasetRef:
         fields = {k: meta[k] for k in ("pipeline", "snapshot_id", "sessions", "counts")}
         return cls(**fields, path=str(path))
 
-    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
-        """(table, images) with images uint8 (N, H, W, 3) in table order."""
-        return load_snapshot(self.path)
+    def local(self) -> Path:
+        """The snapshot's folder on this machine (copied once from an object store)."""
+        return local_copy(self.path, snapshot_cache(), COMPLETE)
 
-    def frame_stats(self) -> pd.DataFrame:
-        return load_frame_stats(self.path)
+    @property
+    def frames(self) -> bool:
+        return (self.local() / FRAMES).exists()
+
+    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
+        """(table, inputs) in table order: frames uint8 (N, H, W, 3), or float32 samples."""
+        if self.frames:
+            return load_snapshot(self.path)
+        path = self.local()
+        return pd.read_parquet(path / "table.parquet"), np.load(path / SAMPLES, mmap_mode="r")
+
+    def frame_stats(self) -> pd.DataFrame | None:
+        """Per-frame statistics; None for samples, whose slices are cut by the table's columns."""
+        return load_frame_stats(self.path) if self.frames else None
 
     def extras(self) -> dict[str, pd.DataFrame]:
-        return {}
+        """The extra tables a protocol needs (e.g. SKAB's per-row test labels)."""
+        return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
 
     def open(self) -> LoadedDataset:
         return LoadedDataset(self, *self.load())
@@ -63,7 +84,7 @@ class LoadedDataset:
     in table order, memory-mapped: uint8 frames (N, H, W, 3) for the fleet's sessions, float32
     rows, windows or images for a published dataset's samples (``validation.samples``)."""
 
-    ref: Any  # DatasetRef or samples.RefDataset: snapshot_id, frame_stats(), extras()
+    ref: DatasetRef
     table: pd.DataFrame
     inputs: np.ndarray
 
@@ -114,7 +135,7 @@ def staging_for(out) -> Path:
 def load_snapshot(path) -> tuple[pd.DataFrame, np.ndarray]:
     """A snapshot folder's (table, images); images memory-mapped, uint8 (N, H, W, 3)."""
     path = local_copy(path, snapshot_cache(), COMPLETE)
-    return pd.read_parquet(path / "table.parquet"), np.load(path / "images.npy", mmap_mode="r")
+    return pd.read_parquet(path / "table.parquet"), np.load(path / FRAMES, mmap_mode="r")
 
 
 def load_frame_stats(path: str | os.PathLike) -> pd.DataFrame:
@@ -173,7 +194,9 @@ def build_dataset(
     table_hash = hashlib.sha256(pd.util.hash_pandas_object(table, index=False).to_numpy().tobytes()).hexdigest()
     sid = snapshot_id(*(f"{s}:{session_hashes[s]}" for s in ids), table_hash, repr(split))
     out = store.dataset_dir(sid)
-    ref = DatasetRef(store.root.name, sid, str(out), {s: session_hashes[s] for s in ids}, _counts(table))
+    ref = DatasetRef(
+        store.root.name, sid, str(out), sessions={s: session_hashes[s] for s in ids}, counts=_counts(table)
+    )
     if (out / COMPLETE).exists():
         return ref
 

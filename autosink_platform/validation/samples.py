@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from autosink_platform.files import local_copy, location, publish_folder
-from autosink_platform.validation.dataset import LoadedDataset, snapshot_cache, staging_for
+from autosink_platform.files import location, publish_folder
+from autosink_platform.validation.dataset import SAMPLES, DatasetRef, staging_for
 from autosink_platform.validation.schemas import LabeledSampleRows, validate
 from autosink_platform.validation.splits import snapshot_id
 
@@ -24,31 +23,6 @@ if TYPE_CHECKING:
     from autosink_platform.pipelines.spec import PipelineSpec
 
 COMPLETE = "_COMPLETE"
-
-
-@dataclass(frozen=True)
-class RefDataset:
-    pipeline: str
-    snapshot_id: str
-    path: str
-    counts: dict
-
-    def local(self) -> Path:
-        return local_copy(self.path, snapshot_cache(), COMPLETE)
-
-    def load(self) -> tuple[pd.DataFrame, np.ndarray]:
-        path = self.local()
-        return pd.read_parquet(path / "table.parquet"), np.load(path / "X.npy", mmap_mode="r")
-
-    def extras(self) -> dict[str, pd.DataFrame]:
-        """The extra tables the pipeline's protocol needs (e.g. SKAB's per-row test labels)."""
-        return {p.stem: pd.read_parquet(p) for p in sorted((self.local() / "extras").glob("*.parquet"))}
-
-    def frame_stats(self) -> None:
-        return None  # slices are cut by the table's own columns (group)
-
-    def open(self) -> LoadedDataset:
-        return LoadedDataset(self, *self.load())
 
 
 def counts(table: pd.DataFrame) -> dict:
@@ -75,7 +49,7 @@ def freeze(out, table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFra
         return
     staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
-    np.save(staging / "X.npy", X)
+    np.save(staging / SAMPLES, X)
     if extras:
         (staging / "extras").mkdir()
         for name, extra in extras.items():
@@ -85,7 +59,7 @@ def freeze(out, table: pd.DataFrame, X: np.ndarray, extras: dict[str, pd.DataFra
     publish_folder(staging, out, COMPLETE)
 
 
-def freeze_dataset(spec: PipelineSpec, labeled: LabeledSamples, store_root: Path) -> RefDataset:
+def freeze_dataset(spec: PipelineSpec, labeled: LabeledSamples, store_root: Path) -> DatasetRef:
     """The validated stage: the labeled samples checked against ``LabeledSamples`` (provenance
     included) and frozen as the snapshot every model of the pipeline trains on."""
     table, X = labeled.load()
@@ -93,7 +67,7 @@ def freeze_dataset(spec: PipelineSpec, labeled: LabeledSamples, store_root: Path
     extras = labeled.extras()
     sid = content_id(table, X, extras, json.dumps(spec.source.config_dict(), sort_keys=True))
     out = location(store_root) / spec.name / "datasets" / sid
-    ref = RefDataset(spec.name, sid, str(out), counts(table))
+    ref = DatasetRef(spec.name, sid, str(out), counts=counts(table))
     manifest = {"id": sid, "snapshot_id": sid, "labeled": labeled.snapshot_id, "config": spec.source.config_dict()}
     freeze(out, table, np.asarray(X), extras, manifest | {"counts": ref.counts})
     return ref
