@@ -9,7 +9,6 @@ from pathlib import Path
 import dagster as dg
 import pandas as pd
 
-from autosink_platform import plots
 from autosink_platform.defs.metadata import image_metadata, markdown_table
 from autosink_platform.defs.resources import FleetChannelResource, MlflowResource
 from autosink_platform.models.contract import Model
@@ -93,13 +92,10 @@ def model_assets(pipeline, model: Model) -> list[dg.AssetsDefinition]:
         if result.reused:
             context.log.info(f"{result.registered_name} v{result.version} was trained on these inputs already: reused")
         metadata = _train_metadata(result)
-        if result.history:
+        if result.history:  # the figure training logged to MLflow, shown as it is (drawn once)
             with tempfile.TemporaryDirectory() as tmp:
-                metadata["training_curves"] = image_metadata(
-                    plots.training_curves(
-                        result.history, Path(tmp) / "curves.png", f"{result.registered_name} v{result.version}"
-                    )
-                )
+                curves = mlflow.get().download(result.run_id, lifecycle.CURVES, tmp)
+                metadata["training_curves"] = image_metadata(curves)
         return dg.Output(result, metadata=metadata)
 
     @dg.asset(

@@ -56,6 +56,9 @@ class TrainedModel:
     train_seconds: float | None = None
 
 
+CURVES = "training_curves.png"  # the figure of a trained version's epochs, beside its model in MLflow
+
+
 def registered_name(pipeline, model: Model) -> str:
     return releases.registered_name(pipeline.name, model.name)
 
@@ -102,7 +105,7 @@ def train_model(pipeline, model: Model, data: Data, registry: Registry, dagster_
         with tempfile.TemporaryDirectory() as tmp:
             mlflow.log_artifact(str(model.save(fitted, Path(tmp))))
             if history:
-                curves = plots.training_curves(history, Path(tmp) / "training_curves.png", f"{name} training")
+                curves = plots.training_curves(history, Path(tmp) / CURVES, f"{name} training")
                 mlflow.log_artifact(str(curves))
         info = model.log_model(fitted, data, name)
     version = str(info.registered_model_version)
