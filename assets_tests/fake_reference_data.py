@@ -109,6 +109,7 @@ SMALL = {
             "conv_ae",
             {"epochs": 10, "batch_size": 16, "width": 8, "code": 8, "precision": "bf16"},
             cases=DIGITS.models[0].cases,
+            input=DIGITS.models[0].input,  # raw 28x28 pixels, prepared as a device prepares them
         ),
     ),
     "bearing": _small(

@@ -1,21 +1,37 @@
 """One contract, every pipeline: each of the five is materialized through a real Dagster
-instance into MLflow versions with ``challenger``/``champion`` aliases and signed releases, and a
+instance into MLflow versions with ``challenger``/``champion`` aliases and signed releases that a
+device runs (synced from the fleet API, its own command scoring the raw test inputs), and a
 champion moved with the MLflow client reaches its fleet channel through the champion sensor."""
 
+import contextlib
 import dataclasses
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import dagster as dg
+import numpy as np
 import pytest
+import uvicorn
+from autosink_pi.client import PiConfig, sync
+from autosink_pi.manifest import ImageInput, RowsInput, parse
+from PIL import Image
 
 from autosink_platform import definitions
 from autosink_platform.defs.factory import build_pipeline_defs
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
+from autosink_platform.fleet.api import create_app
+from autosink_platform.home import Home
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines import catalog
 from autosink_platform.pipelines.robotarm import ROBOTARM
 from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import PromotionPolicy
+from autosink_platform.thresholds import calibrated
 
 from .conftest import platform_resources
 from .fake_reference_data import SMALL, make_fake_datasets
@@ -88,6 +104,12 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
             assert channel.read_pointer(name, m.name, "stable")["version"] == "1"  # read_pointer verifies the signature
             assert (channel.version_dir(name, m.name, "1") / "manifest.json.sig").exists()
 
+        # Every model's first release runs on a device and decides as the platform measured it.
+        with _fleet_api(home) as api:
+            data = _defs(spec).load_asset_value(dg.AssetKey([name, "validated_dataset"]), instance=instance).open()
+            for m in spec.models:
+                _device_agrees_on_every_test_input(spec, m, data, channel, api, tmp_path / f"pi-{m.name}")
+
         # 2. New data: a second version is validated and published, but under a manual policy it
         # only waits as challenger.
         _new_data(spec, home, monkeypatch, tmp_path_factory)
@@ -116,6 +138,79 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         assert [(e["from"], e["to"]) for e in published] == [("1", "2")]
         channels = instance.get_latest_materialization_event(dg.AssetKey([name, "fleet_channel"]))
         assert channels.asset_materialization.metadata["published_now"].value == [f"{registered} v2"]
+
+
+@contextlib.contextmanager
+def _fleet_api(home: Path):
+    """The fleet API (uploads, heartbeats, the release channel) on a loopback port."""
+    server = uvicorn.Server(uvicorn.Config(create_app(Home(home)), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def _device_agrees_on_every_test_input(spec, model, data, channel, api: str, state: Path) -> None:
+    """A device provisioned with the channel's key syncs release 1 of ``model`` over HTTP, then
+    `autosink-pi infer` scores the release's test inputs in their raw form (PNG files, CSV rows):
+    the decisions equal the platform's onnxruntime predictions on every sample, and the test
+    metrics recomputed from the device's scores equal the ones the release reports."""
+    state.mkdir(parents=True)
+    public = state / "channel-key.pem"
+    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())  # provisioning
+    cfg = PiConfig(f"pi-{model.name}", f"{api}/v1/fleet", str(public), str(state / "device"), spec.name, model.name)
+    assert sync(cfg).version == "1"
+    (state / "pi.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+    vdir = channel.version_dir(spec.name, model.name, "1")
+    manifest = json.loads((vdir / "manifest.json").read_text())
+
+    # The test split as the release stage evaluated it, recording the raw inputs it scored.
+    batches, onnx = [], model.onnx_scorer(vdir / "model.onnx")
+    d = model.operating_data(data, "test", lambda raw: batches.append(np.asarray(raw)) or onnx(raw))
+    ours = calibrated(data.table.iloc[d.rows], d.scores, manifest["threshold"])
+    raw, threshold = np.concatenate(batches), manifest["threshold"]["threshold"]
+    if manifest["threshold"]["policy"] == "session_ucl":  # each session on its own calibration
+        sources = data.table["source"].to_numpy()[d.rows]
+        device = [None] * len(raw)
+        for source in np.unique(sources):
+            at = np.flatnonzero(sources == source)
+            for i, out in zip(at, _infer(state, parse(manifest).input, raw[at], source), strict=True):
+                device[i] = out
+    else:
+        device = _infer(state, parse(manifest).input, raw)
+    scores = np.array([out["score"] for out in device])
+    assert [out["decision"] for out in device] == list(ours >= threshold)
+    np.testing.assert_allclose(scores, ours, rtol=1e-4, atol=1e-7)
+    assert {out["version"] for out in device} == {"1"}
+    recomputed = model.metrics(d, scores, threshold)
+    for metric, value in manifest["metrics"]["test"].items():
+        assert recomputed[metric] == pytest.approx(value, abs=1e-6), metric
+
+
+def _infer(state: Path, spec, raw: np.ndarray, session: str | None = None) -> list[dict]:
+    """The device's own command on raw inputs written as a device gets them."""
+    inputs = state / "inputs"
+    inputs.mkdir(exist_ok=True)
+    if isinstance(spec, ImageInput):
+        args = []
+        for i, image in enumerate(raw):
+            path = inputs / f"{i:05d}.png"
+            Image.fromarray(np.asarray(image).astype(np.uint8), spec.color).save(path)
+            args.append(str(path))
+    else:  # rows with their header; the graph's own tensors flattened, one per line
+        header = [",".join(spec.columns)] if isinstance(spec, RowsInput) else []
+        lines = header + [",".join(repr(float(v)) for v in row.ravel()) for row in raw]
+        (inputs / "rows.csv").write_text("\n".join(lines) + "\n")
+        args = ["--csv", str(inputs / "rows.csv")]
+    command = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(state / "pi.json"), "infer", *args]
+    done = subprocess.run(command + (["--session", session] if session else []), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
 
 
 def _steps(instance: dg.DagsterInstance, run_id: str) -> set[str]:

@@ -3,6 +3,7 @@ release can be tampered with or broken in transit. The device keeps its model ea
 
 import http.server
 import json
+import re
 import shutil
 import threading
 from datetime import UTC, datetime, timedelta
@@ -11,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from autosink_pi.client import PiConfig, Scorer, SyncRefused, in_rollout, read_state, rollback, sync
+from autosink_pi.client import PiConfig, SyncRefused, active, in_rollout, read_state, rollback, sync
+from autosink_pi.manifest import ImageInput, Manifest
 from PIL import Image
 
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier
@@ -30,8 +32,9 @@ def onnx_model(tmp_path_factory):
     return export_onnx(module, torch.rand(2, 3, 64, 64), path, OUTPUTS)
 
 
-def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path) -> dict:
-    """A release folder as the release stage writes it (manifest with smoke test), then signed."""
+def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path, v1: bool = False) -> dict:
+    """A release folder as the release stage writes it (manifest with smoke test), then signed;
+    ``v1``: the manifest as the sink's first releases wrote it (schema version 1)."""
     smoke = (np.random.default_rng(int(version)).random((3, 64, 64, 3)) * 255).astype(np.uint8)
     src = tmp / f"src{version}"
     src.mkdir()
@@ -39,11 +42,15 @@ def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path) -> dict:
     shutil.copyfile(onnx, src / "model.onnx")
     expected = {k: v.tolist() for k, v in OnnxScorer(src / "model.onnx")(smoke).items()}
     manifest = {
+        "pipeline": "sink",
+        "model": "classifier",
+        "registered_model": "sink.classifier",
         "mlflow_version": version,
         "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx), "size": onnx.stat().st_size},
-        "input": {"name": INPUT_NAME, "preprocessing": {"resize": [64, 64], "resample": "bilinear"}},
+        "input": ImageInput(name=INPUT_NAME, shape=["batch", 3, 64, 64], color="RGB", size=(64, 64)).model_dump(),
+        "outputs": OUTPUTS,
         "decision_output": "valve_open_prob",
-        "threshold": {"threshold": 0.5},
+        "threshold": {"policy": "best_f1", "threshold": 0.5},
         "smoke_test": {
             "file": "smoke_frames.npy",
             "sha256": sha256_file(src / "smoke_frames.npy"),
@@ -51,6 +58,12 @@ def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path) -> dict:
             "atol": 1e-4,
         },
     }
+    manifest = Manifest.model_validate(manifest).model_dump(mode="json")  # the type the platform writes with
+    if v1:
+        manifest |= {
+            "schema_version": 1,
+            "input": {"name": INPUT_NAME, "preprocessing": {"resize": [64, 64], "resample": "bilinear"}},
+        }
     (src / "manifest.json").write_text(json.dumps(manifest))
     channel.put_version(
         "sink", "classifier", version, {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
@@ -130,7 +143,8 @@ def test_sync_verifies_activates_and_infers(world, tmp_path):
     assert sync(cfg).status == "up_to_date"
     frame = tmp_path / "frame.png"
     Image.fromarray((np.random.default_rng(0).random((80, 80, 3)) * 255).astype(np.uint8)).save(frame)
-    (decision,) = Scorer.active(cfg).decide([Image.open(frame)])
+    runtime = active(cfg)
+    (decision,) = runtime.decide(runtime.read_images([frame]))
     resized = np.asarray(Image.open(frame).convert("RGB").resize((64, 64), Image.BILINEAR))
     prob = OnnxScorer(world["onnx"])(resized[None])["valve_open_prob"][0]
     assert decision["score"] == pytest.approx(prob, abs=1e-6) and decision["decision"] == (prob >= 0.5)
@@ -223,3 +237,109 @@ def test_racing_promotions_get_distinct_sequences(world):
     assert sequences == list(range(2, 14))  # no two promotions share a sequence
     final = channel.read_pointer("sink", "classifier", "stable")  # verifies: never half-written
     assert final["sequence"] == 13
+
+
+def test_a_version_1_manifest_still_reads_as_the_image_input_it_described(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"], v1=True)
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    assert sync(cfg).version == "2"
+    runtime = active(cfg)
+    assert runtime.input == ImageInput(name=INPUT_NAME, shape=["batch", 3, 64, 64], color="RGB", size=(64, 64))
+
+
+def test_a_manifest_a_device_cannot_read_is_refused_and_names_the_field(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    src = world["tmp"] / "src-bad"
+    src.mkdir()
+    good = publish(channel, "2", world["onnx"], world["tmp"])
+    bad = good | {
+        "input": {"kind": "image", "name": INPUT_NAME, "shape": ["batch", 3, 64, 64], "color": "CMYK", "size": [64, 64]}
+    }
+    (src / "manifest.json").write_text(json.dumps(bad))
+    for f in ("model.onnx", "smoke_frames.npy"):
+        shutil.copyfile(channel.version_dir("sink", "classifier", "2") / f, src / f)
+    channel.put_version(
+        "sink", "classifier", "3", {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+    )
+    channel.set_pointer("sink", "classifier", "stable", "3")
+    refused = _refused(cfg, "bad_manifest")
+    assert "input.image.color" in refused.detail
+    assert read_state(cfg)["current"] == "1"
+
+
+def test_a_release_whose_smoke_outputs_differ_on_the_device_is_refused(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    src = world["tmp"] / "src-drift"
+    src.mkdir()
+    good = publish(channel, "2", world["onnx"], world["tmp"])
+    expected = {k: (np.asarray(v) + 0.01).tolist() for k, v in good["smoke_test"]["expected"].items()}
+    (src / "manifest.json").write_text(json.dumps(good | {"smoke_test": good["smoke_test"] | {"expected": expected}}))
+    for f in ("model.onnx", "smoke_frames.npy"):
+        shutil.copyfile(channel.version_dir("sink", "classifier", "2") / f, src / f)
+    channel.put_version(
+        "sink", "classifier", "3", {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+    )
+    channel.set_pointer("sink", "classifier", "stable", "3")
+    refused = _refused(cfg, "smoke_test_failed")
+    assert "differs from the manifest by 0.01" in refused.detail
+    assert read_state(cfg)["current"] == "1"
+
+
+def test_the_device_client_needs_no_torch_dagster_or_mlflow():
+    import subprocess
+    import sys
+    import tomllib
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pi_client" / "pyproject.toml").read_text())["project"]
+    assert not [d for d in deps["dependencies"] if d.split(">")[0].split("=")[0] in ("torch", "dagster", "mlflow")]
+    probe = "import sys, autosink_pi.cli, autosink_pi.runtime; print(sorted(m for m in ('torch', 'dagster', 'mlflow') if m in sys.modules))"
+    assert (
+        subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    )
+
+
+def test_bad_input_on_the_device_is_named_and_the_model_stays(world, tmp_path):
+    import subprocess
+    import sys
+
+    cfg = world["cfg"]
+    sync(cfg)
+    config = tmp_path / "pi.json"
+    config.write_text(json.dumps({k: getattr(cfg, k) for k in ("device_id", "channel_url", "public_key", "state_dir")}))
+    pi = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(config)]
+    not_an_image = tmp_path / "frame.png"
+    not_an_image.write_text("not a png")
+    for args, says in (
+        (["infer", str(not_an_image)], "not an image"),
+        (["infer"], "give image files or --csv"),
+    ):
+        done = subprocess.run(pi + args, capture_output=True, text=True)
+        assert done.returncode == 3 and says in json.loads(done.stderr)["detail"], done.stderr
+    assert read_state(cfg)["current"] == "1"
+
+
+def test_rows_and_images_that_do_not_fit_the_manifest_are_named():
+    from autosink_pi.manifest import RowsInput
+    from autosink_pi.runtime import InputError, prepare, read_rows
+
+    rows = RowsInput(shape=["batch", 2], columns=["a", "b"])
+    assert [r.tolist() for r in read_rows(rows, ["b,x,a", "2,9,1", "", "4,9,3"])] == [[1.0, 2.0], [3.0, 4.0]]
+    assert [r.tolist() for r in read_rows(rows, ["1,2"])] == [[1.0, 2.0]]  # no header: the manifest's order
+    for lines, says in (
+        (["1,2,3"], "line 1: 3 values, expected 2 (a, b)"),
+        (["a,b", "1,nan"], "line 2: NaN or infinite value"),
+        (["a,c", "1,2"], "the header lacks column(s) ['b']"),
+        (["1,2", "1,x"], "line 2: could not convert"),
+    ):
+        with pytest.raises(InputError, match=re.escape(says)):
+            list(read_rows(rows, lines))
+    image = ImageInput(shape=["batch", 1, 32, 32], color="L", size=(32, 32))
+    with pytest.raises(InputError, match=r"L images \(N, H, W\) expected, got shape \(1, 28, 28, 3\)"):
+        prepare(image, np.zeros((1, 28, 28, 3), np.uint8))
+    with pytest.raises(InputError, match="whole numbers 0..255"):
+        prepare(image, np.full((1, 28, 28), 0.5, np.float32))
+    assert prepare(image, np.full((1, 28, 28), 255, np.uint8)).shape == (1, 1, 32, 32)

@@ -318,8 +318,7 @@ def _promotion_is_the_registrys(instance, registry, fleet) -> None:
 
 def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) -> None:
     from autosink_pi.cli import heartbeat
-    from autosink_pi.client import PiConfig, Scorer, read_state, sync
-    from PIL import Image
+    from autosink_pi.client import PiConfig, active, read_state, sync
 
     from autosink_platform.fleet.api import create_app
     from autosink_platform.fleet.devices import DeviceRegistry
@@ -339,7 +338,8 @@ def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) ->
         cfg = PiConfig("pi-001", f"{url}/v1/fleet", str(public), str(home / "device"))
         assert sync(cfg).version == "1"
         frames = sorted(next(iter(lake.committed_sessions().values())).glob("frames/*.png"))[:5]
-        decisions = Scorer.active(cfg).decide([Image.open(f) for f in frames])
+        runtime = active(cfg)
+        decisions = runtime.decide(runtime.read_images(frames))
         assert all(d["threshold"] == threshold and d["decision"] == (d["score"] >= threshold) for d in decisions)
         assert heartbeat(cfg, url, token) == {"recorded": True}
         beats = [json.loads(line) for line in (home / "fleet_api" / "heartbeats.jsonl").read_text().splitlines()]

@@ -2,6 +2,7 @@
 default run (a real Dagster instance, MLflow registry and onnxruntime), and on the real
 datasets under the ``realdata`` marker."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -80,7 +81,13 @@ def test_robotarm_runs_as_dagster_assets_and_is_not_retrained(world, tmp_path):
             and threshold["inputs"]["split"] == "train"
         )
         manifest = json.loads((channel.version_dir("robotarm", "pca", "1") / "manifest.json").read_text())
-        assert manifest["input"] == {"name": "input", "shape": ["batch", 4], "dtype": "float32"}
+        assert manifest["schema_version"] == 2 and manifest["input"] == {
+            "kind": "rows",
+            "name": "input",
+            "dtype": "float32",
+            "shape": ["batch", 4],
+            "columns": ["axis_1", "axis_2", "axis_3", "axis_4"],
+        }
         assert channel.read_pointer("robotarm", "pca", "stable")["version"] == "1"
 
         # Unchanged files: same snapshot, the version is reused, nothing new is registered.
@@ -252,3 +259,22 @@ def test_a_label_without_provenance_is_refused_by_the_validated_stage(fake_root,
     with pytest.raises(DataValidationError, match="confidence") as e:
         freeze_dataset(ROBOTARM, labeled, tmp_path / "store")
     assert e.value.asset == "robotarm/validated_dataset"
+
+
+def test_a_release_a_device_cannot_apply_is_refused_before_anything_is_published(world, fake_root, tmp_path):
+    """The release stage runs the device client's own runtime on the smoke inputs: a manifest
+    whose input does not describe what the graph takes never reaches the channel."""
+    from autosink_pi.manifest import RowsInput
+
+    from autosink_platform.registry.releases import ReleaseRejected
+
+    model = dataclasses.replace(ROBOTARM.models[0], input=RowsInput(shape=["batch", 3], columns=["a", "b", "c"]))
+    spec, registry, channel = dataclasses.replace(ROBOTARM, models=(model,)), world["registry"], world["channel"]
+    ds = snapshot_dataset(spec, fake_root, tmp_path / "store").open()
+    trained = lifecycle.train_model(spec, model, ds, registry, "test-run")
+    op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
+    with pytest.raises(ReleaseRejected, match=r"a device could not apply this release: smoke_test_failed: .*rows of 3"):
+        lifecycle.release_model(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    assert not channel.version_dir("robotarm", "pca", trained.version).exists()
+    tags = registry.client.get_model_version("robotarm.pca", trained.version).tags
+    assert tags["validation_status"] == "failed: device check"

@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("s3fs", reason="the S3 channel needs the s3 extra (pip install '.[s3]')")
 boto3 = pytest.importorskip("boto3")
 
-from autosink_pi.client import PiConfig, Scorer, sync  # noqa: E402
+from autosink_pi.client import PiConfig, active, sync  # noqa: E402
 
 from autosink_platform.release.channel import FleetChannel  # noqa: E402
 from autosink_platform.release.signing import generate_keypair, load_private_key  # noqa: E402
@@ -31,6 +31,7 @@ def test_same_layout_signed_and_immutable_on_s3(tmp_path, bucket, s3_endpoint, o
     keys = {o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(Bucket=bucket)["Contents"]}
     assert keys == {
         f"fleet/keys/{channel.key_id}.pem",
+        "fleet/manifest.schema.json",  # the manifests' JSON Schema, as the device client defines it
         *(
             f"fleet/sink/classifier/versions/1/{f}"
             for f in ("model.onnx", "manifest.json", "manifest.json.sig", "smoke_frames.npy")
@@ -81,5 +82,5 @@ def test_a_device_syncs_straight_from_the_bucket(tmp_path, bucket, s3_endpoint, 
     cfg = PiConfig("pi-001", f"{s3_endpoint}/{bucket}/fleet", str(public), str(tmp_path / "device"), retries=1)
     assert sync(cfg).version == "1"
     assert json.loads((tmp_path / "device" / "state.json").read_text())["current"] == "1"
-    scorer = Scorer.active(cfg)
-    assert scorer.manifest["mlflow_version"] == "1" and scorer.manifest["threshold"]["threshold"] == 0.5
+    runtime = active(cfg)
+    assert runtime.manifest.mlflow_version == "1" and runtime.manifest.threshold.threshold == 0.5

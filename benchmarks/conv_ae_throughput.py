@@ -21,11 +21,11 @@ import argparse
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from autosink_pi.runtime import prepare
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
@@ -33,7 +33,7 @@ from torchvision import transforms
 from tqdm import tqdm
 
 from autosink_platform.models.detectors import ConvAEDetector, _ConvAE, _ConvTranspose2x2
-from autosink_platform.pipelines.digits import DIGITS, DigitsConfig, extract_digits, resize
+from autosink_platform.pipelines.digits import DIGITS, INPUT, DigitsConfig, extract_digits
 from autosink_platform.settings import Settings
 from autosink_platform.thresholds import best_f1, metrics_at
 
@@ -131,11 +131,9 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/conv_ae_throughput.json")
     args = parser.parse_args()
     cfg = DigitsConfig(train=4_000, validation=1_000, test=1_000) if args.quick else DigitsConfig()
-    table, native = extract_digits(
-        Settings.from_environ(os.environ).resources()["datasets"].get(), replace(cfg, size=28)
-    )  # 28x28 is MNIST's own size: no resampling
+    table, native = extract_digits(Settings.from_environ(os.environ).resources()["datasets"].get(), cfg)
     split, label = table["split"].to_numpy(), table["label"].to_numpy()
-    raw = np.rint(native[:, 0] * 255).astype(np.uint8)  # back to the files' bytes; each row resizes its own way
+    raw = native.astype(np.uint8)  # the files' bytes (28x28); each row resizes its own way
     train_u8 = raw[split == "train"]
     pipeline = dict(DIGITS.models[0].params)
     epochs = {"tutorial": 2 if args.quick else TUTORIAL["epochs"], "pipeline": 2 if args.quick else pipeline["epochs"]}
@@ -163,7 +161,7 @@ def main() -> None:
     if not (args.quick or args.ablation):
         variants = []
     variants.append(("digits pipeline", ConvAEDetector, pipeline | {"epochs": epochs["pipeline"]}, str(pipeline)))
-    x = resize(raw, 32)
+    x = prepare(INPUT, raw)  # as the pipeline (and a device) prepares them
     with torch.no_grad():
         pil = torch.stack([TutorialImages(raw)[i] for i in range(len(raw))])
     rows = []
@@ -201,7 +199,7 @@ def main() -> None:
         )
         for name, family, params, note in variants:
             start = time.perf_counter()
-            images = resize(train_u8, 32)  # once, for every epoch
+            images = prepare(INPUT, train_u8)  # once, for every epoch
             det = family(**params).fit(images)
             seconds = time.perf_counter() - start
             score = lambda m, det=det: det.decision_function(x[m])  # noqa: E731

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 import torch
+from autosink_pi.manifest import ImageInput, Input, RowsInput, TensorInput
+from autosink_pi.runtime import prepare
 from mlflow.models import infer_signature
 from torch import nn
 
@@ -110,8 +112,8 @@ class Model(Protocol):
 
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]: ...
 
-    def input_manifest(self, input_name: str, data: Data) -> dict:
-        """The manifest's ``input``: name, shape, dtype and how a device prepares raw input."""
+    def input_manifest(self, input_name: str, data: Data) -> Input:
+        """The manifest's ``input``: what a device feeds and how it becomes the graph's input."""
 
     def manifest_extra(self) -> dict: ...
 
@@ -218,20 +220,9 @@ class NetModel:
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
         return self.evaluate(d, scores, threshold)
 
-    def input_manifest(self, input_name: str, data) -> dict:
-        size = self.input_size
-        return {
-            "name": input_name,
-            "shape": ["batch", 3, size, size],
-            "dtype": "float32",
-            "preprocessing": {
-                "color": "RGB",
-                "resize": [size, size],
-                "resample": "bilinear",
-                "scale": "1/255",
-                "layout": "NCHW",
-            },
-        }
+    def input_manifest(self, input_name: str, data) -> Input:
+        size = self.input_size  # frames are stored at this size: a device resizes its camera's to it
+        return ImageInput(name=input_name, shape=["batch", 3, size, size], color="RGB", size=(size, size))
 
     def manifest_extra(self) -> dict:
         return {}
@@ -276,6 +267,13 @@ class DetectorModel:
     warm_starts: bool = False
     outputs: tuple[str, ...] = ("score",)
     decision_output: str = "score"
+    # What a device feeds (``autosink_pi.manifest``): the dataset's inputs are that raw input,
+    # prepared by the client's own code here as on the device. None: the graph's tensor as it is.
+    input: ImageInput | RowsInput | None = None
+
+    def prepare(self, raw: np.ndarray) -> np.ndarray:
+        """Raw inputs as the graph's; only images change (resized, scaled), rows are float32 already."""
+        return prepare(self.input, raw) if isinstance(self.input, ImageInput) else raw
 
     def config_json(self) -> str:
         return json.dumps(self.params, sort_keys=True)
@@ -289,13 +287,13 @@ class DetectorModel:
     def fit(self, data, warm, on_epoch):
         epochs = {} if self.family == "pca" else {"on_epoch": on_epoch}
         detector = build_detector(self.family, **self.params, **epochs)
-        detector.fit(np.asarray(data.inputs[data.mask("train")]))
+        detector.fit(self.prepare(np.asarray(data.inputs[data.mask("train")])))
         if hasattr(detector, "on_epoch"):
             detector.on_epoch = None  # a closure over the MLflow run: not part of the saved model
         return detector, getattr(detector, "fit_result", None)
 
     def score(self, fitted) -> ScoreFn:
-        return lambda X: {"score": fitted.decision_function(X)}
+        return lambda X: {"score": fitted.decision_function(self.prepare(X))}
 
     def save(self, fitted, folder: Path) -> Path:
         torch.save(fitted, folder / "detector.pt")
@@ -309,7 +307,7 @@ class DetectorModel:
     def log_model(self, fitted, data, registered_name: str):
         import onnx
 
-        example = _example(data)
+        example = self.prepare(_example(data))
         with tempfile.TemporaryDirectory() as tmp:
             graph = onnx.load(str(fitted.export_onnx(Path(tmp) / "model.onnx", example[:2])))
         return mlflow.onnx.log_model(
@@ -327,7 +325,7 @@ class DetectorModel:
         return registry.download(run_id, "model/model.onnx", folder)
 
     def onnx_scorer(self, source) -> ScoreFn:
-        return OnnxModel(source)
+        return OnnxModel(source, prepare=lambda raw: np.ascontiguousarray(self.prepare(raw), dtype=np.float32))
 
     def operating_data(self, data, split: str, score: ScoreFn) -> OperatingData:
         rows = np.flatnonzero(data.mask(split))
@@ -338,8 +336,10 @@ class DetectorModel:
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
         return detection_metrics(scores, d.labels, threshold)
 
-    def input_manifest(self, input_name: str, data) -> dict:
-        return {"name": input_name, "shape": ["batch", *data.inputs.shape[1:]], "dtype": "float32"}
+    def input_manifest(self, input_name: str, data) -> Input:
+        if self.input is not None:
+            return self.input.model_copy(update={"name": input_name})
+        return TensorInput(name=input_name, shape=["batch", *data.inputs.shape[1:]])
 
     def manifest_extra(self) -> dict:
         return {"family": self.family}

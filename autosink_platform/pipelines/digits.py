@@ -10,8 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-from torch.nn import functional as F
+from autosink_pi.manifest import ImageInput
 
 from autosink_platform.lake.public import read_idx, require, samples_table
 from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
@@ -27,15 +26,6 @@ class DigitsConfig:
     validation: int = 5_000  # per class: MNIST and KMNIST
     test: int = 5_000
     seed: int = 0
-
-
-def resize(images: np.ndarray, size: int, batch: int = 4096) -> np.ndarray:
-    """uint8 (N, H, W) -> float32 (N, 1, size, size) in [0, 1], bilinear, once for all epochs."""
-    out = []
-    for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).float().div_(255.0)[:, None]
-        out.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1).numpy())
-    return np.concatenate(out)
 
 
 DIGITS_FILES = (
@@ -73,8 +63,12 @@ def extract_digits(root: Path, cfg: DigitsConfig) -> tuple[pd.DataFrame, np.ndar
         images.append(kmnist[idx])
     table = pd.concat(tables, ignore_index=True)
     table["sample"] = np.arange(len(table))
-    return table, resize(np.concatenate(images), cfg.size)
+    return table, np.concatenate(images)  # raw 28x28 pixels: a device and training prepare them alike (INPUT)
 
+
+# What a device feeds: the raw grayscale image, resized to the tutorial's 32x32 (bilinear) and
+# scaled to [0, 1] by the client's own code, in training as on the device.
+INPUT = ImageInput(shape=["batch", 1, DigitsConfig.size, DigitsConfig.size], color="L", size=(DigitsConfig.size,) * 2)
 
 DIGITS = PipelineSpec(
     name="digits",
@@ -105,6 +99,7 @@ DIGITS = PipelineSpec(
             },
             BestF1(),
             cases=CaseFloors(metric="accuracy", floor=0.8, min_examples=300),
+            input=INPUT,
         ),
     ),
     reference={"test_f1": 0.9654, "test_accuracy": 0.9657, "source": "image anomaly-detection tutorial (conv AE)"},

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from autosink_pi.manifest import RowsInput
 
 from autosink_platform.lake.public import require, samples_table
 from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
@@ -46,7 +47,15 @@ ROBOTARM = PipelineSpec(
         min_per_split_class=1,
         required=(("train", 0), ("validation", 0), ("test", 0)),  # unlabelled: no anomalies anywhere
     ),
-    models=(DetectorModel("pca", "pca", {"n_components": 2}, KSigma(k=3.0)),),
+    models=(
+        DetectorModel(
+            "pca",
+            "pca",
+            {"n_components": 2},
+            KSigma(k=3.0),
+            input=RowsInput(shape=["batch", len(ROBOTARM_COLUMNS)], columns=list(ROBOTARM_COLUMNS)),
+        ),
+    ),
     slices=GROUP_SLICES,
     reference={"source": "MakinaRocks Runway tutorial (PCA, 2 components); no labelled figure published"},
 )

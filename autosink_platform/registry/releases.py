@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from autosink_pi.client import SyncRefused, smoke_test
+from autosink_pi.manifest import Input, ManifestError, parse
 
 import mlflow
 from autosink_platform.registry.mlflow_registry import CHALLENGER, Registry
@@ -184,7 +186,7 @@ class Candidate:
     version: str
     run_id: str
     onnx_path: Path
-    input: dict  # name, shape and dtype of the graph's input (images add their preprocessing)
+    input: Input  # what a device feeds and how it becomes the graph's input (autosink_pi.manifest)
     outputs: list[str]
     decision_output: str
     threshold: OperatingPoint
@@ -206,8 +208,9 @@ class Candidate:
         return registered_name(self.pipeline, self.model)
 
     def manifest(self, signing_key_id: str, smoke_sha256: str) -> dict:
+        """The manifest as the device client's type reads it (``autosink_pi.manifest``, schema 2)."""
         return {
-            "schema_version": 1,
+            "schema_version": 2,
             "pipeline": self.pipeline,
             "model": self.model,
             "registered_model": self.name,
@@ -220,7 +223,7 @@ class Candidate:
                 "size": self.onnx_path.stat().st_size,
                 "opset": OPSET,
             },
-            "input": self.input,
+            "input": self.input.model_dump(mode="json"),
             "outputs": self.outputs,
             "decision_output": self.decision_output,
             "threshold": asdict(self.threshold),
@@ -244,6 +247,18 @@ class Candidate:
         }
 
 
+def device_check(candidate: Candidate, manifest: dict, registry: Registry) -> None:
+    """Refuse what a device cannot apply: the manifest must read as the device client's type, and
+    the client's own runtime (its preprocessing, on onnxruntime) must reproduce the outputs the
+    platform got on the smoke inputs. Nothing is published otherwise; the version is tagged."""
+    c = candidate
+    try:
+        smoke_test(c.onnx_path, parse(manifest), c.smoke)
+    except (ManifestError, SyncRefused) as e:
+        registry.set_tags(c.name, c.version, {"validation_status": "failed: device check"})
+        raise ReleaseRejected(f"{c.name} v{c.version}: a device could not apply this release: {e}") from e
+
+
 def ship(
     candidate: Candidate,
     registry: Registry,
@@ -257,6 +272,7 @@ def ship(
     c = candidate
     np.save(workdir / c.smoke_file, c.smoke)
     manifest = c.manifest(channel.key_id, sha256_file(workdir / c.smoke_file))
+    device_check(c, manifest, registry)
     (workdir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     files = {
         "model.onnx": c.onnx_path,

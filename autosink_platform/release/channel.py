@@ -25,6 +25,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from autosink_pi.manifest import SCHEMA_FILE, json_schema
 from autosink_pi.verify import sha256_file
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from upath import UPath
@@ -85,6 +86,7 @@ class FleetChannel:
         if (final / "manifest.json").exists() if not self.local else final.exists():
             raise FileExistsError(f"{final} already published")
         signature = sign(self.signing_key, Path(files["manifest.json"]).read_bytes()).encode()
+        self.publish_schema()
         if not self.local:  # the manifest goes last: its presence means the version is complete
             for name in sorted(files, key=lambda n: n == "manifest.json"):
                 if name == "manifest.json":
@@ -99,6 +101,13 @@ class FleetChannel:
         (staging / "manifest.json.sig").write_bytes(signature)
         staging.rename(final)
         return final
+
+    def publish_schema(self) -> None:
+        """The JSON Schema of the manifests, at the channel's root, as the device client defines it."""
+        schema = (json.dumps(json_schema(), indent=1) + "\n").encode()
+        path = self.root / SCHEMA_FILE
+        if not path.exists() or path.read_bytes() != schema:
+            self._write(path, schema)
 
     def read_pointer(self, pipeline: str, model: str, channel: str) -> dict | None:
         """The pointer's fields, verified against this channel's own key (None if not published)."""

@@ -1,7 +1,9 @@
 """``autosink-pi``: the device command.
 
 autosink-pi --config /etc/autosink/pi.json sync         pull and activate the channel's release
-autosink-pi --config ... infer frame1.jpg [frame2.png]  score frames, print the valve decision
+autosink-pi --config ... infer frame1.jpg [frame2.png]  score images: one JSON line per decision
+autosink-pi --config ... infer --csv rows.csv           score CSV rows (--csv - reads standard input, a
+                                                        row at a time, as they arrive)
 autosink-pi --config ... status                         active / previous version, last sync
 autosink-pi --config ... rollback                       back to the previous model
 autosink-pi --config ... heartbeat --api URL --token T  report the active version to the fleet API
@@ -14,9 +16,9 @@ import json
 import sys
 import urllib.request
 
-from PIL import Image
-
-from autosink_pi.client import PiConfig, Scorer, SyncRefused, read_state, rollback, sync
+from autosink_pi.client import PiConfig, SyncRefused, active, read_state, rollback, sync
+from autosink_pi.manifest import ManifestError
+from autosink_pi.runtime import InputError, read_rows
 
 
 def heartbeat(cfg: PiConfig, api: str, token: str, timeout: float = 10.0) -> dict:
@@ -50,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync")
     infer = sub.add_parser("infer")
-    infer.add_argument("images", nargs="+")
+    infer.add_argument("images", nargs="*", help="image files (releases whose input is an image)")
+    infer.add_argument("--csv", help="a CSV file of rows, or - for standard input (releases on rows)")
+    infer.add_argument("--session", help="the calibrated session (releases thresholded per session)")
     sub.add_parser("status")
     sub.add_parser("rollback")
     hb = sub.add_parser("heartbeat")
@@ -63,11 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             r = sync(cfg)
             print(json.dumps({"status": r.status, "version": r.version, "previous": r.previous, **r.detail}))
         elif args.command == "infer":
-            scorer = Scorer.active(cfg)
-            for path, d in zip(args.images, scorer.decide([Image.open(p) for p in args.images]), strict=True):
-                print(
-                    f"{path}\t{'OPEN' if d['decision'] else 'CLOSED'}\tscore={d['score']:.4f}\tthreshold={d['threshold']:.4f}\tv{d['version']}"
-                )
+            _infer(active(cfg), args)
         elif args.command == "status":
             print(json.dumps(read_state(cfg), indent=1))
         elif args.command == "rollback":
@@ -77,7 +77,25 @@ def main(argv: list[str] | None = None) -> int:
     except SyncRefused as e:
         print(json.dumps({"refused": e.reason, "detail": e.detail}), file=sys.stderr)
         return 2
+    except (InputError, ManifestError) as e:  # bad input: said, and the active model is untouched
+        print(json.dumps({"error": "bad_input", "detail": str(e)}), file=sys.stderr)
+        return 3
     return 0
+
+
+def _infer(runtime, args) -> None:
+    """One JSON line per decision, flushed as it is made."""
+    if bool(args.images) == bool(args.csv):
+        raise InputError("give image files or --csv, not both or neither")
+    if args.images:
+        for path, d in zip(args.images, runtime.decide(runtime.read_images(args.images), args.session), strict=True):
+            print(json.dumps({"input": path, **d}), flush=True)
+        return
+    lines = sys.stdin if args.csv == "-" else open(args.csv, encoding="utf-8")  # noqa: SIM115
+    with lines:
+        for i, row in enumerate(read_rows(runtime.input, lines), start=1):
+            (d,) = runtime.decide(row[None], args.session)
+            print(json.dumps({"input": f"row {i}", **d}), flush=True)
 
 
 if __name__ == "__main__":

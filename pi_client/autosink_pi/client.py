@@ -10,6 +10,7 @@ State directory layout (``state_dir``):
 key, the pointer is not expired, its sequence does not go backwards, the manifest's signature
 and sha256 match, the model's size and sha256 match the manifest, and a smoke inference
 reproduces the manifest's expected output. On any failure the current model stays active.
+The manifest is read with its type (``manifest.parse``); ``runtime`` runs the release.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
-from PIL import Image
 
+from autosink_pi.manifest import Manifest, ManifestError, parse
+from autosink_pi.runtime import InputError, Runtime
 from autosink_pi.verify import SignatureError, load_public_key, sha256_file, verify, verify_pointer
 
 
@@ -210,21 +211,19 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
         raise SyncRefused("bad_signature", f"manifest of v{version}: {e}") from None
     if hashlib.sha256(manifest_bytes).hexdigest() != pointer["manifest_sha256"]:
         raise SyncRefused("checksum_mismatch", f"manifest of v{version} does not match the pointer's sha256")
-    manifest = json.loads(manifest_bytes)
+    try:
+        manifest = parse(manifest_bytes)
+    except ManifestError as e:
+        raise SyncRefused("bad_manifest", str(e)) from None
 
     staging = Path(cfg.state_dir) / "staging" / version
-    model = download(
-        cfg,
-        f"{vbase}/{manifest['onnx']['file']}",
-        staging / "model.onnx",
-        manifest["onnx"]["size"],
-        manifest["onnx"]["sha256"],
-    )
-    smoke_spec = manifest["smoke_test"]
-    smoke_data = fetch(cfg, f"{vbase}/{smoke_spec['file']}", max_bytes=64 * 2**20)
-    if hashlib.sha256(smoke_data).hexdigest() != smoke_spec["sha256"]:
-        raise SyncRefused("checksum_mismatch", "smoke frames do not match the manifest")
-    _smoke_test(model, manifest, np.load(io.BytesIO(smoke_data)))
+    onnx = manifest.onnx
+    model = download(cfg, f"{vbase}/{onnx.file}", staging / "model.onnx", onnx.size, onnx.sha256)
+    smoke_spec = manifest.smoke_test
+    smoke_data = fetch(cfg, f"{vbase}/{smoke_spec.file}", max_bytes=64 * 2**20)
+    if hashlib.sha256(smoke_data).hexdigest() != smoke_spec.sha256:
+        raise SyncRefused("checksum_mismatch", "smoke inputs do not match the manifest")
+    smoke_test(model, manifest, np.load(io.BytesIO(smoke_data)))
 
     final = Path(cfg.state_dir) / "models" / version
     shutil.rmtree(final, ignore_errors=True)
@@ -237,19 +236,27 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
     return SyncResult("updated", version, previous)
 
 
-def _smoke_test(model: Path, manifest: dict, frames: np.ndarray) -> None:
+def smoke_test(model: Path, manifest: Manifest, raw: np.ndarray) -> None:
+    """The release's smoke inputs through this client's runtime must give the outputs the platform
+    got for them, within the manifest's tolerance (``SyncRefused`` "smoke_test_failed" if not)."""
     try:
-        outputs = Scorer(model, manifest).run_uint8(frames)
+        outputs = Runtime(model, manifest).outputs(raw)
+    except InputError as e:
+        raise SyncRefused("smoke_test_failed", f"the smoke inputs do not fit the manifest's input: {e}") from None
     except Exception as e:  # onnxruntime raises several types for a broken graph
         raise SyncRefused("smoke_test_failed", f"the model does not run: {e}") from None
-    atol, rtol = manifest["smoke_test"].get("atol", 0.0), manifest["smoke_test"].get("rtol", 0.0)
-    for name, expected in manifest["smoke_test"]["expected"].items():
+    spec = manifest.smoke_test
+    for name, expected in spec.expected.items():
         expected = np.asarray(expected)
+        if name not in outputs or outputs[name].shape != expected.shape:
+            raise SyncRefused(
+                "smoke_test_failed", f"output {name!r}: the graph gives no output of shape {expected.shape}"
+            )
         diff = np.abs(outputs[name] - expected)
-        if not np.all(diff <= atol + rtol * np.maximum(np.abs(expected), 1e-6)):
+        if not np.all(diff <= spec.atol + spec.rtol * np.maximum(np.abs(expected), 1e-6)):
             raise SyncRefused(
                 "smoke_test_failed",
-                f"output {name!r} differs from the manifest by {float(diff.max()):.3g} (> atol {atol}, rtol {rtol})",
+                f"output {name!r} differs from the manifest by {float(diff.max()):.3g} (> atol {spec.atol}, rtol {spec.rtol})",
             )
 
 
@@ -266,49 +273,10 @@ def rollback(cfg: PiConfig) -> str:
 # -- inference --------------------------------------------------------------------------------
 
 
-class Scorer:
-    """The active model with the manifest's preprocessing and threshold."""
-
-    def __init__(self, model: Path, manifest: dict):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = 1  # a Pi core per model: predictable latency
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        self.manifest = manifest
-        self.input_name = manifest["input"]["name"]
-        self.size = tuple(manifest["input"]["preprocessing"]["resize"])
-
-    @classmethod
-    def active(cls, cfg: PiConfig) -> Scorer:
-        state = read_state(cfg)
-        if not state["current"]:
-            raise SyncRefused("no_model", "no model is active yet: run sync first")
-        folder = Path(cfg.state_dir) / "models" / state["current"]
-        return cls(folder / "model.onnx", json.loads((folder / "manifest.json").read_text()))
-
-    def run_uint8(self, frames: np.ndarray) -> dict[str, np.ndarray]:
-        x = np.ascontiguousarray(frames, dtype=np.float32).transpose(0, 3, 1, 2) / 255.0  # (N,H,W,3) -> (N,3,H,W)
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, {self.input_name: x}), strict=True))
-
-    def preprocess(self, image: Image.Image) -> np.ndarray:
-        resample = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}[
-            self.manifest["input"]["preprocessing"]["resample"]
-        ]
-        img = image.convert("RGB")
-        if img.size != self.size:
-            img = img.resize(self.size, resample)
-        return np.asarray(img, dtype=np.uint8)
-
-    def decide(self, images: list[Image.Image]) -> list[dict]:
-        out = self.run_uint8(np.stack([self.preprocess(i) for i in images]))
-        key, threshold = self.manifest["decision_output"], self.manifest["threshold"]["threshold"]
-        return [
-            {
-                "score": float(s),
-                "decision": bool(s >= threshold),
-                "threshold": threshold,
-                "version": self.manifest["mlflow_version"],
-            }
-            for s in out[key]
-        ]
+def active(cfg: PiConfig) -> Runtime:
+    """The active release."""
+    state = read_state(cfg)
+    if not state["current"]:
+        raise SyncRefused("no_model", "no model is active yet: run sync first")
+    folder = Path(cfg.state_dir) / "models" / state["current"]
+    return Runtime(folder / "model.onnx", (folder / "manifest.json").read_bytes())
