@@ -1,6 +1,7 @@
 """The device client against a real signed channel: happy path over HTTP, then every way a
 release can be tampered with or broken in transit. The device keeps its model each time."""
 
+import dataclasses
 import http.server
 import json
 import re
@@ -32,25 +33,33 @@ def onnx_model(tmp_path_factory):
     return export_onnx(module, torch.rand(2, 3, 64, 64), path, OUTPUTS)
 
 
-def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path, v1: bool = False) -> dict:
+def publish(
+    channel: FleetChannel,
+    version: str,
+    onnx: Path,
+    tmp: Path,
+    v1: bool = False,
+    model: str = "classifier",
+    threshold: float = 0.5,
+) -> dict:
     """A release folder as the release stage writes it (manifest with smoke test), then signed;
     ``v1``: the manifest as the sink's first releases wrote it (schema version 1)."""
     smoke = (np.random.default_rng(int(version)).random((3, 64, 64, 3)) * 255).astype(np.uint8)
-    src = tmp / f"src{version}"
+    src = tmp / f"src{model}{version}"
     src.mkdir()
     np.save(src / "smoke_frames.npy", smoke)
     shutil.copyfile(onnx, src / "model.onnx")
     expected = {k: v.tolist() for k, v in OnnxScorer(src / "model.onnx")(smoke).items()}
     manifest = {
         "pipeline": "sink",
-        "model": "classifier",
-        "registered_model": "sink.classifier",
+        "model": model,
+        "registered_model": f"sink.{model}",
         "mlflow_version": version,
         "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx), "size": onnx.stat().st_size},
         "input": ImageInput(name=INPUT_NAME, shape=["batch", 3, 64, 64], color="RGB", size=(64, 64)).model_dump(),
         "outputs": OUTPUTS,
         "decision_output": "valve_open_prob",
-        "threshold": {"policy": "best_f1", "threshold": 0.5},
+        "threshold": {"policy": "best_f1", "threshold": threshold},
         "smoke_test": {
             "file": "smoke_frames.npy",
             "sha256": sha256_file(src / "smoke_frames.npy"),
@@ -66,7 +75,7 @@ def publish(channel: FleetChannel, version: str, onnx: Path, tmp: Path, v1: bool
         }
     (src / "manifest.json").write_text(json.dumps(manifest))
     channel.put_version(
-        "sink", "classifier", version, {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+        "sink", model, version, {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
     )
     return manifest
 
@@ -343,3 +352,42 @@ def test_rows_and_images_that_do_not_fit_the_manifest_are_named():
     with pytest.raises(InputError, match="whole numbers 0..255"):
         prepare(image, np.full((1, 28, 28), 0.5, np.float32))
     assert prepare(image, np.full((1, 28, 28), 255, np.uint8)).shape == (1, 1, 32, 32)
+
+
+def test_where_the_guard_fires_the_device_holds_the_valve_and_says_why(world, tmp_path):
+    """A device with the sink's guard syncs both releases; `autosink-pi infer` keeps the valve's
+    state on a frame the guard rejects, and names the guard, instead of acting on the model."""
+    import subprocess
+    import sys
+
+    cfg, channel = world["cfg"], world["channel"]
+    rng = np.random.default_rng(3)
+    frames = [tmp_path / f"f{i}.png" for i in range(6)]
+    for f in frames:
+        Image.fromarray((rng.random((64, 64, 3)) * 255).astype(np.uint8)).save(f)
+    raw = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in frames])
+    # The guard here is any graph with a score: its threshold splits these frames in two.
+    guard_scores = OnnxScorer(world["onnx"])(raw)["valve_open_prob"]
+    threshold = float(np.median(guard_scores))
+    publish(channel, "1", world["onnx"], world["tmp"], model="frame_guard", threshold=threshold)
+    channel.set_pointer("sink", "frame_guard", "stable", "1")
+    guarded = dataclasses.replace(cfg, guard="frame_guard")
+    assert sync(guarded).detail["guard"] == {"status": "updated", "version": "1"}
+
+    config = tmp_path / "pi.json"
+    config.write_text(json.dumps(dataclasses.asdict(guarded)))
+    pi = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(config), "infer"]
+    done = subprocess.run(pi + [str(f) for f in frames], capture_output=True, text=True, check=True)
+    decisions = [json.loads(line) for line in done.stdout.splitlines()]
+    model = OnnxScorer(world["onnx"])(raw)["valve_open_prob"] >= 0.5
+    state = False  # closed until the first trusted decision
+    for d, fired, own in zip(decisions, guard_scores >= threshold, model, strict=True):
+        assert d["guard"]["fired"] == bool(fired)
+        if fired:
+            assert d["held"] and d["decision"] == state and d["model_decision"] == bool(own)
+            assert d["reason"].startswith("sink.frame_guard fired")
+        else:
+            assert "held" not in d and d["decision"] == bool(own)
+            state = d["decision"]
+    assert any(guard_scores >= threshold) and not all(guard_scores >= threshold)
+    assert json.loads((Path(cfg.state_dir) / "valve.json").read_text()) == {"open": state}

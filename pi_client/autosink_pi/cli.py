@@ -16,7 +16,7 @@ import json
 import sys
 import urllib.request
 
-from autosink_pi.client import PiConfig, SyncRefused, active, read_state, rollback, sync
+from autosink_pi.client import PiConfig, SyncRefused, active, decide, read_state, rollback, sync
 from autosink_pi.manifest import ManifestError
 from autosink_pi.runtime import InputError, read_rows
 
@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             r = sync(cfg)
             print(json.dumps({"status": r.status, "version": r.version, "previous": r.previous, **r.detail}))
         elif args.command == "infer":
-            _infer(active(cfg), args)
+            _infer(cfg, active(cfg), args)
         elif args.command == "status":
             print(json.dumps(read_state(cfg), indent=1))
         elif args.command == "rollback":
@@ -83,18 +83,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _infer(runtime, args) -> None:
-    """One JSON line per decision, flushed as it is made."""
+def _infer(cfg: PiConfig, runtime, args) -> None:
+    """One JSON line per decision, flushed as it is made (with the guard's verdict, if any)."""
     if bool(args.images) == bool(args.csv):
         raise InputError("give image files or --csv, not both or neither")
     if args.images:
-        for path, d in zip(args.images, runtime.decide(runtime.read_images(args.images), args.session), strict=True):
+        decisions = decide(cfg, runtime, runtime.read_images(args.images), args.session)
+        for path, d in zip(args.images, decisions, strict=True):
             print(json.dumps({"input": path, **d}), flush=True)
         return
     lines = sys.stdin if args.csv == "-" else open(args.csv, encoding="utf-8")  # noqa: SIM115
     with lines:
         for i, row in enumerate(read_rows(runtime.input, lines), start=1):
-            (d,) = runtime.decide(row[None], args.session)
+            (d,) = decide(cfg, runtime, row[None], args.session)
             print(json.dumps({"input": f"row {i}", **d}), flush=True)
 
 

@@ -23,7 +23,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -53,6 +53,13 @@ class PiConfig:
     channel: str = "stable"
     retries: int = 4
     timeout_s: float = 30.0
+    guard: str | None = None  # a guard model of the same pipeline (the sink's "frame_guard"), synced beside
+
+    def guard_config(self) -> PiConfig | None:
+        """The guard's own release state, under ``<state_dir>/guard``."""
+        if not self.guard:
+            return None
+        return replace(self, model=self.guard, state_dir=str(Path(self.state_dir) / "guard"), guard=None)
 
     @classmethod
     def load(cls, path: str | Path) -> PiConfig:
@@ -165,7 +172,20 @@ def in_rollout(device_id: str, cfg: PiConfig, percent: int) -> bool:
 
 
 def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
-    """Fetch the channel pointer and, if it offers a newer release for this device, activate it."""
+    """Fetch the channel pointer and, if it offers a newer release for this device, activate it;
+    then the guard's, when the device has one (its outcome in ``detail["guard"]``; a refused
+    guard release leaves the guard it has, as a refused model release leaves the model)."""
+    result = _sync_one(cfg, now)
+    if guard := cfg.guard_config():
+        try:
+            g = _sync_one(guard, now)
+            result.detail["guard"] = {"status": g.status, "version": g.version}
+        except SyncRefused as e:
+            result.detail["guard"] = {"refused": e.reason, "detail": e.detail}
+    return result
+
+
+def _sync_one(cfg: PiConfig, now: datetime | None) -> SyncResult:
     now = now or datetime.now(timezone.utc)
     public = load_public_key(cfg.public_key)
     state = read_state(cfg)
@@ -280,3 +300,32 @@ def active(cfg: PiConfig) -> Runtime:
         raise SyncRefused("no_model", "no model is active yet: run sync first")
     folder = Path(cfg.state_dir) / "models" / state["current"]
     return Runtime(folder / "model.onnx", (folder / "manifest.json").read_bytes())
+
+
+def decide(cfg: PiConfig, runtime: Runtime, raw: np.ndarray, session: str | None = None) -> list[dict]:
+    """The model's decisions on a batch in order, with the guard's verdict when the device has
+    one: where the guard fires (a camera fault: fog, a covered lens) the decision is not the
+    model's but the state the valve already had, held, with the reason. The valve's state
+    carries over between calls (``<state_dir>/valve.json``)."""
+    decisions = runtime.decide(raw, session)
+    guard_cfg = cfg.guard_config()
+    if guard_cfg is None:
+        return decisions
+    guard = active(guard_cfg)
+    path = Path(cfg.state_dir) / "valve.json"
+    held = json.loads(path.read_text())["open"] if path.exists() else False  # closed until a decision
+    for d, g in zip(decisions, guard.decide(raw), strict=True):
+        d["guard"] = {"score": g["score"], "threshold": g["threshold"], "fired": g["decision"], "version": g["version"]}
+        if g["decision"]:
+            d["model_decision"], d["decision"], d["held"] = d["decision"], held, True
+            d["reason"] = (
+                f"{guard.manifest.registered_model} fired (score {g['score']:.4g} >= {g['threshold']:.4g}): "
+                "the frame cannot be trusted, the valve keeps its state"
+            )
+        else:
+            held = d["decision"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(".valve.json.tmp")
+    tmp.write_text(json.dumps({"open": held}))
+    os.replace(tmp, path)
+    return decisions
