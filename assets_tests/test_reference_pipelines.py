@@ -181,7 +181,11 @@ def test_the_digits_protocol_is_the_tutorials(fake_root):
         ("test", "mnist"): 80,
         ("test", "kmnist"): 80,
     }
-    assert X.shape[1:] == (1, 32, 32) and X.dtype == np.float32 and 0 <= X.min() and X.max() <= 1
+    # Stored raw (the files' 28x28 pixels), prepared as a device prepares them: 32x32 in [0, 1].
+    assert X.shape[1:] == (28, 28) and X.dtype == np.float32 and (X == np.rint(X)).all() and X.max() <= 255
+    prepared = SMALL["digits"].models[0].prepare(X)
+    assert prepared.shape[1:] == (1, 32, 32) and prepared.dtype == np.float32
+    assert 0 <= prepared.min() and prepared.max() <= 1 and prepared.max() > 0.5
     assert (table.loc[table["source"] == "kmnist", "label"] == 1).all()
 
 
