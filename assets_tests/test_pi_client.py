@@ -258,22 +258,27 @@ def test_a_version_1_manifest_still_reads_as_the_image_input_it_described(world)
     assert runtime.input == ImageInput(name=INPUT_NAME, shape=["batch", 3, 64, 64], color="RGB", size=(64, 64))
 
 
-def test_a_manifest_a_device_cannot_read_is_refused_and_names_the_field(world):
-    cfg, channel = world["cfg"], world["channel"]
-    sync(cfg)
-    src = world["tmp"] / "src-bad"
+def _republish_as_3(channel: FleetChannel, manifest: dict, src: Path) -> None:
+    """Version 2's model and smoke inputs, signed and published as version 3 with ``manifest``,
+    and the stable channel pointed at it."""
     src.mkdir()
-    good = publish(channel, "2", world["onnx"], world["tmp"])
-    bad = good | {
-        "input": {"kind": "image", "name": INPUT_NAME, "shape": ["batch", 3, 64, 64], "color": "CMYK", "size": [64, 64]}
-    }
-    (src / "manifest.json").write_text(json.dumps(bad))
+    (src / "manifest.json").write_text(json.dumps(manifest))
     for f in ("model.onnx", "smoke_frames.npy"):
         shutil.copyfile(channel.version_dir("sink", "classifier", "2") / f, src / f)
     channel.put_version(
         "sink", "classifier", "3", {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
     )
     channel.set_pointer("sink", "classifier", "stable", "3")
+
+
+def test_a_manifest_a_device_cannot_read_is_refused_and_names_the_field(world):
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    good = publish(channel, "2", world["onnx"], world["tmp"])
+    bad = good | {
+        "input": {"kind": "image", "name": INPUT_NAME, "shape": ["batch", 3, 64, 64], "color": "CMYK", "size": [64, 64]}
+    }
+    _republish_as_3(channel, bad, world["tmp"] / "src-bad")
     refused = _refused(cfg, "bad_manifest")
     assert "input.image.color" in refused.detail
     assert read_state(cfg)["current"] == "1"
@@ -282,17 +287,11 @@ def test_a_manifest_a_device_cannot_read_is_refused_and_names_the_field(world):
 def test_a_release_whose_smoke_outputs_differ_on_the_device_is_refused(world):
     cfg, channel = world["cfg"], world["channel"]
     sync(cfg)
-    src = world["tmp"] / "src-drift"
-    src.mkdir()
     good = publish(channel, "2", world["onnx"], world["tmp"])
     expected = {k: (np.asarray(v) + 0.01).tolist() for k, v in good["smoke_test"]["expected"].items()}
-    (src / "manifest.json").write_text(json.dumps(good | {"smoke_test": good["smoke_test"] | {"expected": expected}}))
-    for f in ("model.onnx", "smoke_frames.npy"):
-        shutil.copyfile(channel.version_dir("sink", "classifier", "2") / f, src / f)
-    channel.put_version(
-        "sink", "classifier", "3", {f: src / f for f in ("model.onnx", "manifest.json", "smoke_frames.npy")}
+    _republish_as_3(
+        channel, good | {"smoke_test": good["smoke_test"] | {"expected": expected}}, world["tmp"] / "src-drift"
     )
-    channel.set_pointer("sink", "classifier", "stable", "3")
     refused = _refused(cfg, "smoke_test_failed")
     assert "differs from the manifest by 0.01" in refused.detail
     assert read_state(cfg)["current"] == "1"

@@ -41,9 +41,10 @@ class _Stored(dg.ConfigurableResource):
     def setup_for_execution(self, context) -> None:
         use_s3_endpoint(self.s3_endpoint)
 
-    def _root(self, part: str):
+    def _root(self, part: str) -> str | Path:
+        """``root``, else ``<home>/<part>``, with this process's S3 endpoint set for it."""
         use_s3_endpoint(self.s3_endpoint)
-        return location(self.root or resolve_home(self.home).root / part)
+        return self.root or resolve_home(self.home).root / part
 
 
 class LakeResource(_Stored):
@@ -57,7 +58,7 @@ class FeatureStoreResource(_Stored):
     """Labeled feature store and dataset snapshots (default: ``<home>/store``)."""
 
     def location(self):
-        return self._root("store")
+        return location(self._root("store"))
 
     def get(self, pipeline: str) -> FeatureStore:
         return FeatureStore(self.location(), pipeline)
@@ -98,9 +99,7 @@ class FleetChannelResource(_Stored):
             storage.setdefault("endpoint_url", endpoint)
         if self.public_read == "1":
             put.setdefault("ACL", "public-read")
-        use_s3_endpoint(self.s3_endpoint)
-        root = self.root or resolve_home(self.home).fleet
-        return FleetChannel(root, load_private_key(path), storage, put)
+        return FleetChannel(self._root("fleet"), load_private_key(path), storage, put)
 
 
 class MlflowResource(dg.ConfigurableResource):

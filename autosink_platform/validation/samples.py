@@ -14,15 +14,13 @@ import numpy as np
 import pandas as pd
 
 from autosink_platform.files import location, publish_folder
-from autosink_platform.validation.dataset import SAMPLES, DatasetRef, staging_for
+from autosink_platform.validation.dataset import COMPLETE, SAMPLES, DatasetRef, staging_for
 from autosink_platform.validation.schemas import LabeledSampleRows, validate
 from autosink_platform.validation.splits import snapshot_id
 
 if TYPE_CHECKING:
     from autosink_platform.labeling.protocol import LabeledSamples
     from autosink_platform.pipelines.spec import PipelineSpec
-
-COMPLETE = "_COMPLETE"
 
 
 def counts(table: pd.DataFrame) -> dict:
