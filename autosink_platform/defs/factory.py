@@ -113,7 +113,7 @@ def fleet_defs(pipeline: str, models: list[str]) -> dg.Definitions:
 
 
 def build_pipeline_defs(spec: PipelineSpec) -> dg.Definitions:
-    models = [a for m in spec.models for a in model_assets(spec, m)]
+    models = [a for i, m in enumerate(spec.models) for a in model_assets(spec, m, priority=len(spec.models) - i)]
     if spec.review_model:
         models.append(_review_queue_asset(spec))
     data = session_defs(spec) if isinstance(spec.source, Sessions) else public_file_defs(spec, models)

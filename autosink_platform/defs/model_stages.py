@@ -17,6 +17,8 @@ from autosink_platform.pipelines.spec import stage_code_versions
 from autosink_platform.registry.releases import Release, ReleaseRejected
 from autosink_platform.thresholds import OperatingPoint
 
+PRIORITY_TAG = "dagster/priority"  # every Dagster executor runs the ready step with the highest first
+
 # The queued run coordinator (infra/dagster/dagster.yaml) runs one training run at a time by this tag.
 STAGE_TAG = "autosink/stage"
 TRAIN_TAGS = {STAGE_TAG: "train"}
@@ -68,15 +70,22 @@ def _train_metadata(t: lifecycle.TrainedModel) -> dict:
     }
 
 
-def model_assets(pipeline, model: Model) -> list[dg.AssetsDefinition]:
-    """The three assets of one of ``pipeline``'s models."""
+def model_assets(pipeline, model: Model, priority: int = 0) -> list[dg.AssetsDefinition]:
+    """The three assets of one of ``pipeline``'s models. ``priority`` orders the steps of models
+    that are ready at once in a run (higher first): a pipeline's first model is the one its fleet
+    acts on, so its release need not wait for the other models' training."""
     prefix, versions = [pipeline.name], stage_code_versions(model)
     dataset_key = dg.AssetKey([*prefix, "validated_dataset"])
     model_key, threshold_key = (
         dg.AssetKey([*prefix, f"{model.name}_model"]),
         dg.AssetKey([*prefix, f"{model.name}_threshold"]),
     )
-    common = {"key_prefix": prefix, "group_name": pipeline.name, "automation_condition": FOLLOW_CHECKED_DATASET}
+    common = {
+        "key_prefix": prefix,
+        "group_name": pipeline.name,
+        "automation_condition": FOLLOW_CHECKED_DATASET,
+        "op_tags": {PRIORITY_TAG: str(priority)},
+    }
     description = model.description or f"{model.family} detector, registered as {pipeline.name}.{model.name}"
 
     @dg.asset(

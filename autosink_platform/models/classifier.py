@@ -39,6 +39,13 @@ class ClassifierConfig:
     # Focal loss (Lin et al., 2017): down-weights the many frames the network already gets right,
     # so the few hard positives (faint glasses, dishes half under the spout) carry the gradient.
     focal_gamma: float = 2.0
+    # A fine-tune uses plain (confidence-weighted) cross-entropy instead. Focal loss gives the
+    # frames the champion already gets right almost no gradient, so a fine-tune on a dataset with
+    # a new kind of hard frame (a new sink) spent every step on those and let the old kitchens
+    # drift: the candidate lost its margin on faint positives that the champion kept, and the
+    # promotion policy refused it for the slices it regressed. Cross-entropy keeps the easy old
+    # frames pulling on the weights while the new ones are learned.
+    finetune_focal_gamma: float = 0.0
 
 
 class ClassifierOutput(NamedTuple):  # field names become the ONNX output names
@@ -149,10 +156,11 @@ def train_classifier(
             sl = slice(i, i + 256)
             yield x["validation"][sl], y["validation"][sl], w["validation"][sl]
 
+    schedule, gamma = (cfg.fit, cfg.focal_gamma) if warm_start is None else (cfg.finetune, cfg.finetune_focal_gamma)
+
     def loss_fn(m, batch):
         frames, target, weight = batch
-        return focal_loss(m(frames).logit, target, weight, cfg.focal_gamma)
+        return focal_loss(m(frames).logit, target, weight, gamma)
 
-    schedule = cfg.fit if warm_start is None else cfg.finetune
     result = fit(model, loss_fn, train_batches, val_batches, schedule, on_epoch, desc="valve classifier")
     return model, result
