@@ -18,6 +18,7 @@ import json
 import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
+from importlib.metadata import version as distribution_version
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -37,9 +38,10 @@ from autosink_platform.thresholds import BestF1, ThresholdPolicy, metrics_at
 from autosink_platform.validation.cases import CaseFloors
 
 ScoreFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch of inputs -> outputs by name
-# What the serving environment needs to load a logged PyTorch model; listing it skips MLflow's
-# slow requirement inference (it imports the model in a subprocess).
+# What the serving environment needs to load a logged model; listing it skips MLflow's slow
+# requirement inference (it imports the model in a subprocess).
 PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+ONNX_PIP_REQUIREMENTS = [f"{dist}=={distribution_version(dist)}" for dist in ("onnx", "onnxruntime")] + ["numpy"]
 
 
 class Data(Protocol):
@@ -318,6 +320,7 @@ class DetectorModel:
             registered_model_name=registered_name,
             save_as_external_data=False,  # one self-contained file: the one the fleet gets
             onnx_execution_providers=["CPUExecutionProvider"],
+            pip_requirements=ONNX_PIP_REQUIREMENTS,
         )
 
     def release_onnx(self, fitted, example: np.ndarray, folder: Path, registry, run_id: str) -> Path:
