@@ -91,6 +91,9 @@ def test_sink_pipeline_end_to_end(home, instance):
         instance.get_latest_materialization_event(dg.AssetKey(["sink", stage])).asset_materialization.metadata
     )  # noqa: E731
     assert metadata("validated_dataset")["snapshot_id"].value == ref.snapshot_id
+    # The model the fleet acts on is released before the other model trains (step priority).
+    order = [e.step_key for e in instance.all_logs(out["run_id"], of_type=dg.DagsterEventType.STEP_START)]
+    assert order.index("sink__classifier_release") < order.index("sink__frame_guard_model"), order
     for model in SINK.models:  # key figures and plots show in the Dagster UI
         assert {"training_curves", "mlflow_version", "val_loss"} <= set(metadata(f"{model.name}_model"))
         assert {"threshold", "precision", "recall", "pr_curve", "score_histogram"} <= set(

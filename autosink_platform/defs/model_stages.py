@@ -70,7 +70,7 @@ def _train_metadata(t: lifecycle.TrainedModel) -> dict:
     }
 
 
-def model_assets(pipeline, model: Model, priority: int = 0) -> list[dg.AssetsDefinition]:
+def model_assets(pipeline, model: Model, priority: int) -> list[dg.AssetsDefinition]:
     """The three assets of one of ``pipeline``'s models. ``priority`` orders the steps of models
     that are ready at once in a run (higher first): a pipeline's first model is the one its fleet
     acts on, so its release need not wait for the other models' training."""
