@@ -4,8 +4,11 @@ release can be tampered with or broken in transit. The device keeps its model ea
 import dataclasses
 import http.server
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -215,6 +218,14 @@ def test_truncated_download_is_refused_and_a_dropped_connection_resumes(world):
     assert faults["die_once"] is False
 
 
+_CANARY_IN_A_NEW_PROCESS = """
+import sys, types
+from autosink_pi.client import in_rollout
+cfg = types.SimpleNamespace(pipeline=sys.argv[1], model=sys.argv[2])
+print(" ".join(d for d in sys.argv[3:] if in_rollout(d, cfg, 25)))
+"""
+
+
 def test_rollout_and_rollback(world):
     cfg, channel = world["cfg"], world["channel"]
     sync(cfg)
@@ -224,9 +235,20 @@ def test_rollout_and_rollback(world):
     channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=100)
     assert sync(cfg).version == "2"
     assert rollback(cfg) == "1" and read_state(cfg)["previous"] == "2"
-    share = np.mean([in_rollout(f"pi-{i:04d}", cfg, 25) for i in range(4000)])
-    assert 0.22 < share < 0.28  # a stable hash, so the canary is the same devices every time
-    assert in_rollout("pi-0001", cfg, 25) == in_rollout("pi-0001", cfg, 25)
+    fleet = [f"pi-{i:04d}" for i in range(4000)]
+    canary = [d for d in fleet if in_rollout(d, cfg, 25)]
+    assert 0.22 < len(canary) / len(fleet) < 0.28
+    # A canary that grows keeps its devices, and a device's bucket is the same in every process
+    # (Python's own hash() is salted per process, so a restart would reshuffle the canary).
+    assert {d for d in fleet if in_rollout(d, cfg, 10)} < set(canary)
+    again = subprocess.run(
+        [sys.executable, "-c", _CANARY_IN_A_NEW_PROCESS, cfg.pipeline, cfg.model, *fleet],
+        env=os.environ | {"PYTHONHASHSEED": "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert again.stdout.split() == canary
 
 
 def test_racing_promotions_get_distinct_sequences(world):

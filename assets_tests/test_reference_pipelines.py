@@ -230,7 +230,9 @@ def test_robotarm_on_the_real_file(real_world, tmp_path):
 def test_digits_beats_the_tutorial(real_world, tmp_path):
     manifest = _run_real(DIGITS, real_world, tmp_path)
     test = manifest["metrics"]["test"]
-    assert test["f1"] >= 0.98 > DIGITS.reference["test_f1"], test  # threshold chosen on validation only
+    # The threshold is chosen on validation only; the tutorial's published figure is the bar.
+    assert test["f1"] > DIGITS.reference["test_f1"], test
+    assert test["f1"] >= 0.98, test
 
 
 @pytest.mark.realdata
@@ -249,7 +251,7 @@ def test_valve_beats_the_skab_leaderboard(real_world, tmp_path):
     print(f"valve protocol: {protocol}")
     conv_ae_f1, conv_ae_far, conv_ae_mar = VALVE.reference["leaderboard"]["Conv-AE"]
     # One shared model with per-session calibration beats the leaderboard's best row on F1 and FAR
-    # (measured 0.789 / 11.1%); one model per file, as benchmarks/skab_protocol.py fits, reaches 0.83.
+    # (benchmarks/skab_protocol.py fits one model per file instead).
     assert protocol["pooled"]["f1"] > conv_ae_f1 and protocol["pooled"]["far_percent"] < conv_ae_far, protocol["pooled"]
     assert sum(protocol["pooled"][k] for k in ("tp", "fp", "fn", "tn")) == 23_801  # every test row of the 34 files
 

@@ -74,6 +74,7 @@ def test_one_model_per_file_beats_the_leaderboard_on_its_own_protocol():
     ours = result["pooled"]
     print(f"SKAB protocol, one GRU autoencoder per file: {ours}")
     best_f1, best_far, best_mar = LEADERBOARD["Conv-AE"]
-    # Measured: F1 0.830, FAR 16.05 %, MAR 19.17 % (bit-identical with 1 or 2 workers).
-    assert ours["f1"] >= 0.80 > best_f1 and ours["mar_percent"] < best_mar, ours
+    # Beats the leaderboard's best row on F1 and MAR, and holds the project's own F1 floor.
+    assert ours["f1"] > best_f1 and ours["mar_percent"] < best_mar, ours
+    assert ours["f1"] >= 0.80, ours
     assert sum(ours[k] for k in ("tp", "fp", "fn", "tn")) == 23_801  # every test row of the 34 files
