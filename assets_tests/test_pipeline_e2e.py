@@ -175,6 +175,12 @@ def test_sink_pipeline_end_to_end(home, instance):
     assert 0 < len(queue) <= 200 and queue["value"].is_monotonic_decreasing
     assert queue["champion_prob"].between(0, 1).all() and queue["champion_prob"].nunique() > 10
     assert metadata("review_queue")["champion"].value == "sink.classifier@champion"
+    # ... as the fleet runs it: the champion's released ONNX build, on the queued frames.
+    champion_release = fleet.version_dir("sink", "classifier", metadata("review_queue")["champion_version"].value)
+    key = data.table.reset_index(drop=True).reset_index()[["session_id", "frame_index", "index"]]
+    rows = queue.merge(key, on=["session_id", "frame_index"], validate="one_to_one")["index"].to_numpy()
+    fleet_probs = OnnxScorer(champion_release / "model.onnx")(data.inputs[rows])["valve_open_prob"]
+    np.testing.assert_allclose(queue["champion_prob"], fleet_probs, atol=1e-5)
 
     # The classifier learned something even from nine short sessions.
     assert out["classifier_threshold"].f1 > 0.7

@@ -36,24 +36,35 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         name="review_queue",
         key_prefix=[spec.name],
         group_name=spec.name,
-        code_version="1",
+        code_version="2",
         ins={"dataset": dg.AssetIn(dg.AssetKey([spec.name, "validated_dataset"]))},
         deps=[dg.AssetKey([spec.name, f"{model.name}_release"])],
         kinds={"pandas"},
         automation_condition=FOLLOW_CHECKED_DATASET,
     )
     def review_queue(
-        context: dg.AssetExecutionContext, dataset: DatasetRef, store: FeatureStoreResource, mlflow: MlflowResource
+        context: dg.AssetExecutionContext,
+        dataset: DatasetRef,
+        store: FeatureStoreResource,
+        mlflow: MlflowResource,
+        fleet: FleetChannelResource,
     ) -> dg.MaterializeResult:
         """Frames most worth a human look: weak or low-confidence labels the champion contradicts,
-        and unlabeled frames it is unsure of. Reviewed at /review on the fleet API."""
-        champion = lifecycle.load_alias(model, name, CHAMPION, mlflow.get())
-        queue = sink.build_review_queue(model, champion, dataset.open(), store.get(spec.name))
+        and unlabeled frames it is unsure of, scored by the champion's release as the fleet runs
+        it. Reviewed at /review on the fleet API."""
+        champion = mlflow.get().alias_version(name, CHAMPION)
+        if champion is None:
+            raise LookupError(f"{name} has no {CHAMPION!r} alias yet: release a version first")
+        release = fleet.get().version_dir(spec.name, model.name, champion.version)
+        queue = sink.build_review_queue(
+            model, model.onnx_scorer(release / "model.onnx"), dataset.open(), store.get(spec.name)
+        )
         top = queue.head(10)[["session_id", "frame_index", "label", "label_source", "champion_prob", "value", "reason"]]
         return dg.MaterializeResult(
             metadata={
                 "frames": len(queue),
                 "champion": f"{name}@{CHAMPION}",
+                "champion_version": str(champion.version),
                 "top": markdown_table(top),
             }
         )

@@ -18,7 +18,6 @@ from autosink_platform.models.classifier import ClassifierConfig, ValveClassifie
 from autosink_platform.models.contract import NetModel, OperatingData, ScoreFn
 from autosink_platform.models.corruptions import FAULTS, corrupt
 from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
-from autosink_platform.models.training import torch_scorer
 from autosink_platform.pipelines.spec import PipelineSpec, PromotionPolicy, Sessions
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
@@ -241,10 +240,10 @@ SINK = PipelineSpec(
 
 
 def build_review_queue(
-    model: NetModel, champion, data: LoadedDataset, store: FeatureStore, limit: int = 200
+    model: NetModel, champion: ScoreFn, data: LoadedDataset, store: FeatureStore, limit: int = 200
 ) -> pd.DataFrame:
     """Rank the dataset's frames for human review with the champion's scores; written to the store."""
-    probs = torch_scorer(champion)(data.inputs)[model.decision_output]
+    probs = champion(data.inputs)[model.decision_output]
     queue = review_queue(data.table, probs, ReviewLog(store.root).reviewed_frames(), limit)
     put_bytes(store.root / "review_queue.parquet", queue.to_parquet(index=False))
     return queue
