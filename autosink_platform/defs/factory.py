@@ -52,10 +52,9 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
         """Frames most worth a human look: weak or low-confidence labels the champion contradicts,
         and unlabeled frames it is unsure of, scored by the champion's release as the fleet runs
         it. Reviewed at /review on the fleet API."""
-        champion = mlflow.get().alias_version(name, CHAMPION)
-        if champion is None:
+        if (champion := lifecycle.champion_release(spec, model, mlflow.get(), fleet.get())) is None:
             raise LookupError(f"{name} has no {CHAMPION!r} alias yet: release a version first")
-        release = fleet.get().version_dir(spec.name, model.name, champion.version)
+        version, release = champion
         queue = sink.build_review_queue(
             model, model.onnx_scorer(release / "model.onnx"), dataset.open(), store.get(spec.name)
         )
@@ -64,7 +63,7 @@ def _review_queue_asset(spec: PipelineSpec) -> dg.AssetsDefinition:
             metadata={
                 "frames": len(queue),
                 "champion": f"{name}@{CHAMPION}",
-                "champion_version": str(champion.version),
+                "champion_version": version,
                 "top": markdown_table(top),
             }
         )

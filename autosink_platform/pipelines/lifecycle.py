@@ -313,20 +313,28 @@ def release_model(
         return ship(candidate, registry, channel, audit, pipeline.promotion, tmp)
 
 
+def champion_release(pipeline, model: Model, registry: Registry, channel: FleetChannel) -> tuple[str, Path] | None:
+    """The champion's version and its release folder in the fleet channel (what devices run), or
+    None when the model has no champion yet."""
+    champion = registry.alias_version(registered_name(pipeline, model), CHAMPION)
+    if champion is None:
+        return None
+    return str(champion.version), channel.version_dir(pipeline.name, model.name, champion.version)
+
+
 def _compare_with_champion(
     pipeline, model: Model, data: Data, registry: Registry, channel: FleetChannel, candidate: Evaluation
 ) -> dict | None:
     """The champion's released ONNX scored on the candidate's test split at its own operating
     point, with the same metric overall and, when the model has floors, per slice."""
-    champion = registry.alias_version(registered_name(pipeline, model), CHAMPION)
-    if champion is None:
+    if (champion := champion_release(pipeline, model, registry, channel)) is None:
         return None
-    vdir = channel.version_dir(pipeline.name, model.name, champion.version)
+    version, vdir = champion
     manifest = json.loads((vdir / "manifest.json").read_text())
     theirs = evaluate(pipeline, model, data, model.onnx_scorer(vdir / "model.onnx"), manifest["threshold"])
     return champion_comparison(
         pipeline.promotion.metric,
-        champion.version,
+        version,
         candidate.metrics,
         theirs.metrics,
         candidate.cases,
