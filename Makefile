@@ -39,8 +39,8 @@ mlflow-ui: install
 ## Lint and format check (ruff, from the dev extra).
 lint: install
 	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
-	$(BIN)/ruff check autosink_platform assets_tests
-	$(BIN)/ruff format --check autosink_platform assets_tests
+	$(BIN)/ruff check autosink_platform assets_tests pi_client benchmarks
+	$(BIN)/ruff format --check autosink_platform assets_tests pi_client benchmarks
 
 ## Every benchmark (minutes; needs ../shared/datasets, and PostgreSQL + RabbitMQ for scale_out): markdown tables, JSON in benchmarks/results/.
 bench: install

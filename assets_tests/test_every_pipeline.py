@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import uvicorn
 from autosink_pi.client import PiConfig, sync
-from autosink_pi.manifest import ImageInput, RowsInput, parse
+from autosink_pi.manifest import ImageInput, RowsInput, WindowsInput, parse
 from PIL import Image
 
 from autosink_platform import definitions
@@ -174,15 +174,18 @@ def _device_agrees_on_every_test_input(spec, model, data, channel, api: str, sta
     d = model.operating_data(data, "test", lambda raw: batches.append(np.asarray(raw)) or onnx(raw))
     ours = calibrated(data.table.iloc[d.rows], d.scores, manifest["threshold"])
     raw, threshold = np.concatenate(batches), manifest["threshold"]["threshold"]
-    if manifest["threshold"]["policy"] == "session_ucl":  # each session on its own calibration
+    fed = parse(manifest).input  # what the device is fed
+    if isinstance(fed, WindowsInput):  # each session's raw series, streamed as a rig or a shaft sensor sends it
+        device = _stream_sessions(state, fed, data, d.rows)
+    elif manifest["threshold"]["policy"] == "session_ucl":  # each session on its own calibration
         sources = data.table["source"].to_numpy()[d.rows]
         device = [None] * len(raw)
         for source in np.unique(sources):
             at = np.flatnonzero(sources == source)
-            for i, out in zip(at, _infer(state, parse(manifest).input, raw[at], source), strict=True):
+            for i, out in zip(at, _infer(state, fed, raw[at], source), strict=True):
                 device[i] = out
     else:
-        device = _infer(state, parse(manifest).input, raw)
+        device = _infer(state, fed, raw)
     scores = np.array([out["score"] for out in device])
     assert [out["decision"] for out in device] == list(ours >= threshold)
     np.testing.assert_allclose(scores, ours, rtol=1e-4, atol=1e-7)
@@ -190,6 +193,31 @@ def _device_agrees_on_every_test_input(spec, model, data, channel, api: str, sta
     recomputed = model.metrics(d, scores, threshold)
     for metric, value in manifest["metrics"]["test"].items():
         assert recomputed[metric] == pytest.approx(value, abs=1e-6), metric
+    if spec.protocol is not None:  # the published protocol's figures, from the device's decisions
+        flags = np.array([out["decision"] for out in device])
+        protocol = spec.protocol(data.frames(d.rows), flags, data.extras(), spec.source.config)
+        assert protocol == manifest["metrics"]["protocol"]
+
+
+def _stream_sessions(state: Path, spec: WindowsInput, data, rows: np.ndarray) -> list[dict]:
+    """Per session, its raw readings from the start-up before its first test window to the end
+    of its last, streamed to the device's standard input as CSV: the device's decisions, in the test rows' order, each
+    at the last row of its window."""
+    table, series = data.table.iloc[rows], data.extras()["series"]
+    device = [None] * len(rows)
+    for source in table["source"].unique():
+        at = np.flatnonzero(table["source"].to_numpy() == source)
+        at = at[np.argsort(table["position"].to_numpy()[at], kind="stable")]
+        positions = table["position"].to_numpy()[at]
+        first = positions[0] - spec.startup_rows
+        readings = series[series["source"] == source].sort_values("row")[spec.columns].to_numpy()
+        readings = readings[first : positions[-1] + spec.window]
+        outputs = _infer(state, spec, readings)
+        assert len(outputs) == len(at), source
+        assert [out["input"] for out in outputs] == [f"row {p - first + spec.window}" for p in positions]
+        for i, out in zip(at, outputs, strict=True):
+            device[i] = out
+    return device
 
 
 def _infer(state: Path, spec, raw: np.ndarray, session: str | None = None) -> list[dict]:
@@ -202,13 +230,17 @@ def _infer(state: Path, spec, raw: np.ndarray, session: str | None = None) -> li
             path = inputs / f"{i:05d}.png"
             Image.fromarray(np.asarray(image).astype(np.uint8), spec.color).save(path)
             args.append(str(path))
-    else:  # rows with their header; the graph's own tensors flattened, one per line
-        header = [",".join(spec.columns)] if isinstance(spec, RowsInput) else []
+    else:  # rows (a series' readings) with their header; the graph's own tensors flattened, one per line
+        header = [",".join(spec.columns)] if isinstance(spec, RowsInput | WindowsInput) else []
         lines = header + [",".join(repr(float(v)) for v in row.ravel()) for row in raw]
         (inputs / "rows.csv").write_text("\n".join(lines) + "\n")
-        args = ["--csv", str(inputs / "rows.csv")]
+        # a series streams on standard input, as a sensor's readings arrive
+        args = ["--csv", "-" if isinstance(spec, WindowsInput) else str(inputs / "rows.csv")]
     command = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(state / "pi.json"), "infer", *args]
-    done = subprocess.run(command + (["--session", session] if session else []), capture_output=True, text=True)
+    with (inputs / "rows.csv").open() if args[-1] == "-" else contextlib.nullcontext() as stdin:
+        done = subprocess.run(
+            command + (["--session", session] if session else []), stdin=stdin, capture_output=True, text=True
+        )
     assert done.returncode == 0, done.stderr
     return [json.loads(line) for line in done.stdout.splitlines()]
 

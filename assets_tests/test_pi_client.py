@@ -412,3 +412,94 @@ def test_where_the_guard_fires_the_device_holds_the_valve_and_says_why(world, tm
             state = d["decision"]
     assert any(guard_scores >= threshold) and not all(guard_scores >= threshold)
     assert json.loads((Path(cfg.state_dir) / "valve.json").read_text()) == {"open": state}
+
+
+class _Energy(torch.nn.Module):
+    """A stand-in detector for windows: a window's mean squared value (its score)."""
+
+    def forward(self, x):
+        return ((x**2).flatten(1).mean(dim=1),)
+
+
+def _windows_runtime(tmp_path, spec, threshold: dict):
+    from autosink_pi.runtime import Runtime
+
+    example = torch.rand(2, *[int(n) for n in spec.shape[1:]])
+    onnx = export_onnx(_Energy(), example, tmp_path / "model.onnx", ["score"])
+    manifest = {
+        "pipeline": "valve",
+        "model": "energy",
+        "registered_model": "valve.energy",
+        "mlflow_version": "1",
+        "onnx": {"file": "model.onnx", "sha256": sha256_file(onnx), "size": onnx.stat().st_size},
+        "input": spec.model_copy(update={"name": INPUT_NAME}).model_dump(),
+        "outputs": ["score"],
+        "decision_output": "score",
+        "threshold": threshold,
+        "smoke_test": {"file": "smoke_inputs.npy", "sha256": "0" * 64, "expected": {}},
+    }
+    return Runtime(onnx, Manifest.model_validate(manifest).model_dump(mode="json"))
+
+
+def test_a_series_calibrates_on_its_start_up_and_streams_as_it_decides_in_one_batch(tmp_path):
+    """The valve's kind of release: the session's first rows fit the scaler and the UCL (the
+    platform's rule: 0.999-quantile of the start-up windows' scores x 4/3), then each window is
+    decided at its last row; a row at a time gives what the whole series at once gives."""
+    from autosink_pi.manifest import WindowsInput
+    from autosink_pi.runtime import InputError, SeriesSession
+
+    spec = WindowsInput(shape=["batch", 4, 2], columns=["a", "b"], window=4, startup_rows=10, standardise=True)
+    runtime = _windows_runtime(
+        tmp_path, spec, {"policy": "session_ucl", "threshold": 1.0, "params": {"q": 0.999, "factor": 4 / 3}}
+    )
+    rng = np.random.default_rng(0)
+    series = rng.normal([5.0, -2.0], [2.0, 0.5], size=(30, 2))
+    series[22:25] += 6.0  # a fault after the start-up
+
+    z = (series - series[:10].mean(axis=0)) / series[:10].std(axis=0)
+    energy = np.array([np.mean(z[s : s + 4].astype(np.float32) ** 2) for s in range(27)])
+    ucl = np.quantile(energy[:7], 0.999) * 4 / 3  # the 7 windows inside the start-up
+    batch = runtime.decide(series)
+    assert [d["row"] for d in batch] == list(range(13, 30))  # from the first window after the start-up
+    np.testing.assert_allclose([d["score"] for d in batch], energy[10:] / ucl, rtol=1e-5)
+    assert any(d["decision"] for d in batch) and not all(d["decision"] for d in batch)
+
+    stream = SeriesSession(runtime)
+    streamed = [d for d in (stream.push(row) for row in series) if d is not None]
+    assert streamed == batch  # the same floats, rows and decisions
+
+    with pytest.raises(InputError, match="needs 10 start-up rows and a window of 4, got 12 rows"):
+        runtime.decide(series[:12])
+    with pytest.raises(InputError, match=re.escape("a series of rows of 2 values (a, b) expected, got shape (30, 3)")):
+        runtime.decide(np.zeros((30, 3)))
+    bad = SeriesSession(runtime)
+    bad.push(series[0]), bad.push(series[1])
+    with pytest.raises(InputError, match="row 3: NaN or infinite value"):
+        bad.push(np.array([1.0, np.nan]))
+    with pytest.raises(InputError, match="row 3: 3 values, expected 2"):
+        bad.push(np.zeros(3))
+
+
+def test_a_vibration_window_becomes_the_spectrogram_the_platform_trained_on(tmp_path):
+    """The bearing's kind: every ``stride`` readings the last ``window`` become a log spectrogram
+    (periodic Hann STFT, dB mapped to [0, 1]), computed with numpy on the device; it is the STFT
+    torch computes, and streaming gives the batch's decisions."""
+    from autosink_pi.manifest import Spectrogram, WindowsInput
+    from autosink_pi.runtime import SeriesSession, scored_windows
+
+    spectrogram = Spectrogram(segment=62, hop=31, frames=32, frequencies=32, db_range=(-80.0, 30.0))
+    spec = WindowsInput(shape=["batch", 1, 32, 32], columns=["DE"], window=1024, stride=512, spectrogram=spectrogram)
+    signal = np.random.default_rng(1).normal(0, 0.1, 4096) + np.sin(np.arange(4096) * 0.3)
+    images = scored_windows(spec, signal[:, None])
+    assert images.shape == (7, 1, 32, 32) and images.dtype == np.float32
+
+    x = torch.from_numpy(np.stack([signal[s : s + 1024] for s in range(0, 3073, 512)]))
+    stft = torch.stft(x, 62, 31, 62, torch.hann_window(62, dtype=torch.float64), center=False, return_complex=True)
+    db = 20 * torch.log10(stft.abs()[:, :32, :32] + 1e-6)
+    expected = ((db + 80) / 110).clamp(0, 1).transpose(1, 2)[:, None].numpy()
+    np.testing.assert_allclose(images, expected, atol=1e-6)
+
+    runtime = _windows_runtime(tmp_path, spec, {"policy": "best_f1", "threshold": 0.2})
+    stream = SeriesSession(runtime)
+    streamed = [d for d in (stream.push(row) for row in signal[:, None]) if d is not None]
+    assert streamed == runtime.decide(signal[:, None]) and [d["row"] for d in streamed] == list(range(1023, 4096, 512))

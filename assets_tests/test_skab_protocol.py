@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from autosink_pi.runtime import sliding
 
 from autosink_platform.lake.public import DatasetMissing
 from autosink_platform.models import build_detector
@@ -16,7 +17,6 @@ from autosink_platform.pipelines.skab import (
     labelled_files,
     pooled,
     rows_flagged,
-    windows,
 )
 
 from .fake_reference_data import make_fake_datasets
@@ -24,7 +24,7 @@ from .fake_reference_data import make_fake_datasets
 
 def test_windows_are_stride_one_row_blocks():
     values = np.arange(12, dtype=float).reshape(6, 2)
-    w = windows(values, 3)
+    w = sliding(values, 3)
     assert w.shape == (4, 3, 2) and (w[1] == values[1:4]).all()
 
 

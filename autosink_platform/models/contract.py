@@ -25,7 +25,7 @@ from typing import Any, NamedTuple, Protocol
 import numpy as np
 import pandas as pd
 import torch
-from autosink_pi.manifest import ImageInput, Input, RowsInput, TensorInput
+from autosink_pi.manifest import ImageInput, Input, RowsInput, TensorInput, WindowsInput
 from autosink_pi.runtime import prepare
 from mlflow.models import infer_signature
 from torch import nn
@@ -51,7 +51,7 @@ class Data(Protocol):
     table: pd.DataFrame  # split, label and the columns slices and protocols are defined on
     inputs: np.ndarray
 
-    def mask(self, split: str, labeled: bool = False) -> np.ndarray: ...
+    def mask(self, split: str | tuple[str, ...], labeled: bool = False) -> np.ndarray: ...
 
     def frames(self, rows: np.ndarray) -> pd.DataFrame:
         """The table rows ``rows`` with what case slices are defined on (reset index)."""
@@ -114,13 +114,19 @@ class Model(Protocol):
 
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]: ...
 
-    def input_manifest(self, input_name: str, data: Data) -> Input:
-        """The manifest's ``input``: what a device feeds and how it becomes the graph's input."""
+    def input_manifest(self, input_name: str, data: Data, config: Any) -> Input:
+        """The manifest's ``input``: what a device feeds and how it becomes the graph's input
+        (``config``: the pipeline source's, which may shape it)."""
+
+    def smoke_inputs(self, data: Data, rows: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray]:
+        """(raw, inputs): what a device is fed before it activates a release, and the dataset
+        inputs the platform scores for the same samples (its expected outputs)."""
 
     def manifest_extra(self) -> dict: ...
 
 
 PARITY_INPUTS = 1024  # test inputs used when a protocol has no validation split
+SMOKE_INPUTS = 4  # samples a device scores before it activates a release
 
 
 def check_rows(data: Data) -> tuple[np.ndarray, str]:
@@ -222,9 +228,13 @@ class NetModel:
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
         return self.evaluate(d, scores, threshold)
 
-    def input_manifest(self, input_name: str, data) -> Input:
+    def input_manifest(self, input_name: str, data, config=None) -> Input:
         size = self.input_size  # frames are stored at this size: a device resizes its camera's to it
         return ImageInput(name=input_name, shape=["batch", 3, size, size], color="RGB", size=(size, size))
+
+    def smoke_inputs(self, data, rows: np.ndarray, config=None) -> tuple[np.ndarray, np.ndarray]:
+        frames = np.ascontiguousarray(data.inputs[rows[:SMOKE_INPUTS]])
+        return frames, frames
 
     def manifest_extra(self) -> dict:
         return {}
@@ -269,12 +279,17 @@ class DetectorModel:
     warm_starts: bool = False
     outputs: tuple[str, ...] = ("score",)
     decision_output: str = "score"
-    # What a device feeds (``autosink_pi.manifest``): the dataset's inputs are that raw input,
-    # prepared by the client's own code here as on the device. None: the graph's tensor as it is.
-    input: ImageInput | RowsInput | None = None
+    # What a device feeds (``autosink_pi.manifest``), or a function of the source's config that
+    # says it. Images and rows: the dataset's inputs are that raw input, prepared by the client's
+    # own code here as on the device. Windows: the dataset holds the windows the client's code cut
+    # and the raw series as the extra table ``series``. None: the graph's tensor as it is.
+    input: ImageInput | RowsInput | Callable[[Any], WindowsInput] | None = None
+
+    def device_input(self, config: Any) -> Input | None:
+        return self.input(config) if callable(self.input) else self.input
 
     def prepare(self, raw: np.ndarray) -> np.ndarray:
-        """Raw inputs as the graph's; only images change (resized, scaled), rows are float32 already."""
+        """Dataset inputs as the graph's; only images change (resized, scaled)."""
         return prepare(self.input, raw) if isinstance(self.input, ImageInput) else raw
 
     def config_json(self) -> str:
@@ -339,10 +354,29 @@ class DetectorModel:
     def metrics(self, d: OperatingData, scores: np.ndarray, threshold: float) -> dict[str, float]:
         return detection_metrics(scores, d.labels, threshold)
 
-    def input_manifest(self, input_name: str, data) -> Input:
-        if self.input is not None:
-            return self.input.model_copy(update={"name": input_name})
+    def input_manifest(self, input_name: str, data, config=None) -> Input:
+        if (spec := self.device_input(config)) is not None:
+            return spec.model_copy(update={"name": input_name})
         return TensorInput(name=input_name, shape=["batch", *data.inputs.shape[1:]])
+
+    def smoke_inputs(self, data, rows: np.ndarray, config=None) -> tuple[np.ndarray, np.ndarray]:
+        """For windows, the first session's raw series up to its ``SMOKE_INPUTS``-th scored
+        window, and the dataset's windows at those positions; otherwise the first check rows."""
+        spec = self.device_input(config)
+        if not isinstance(spec, WindowsInput):
+            raw = np.ascontiguousarray(data.inputs[rows[:SMOKE_INPUTS]])
+            return raw, raw
+        series = data.extras()["series"]
+        source = series["source"].iloc[0]
+        raw = series.loc[series["source"] == source].sort_values("row")[spec.columns].to_numpy(np.float64)
+        starts = spec.startup_rows + spec.stride * np.arange(SMOKE_INPUTS)
+        raw = raw[: starts[-1] + spec.window]
+        table = data.table.reset_index(drop=True)
+        at = table.index[(table["source"] == source) & table["position"].isin(starts)].to_numpy()
+        at = at[np.argsort(table["position"].to_numpy()[at], kind="stable")]
+        if len(at) != SMOKE_INPUTS or len(raw) < starts[-1] + spec.window:
+            raise ValueError(f"{self.name}: session {source} has no {SMOKE_INPUTS} scored windows for the smoke test")
+        return np.ascontiguousarray(raw), np.ascontiguousarray(data.inputs[at])
 
     def manifest_extra(self) -> dict:
         return {"family": self.family}

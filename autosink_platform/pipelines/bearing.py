@@ -10,7 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
+from autosink_pi.manifest import Spectrogram, WindowsInput
+from autosink_pi.runtime import graph_windows, sliding
 
 from autosink_platform.lake.public import require, samples_table
 from autosink_platform.pipelines.spec import GROUP_SLICES, DetectorModel, PipelineSpec, PublicFiles
@@ -38,31 +39,30 @@ BEARING_FILES = {
 }
 
 
-def spectrogram_images(windows: np.ndarray, cfg: BearingConfig) -> np.ndarray:
-    """(N, window) signal -> (N, 1, 32, 32) log-magnitude spectrograms in [0, 1] (time x frequency)."""
-    x = torch.from_numpy(windows.astype(np.float32))
-    spec = torch.stft(
-        x,
-        n_fft=cfg.segment,
-        hop_length=cfg.segment // 2,
-        win_length=cfg.segment,
-        window=torch.hann_window(cfg.segment),
-        center=False,
-        return_complex=True,
-    ).abs()  # (N, freq 32, time)
-    spec = spec[:, :32, :32]
-    db = 20 * torch.log10(spec + 1e-6)
-    lo, hi = cfg.db_range
-    return ((db - lo) / (hi - lo)).clamp_(0, 1).transpose(1, 2)[:, None].numpy()
+def bearing_input(cfg: BearingConfig) -> WindowsInput:
+    """What a device is fed: the drive-end accelerometer a sample at a time; every ``hop``
+    samples the last ``window`` become a log spectrogram of 32 time x 32 frequency bins (dB
+    mapped to [0, 1]), prepared by the device's own code here too."""
+    return WindowsInput(
+        shape=["batch", 1, 32, 32],
+        columns=["DE"],
+        window=cfg.window,
+        stride=cfg.hop,
+        spectrogram=Spectrogram(
+            segment=cfg.segment, hop=cfg.segment // 2, frames=32, frequencies=32, db_range=cfg.db_range
+        ),
+    )
 
 
-def extract_bearing(root: Path, cfg: BearingConfig) -> tuple[pd.DataFrame, np.ndarray]:
+def extract_bearing(root: Path, cfg: BearingConfig) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
+    """Each file's windows every ``hop`` samples as spectrogram images; the raw signals go with
+    the samples as the extra table ``series`` (what a device is fed)."""
     paths = dict(zip(BEARING_FILES, require(root, *(f"cwru_bearing/{f}" for f in BEARING_FILES.values())), strict=True))
-    tables, images = [], []
+    spec, tables, images, series = bearing_input(cfg), [], [], []
     for group, path in paths.items():
         signal = np.load(path)["DE"].astype(np.float64).ravel()
-        starts = np.arange(0, len(signal) - cfg.window + 1, cfg.hop)
-        windows = np.stack([signal[s : s + cfg.window] for s in starts])
+        windows = sliding(signal[:, None], cfg.window, cfg.hop)
+        starts = cfg.hop * np.arange(len(windows))
         n = len(starts)
         if group == "Normal":  # train on the first part; the rest is held out for validation and test
             n_train = int(n * cfg.train)
@@ -71,10 +71,11 @@ def extract_bearing(root: Path, cfg: BearingConfig) -> tuple[pd.DataFrame, np.nd
         else:  # each fault file: first half to choose the threshold, second half to test
             split = ["validation"] * (n // 2) + ["test"] * (n - n // 2)
         tables.append(samples_table(path.name, starts, int(group != "Normal"), split, group))
-        images.append(spectrogram_images(windows, cfg))
+        images.append(graph_windows(spec, windows))
+        series.append(pd.DataFrame({"source": path.name, "row": np.arange(len(signal)), "DE": signal}))
     table = pd.concat(tables, ignore_index=True)
     table["sample"] = np.arange(len(table))
-    return table, np.concatenate(images)
+    return table, np.concatenate(images), {"series": pd.concat(series, ignore_index=True)}
 
 
 BEARING = PipelineSpec(
@@ -93,6 +94,7 @@ BEARING = PipelineSpec(
             {"epochs": 30, "gan_epochs": 30, "batch_size": 32, "patience": 5},
             BestF1(),
             cases=CaseFloors(metric="accuracy", floor=0.8, min_examples=50),
+            input=bearing_input,
         ),
     ),
     reference={"source": "f-AnoGAN on CWRU (izi_f); report AUROC and F1"},

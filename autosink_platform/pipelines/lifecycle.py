@@ -17,7 +17,7 @@ import pandas as pd
 
 import mlflow
 from autosink_platform import plots
-from autosink_platform.models.contract import Data, Model, OperatingData, ScoreFn, check_rows
+from autosink_platform.models.contract import SMOKE_INPUTS, Data, Model, OperatingData, ScoreFn, check_rows
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
 from autosink_platform.registry.promotion import AuditLog
@@ -35,8 +35,6 @@ from autosink_platform.registry.releases import (
 from autosink_platform.release.channel import FleetChannel
 from autosink_platform.thresholds import OperatingPoint, SessionUCL, calibrated
 from autosink_platform.validation import cases as case_validation
-
-SMOKE_INPUTS = 4
 
 
 @dataclass(frozen=True)
@@ -192,7 +190,8 @@ def choose_threshold(
     rows = data.table.iloc[d.rows]  # a policy may calibrate per session (the rows' source)
     op = policy.choose(d.scores, d.labels, rows)
     scores = calibrated(rows, d.scores, op)
-    inputs = {"split": policy.split, "samples": len(d.labels)}
+    split = policy.split if isinstance(policy.split, str) else "+".join(policy.split)
+    inputs = {"split": split, "samples": len(d.labels)}
     if policy.split == "validation":
         inputs["anomalous"] = int(d.labels.sum())
     if isinstance(policy, SessionUCL):
@@ -203,10 +202,10 @@ def choose_threshold(
             {g: scores[m] for g, m in d.groups.items() if m.any()},
             op.threshold,
             Path(f"{stem}_score_histogram.png"),
-            f"{title}: {policy.split} scores",
+            f"{title}: {split} scores",
         )
     }
-    if d.labels.min() != d.labels.max():
+    if d.labels.min() != d.labels.max() and op.recall is not None:  # a point chosen on labels
         figures["pr_curve"] = plots.pr_curve(
             scores, d.labels, (op.recall, op.precision), Path(f"{stem}_pr_curve.png"), title
         )
@@ -268,6 +267,7 @@ def release_model(
         return done
 
     fitted = load_trained(model, trained, registry)
+    source_config = getattr(pipeline.source, "config", None)  # public files' data settings
     rows, split = check_rows(data)
     check_inputs = np.asarray(data.inputs[rows])
     with tempfile.TemporaryDirectory() as tmp:
@@ -286,14 +286,14 @@ def release_model(
             metrics["protocol"] = pipeline.protocol(
                 data.frames(test.rows), test.flags, data.extras(), pipeline.source.config
             )
-        smoke = np.ascontiguousarray(check_inputs[:SMOKE_INPUTS])
+        smoke, smoke_inputs = model.smoke_inputs(data, rows, source_config)
         candidate = Candidate(
             pipeline=pipeline.name,
             model=model.name,
             version=version,
             run_id=trained.run_id,
             onnx_path=onnx_path,
-            input=model.input_manifest(scorer.input_name, data),
+            input=model.input_manifest(scorer.input_name, data, source_config),
             outputs=list(model.outputs),
             decision_output=model.decision_output,
             threshold=op,
@@ -301,7 +301,7 @@ def release_model(
             parity=diffs,
             smoke=smoke,
             smoke_file=model.smoke_file,
-            expected={k: v.tolist() for k, v in scorer(smoke).items()},  # as the device runs them: one batch
+            expected={k: v.tolist() for k, v in scorer(smoke_inputs).items()},  # as the device runs them: one batch
             tolerance=model.parity,
             comparison=_compare_with_champion(pipeline, model, data, registry, channel, test),
             cases=test.cases,

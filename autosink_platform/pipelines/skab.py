@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from autosink_pi.runtime import sliding, standardised
 from tqdm import tqdm
 
 from autosink_platform.lake.public import DatasetMissing, read_skab_csv
@@ -77,19 +78,6 @@ def read_file(path: Path) -> pd.DataFrame:
     )
 
 
-def scaled(values: np.ndarray, train_rows: int) -> np.ndarray:
-    """(n, D) -> float32 (n, D), standardised by the first ``train_rows`` rows' mean and std (the
-    protocol's scaler, fitted on the training part only; a constant sensor keeps its scale)."""
-    mean, std = values[:train_rows].mean(axis=0), values[:train_rows].std(axis=0)
-    std[std < 1e-12] = 1.0
-    return ((values - mean) / std).astype(np.float32)
-
-
-def windows(values: np.ndarray, window: int) -> np.ndarray:
-    """(n, D) -> (n - window + 1, window, D), stride 1."""
-    return np.lib.stride_tricks.sliding_window_view(values, window, axis=0).transpose(0, 2, 1).copy()
-
-
 def rows_flagged(window_flags: np.ndarray, n_rows: int, window: int) -> np.ndarray:
     """The notebooks' mapping from anomalous windows to flagged test rows."""
     out = np.zeros(n_rows, dtype=np.int8)
@@ -119,9 +107,9 @@ def _evaluate_file(path: Path, make_detector: Callable[[], object], protocol: Sk
     """One file as the protocol says: scaler and model fitted on its first rows, UCL from their
     residuals, each test row flagged by the window-to-row rule."""
     frame = read_file(path)
-    z = scaled(frame[list(SENSORS)].to_numpy(np.float64), protocol.train_rows)
-    train_w = windows(z[: protocol.train_rows], protocol.window)
-    test_w = windows(z[protocol.train_rows :], protocol.window)
+    z = standardised(frame[list(SENSORS)].to_numpy(np.float64), protocol.train_rows)  # as a device does
+    train_w = sliding(z[: protocol.train_rows], protocol.window)
+    test_w = sliding(z, protocol.window, start=protocol.train_rows)
     detector = make_detector().fit(train_w)
     ucl = np.quantile(detector.decision_function(train_w), protocol.ucl_quantile) * protocol.ucl_factor
     pred = rows_flagged(detector.decision_function(test_w) > ucl, len(z) - protocol.train_rows, protocol.window)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from autosink_pi.manifest import WindowsInput
+from autosink_pi.runtime import sliding, standardised
 
 from autosink_platform.lake.public import require, samples_table
 from autosink_platform.pipelines import skab
@@ -33,13 +35,15 @@ SKAB_FILES = (
 
 def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarray, dict[str, pd.DataFrame]]:
     """SKAB's protocol per file (``pipelines/skab.py``): the first ``train_rows`` rows fit a
-    standard scaler and train, the rest test; windows of each part, stride 1.
+    standard scaler and train, the rest test; windows of each part, stride 1, prepared by the
+    device's own code (``valve_input``).
 
     A window's label is its last row's (the row at which a running detector scores it). Windows
     of the training part that touch a labelled anomaly (only ``other/2.csv`` has any) go to
     ``validation`` instead of training, so detectors are fitted on normal data only. The test
-    rows' labels go with the samples as the extra table ``rows`` that the protocol scores."""
-    tables, inputs, rows = [], [], []
+    rows' labels go with the samples as the extra table ``rows`` that the protocol scores, and
+    every file's raw readings as ``series`` (what a device is fed, row by row)."""
+    tables, inputs, rows, series = [], [], [], []
     for path in require(root, *SKAB_FILES):
         key = f"{path.parent.name}/{path.name}"
         frame = skab.read_file(path)
@@ -47,7 +51,7 @@ def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarra
             raise ValueError(f"valve/{key}: {len(frame)} rows; the protocol needs >= {cfg.train_rows + cfg.window}")
         values = frame[list(skab.SENSORS)].to_numpy(np.float64)
         anomaly = frame["anomaly"].to_numpy().astype(np.int8)
-        z = skab.scaled(values, cfg.train_rows)
+        z = standardised(values, cfg.train_rows)
         for part, lo, hi in (("train", 0, cfg.train_rows), ("test", cfg.train_rows, len(values))):
             starts = np.arange(lo, hi - cfg.window + 1)
             label = anomaly[starts + cfg.window - 1]
@@ -56,7 +60,7 @@ def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarra
                 touched = np.lib.stride_tricks.sliding_window_view(anomaly[lo:hi], cfg.window).max(axis=1) > 0
                 split[touched] = "validation"
             tables.append(samples_table(key, starts, label, split, path.parent.name))
-            inputs.append(skab.windows(z[lo:hi], cfg.window))
+            inputs.append(sliding(z[:hi], cfg.window, start=lo))
         rows.append(
             pd.DataFrame(
                 {
@@ -67,9 +71,24 @@ def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarra
                 }
             )
         )
+        series.append(pd.DataFrame(values, columns=list(skab.SENSORS)).assign(source=key, row=np.arange(len(values))))
     table = pd.concat(tables, ignore_index=True)
     table["sample"] = np.arange(len(table))
-    return table, np.concatenate(inputs), {"rows": pd.concat(rows, ignore_index=True)}
+    extras = {"rows": pd.concat(rows, ignore_index=True), "series": pd.concat(series, ignore_index=True)}
+    return table, np.concatenate(inputs), extras
+
+
+def valve_input(cfg: ValveConfig) -> WindowsInput:
+    """What a rig's device is fed: its 8 sensors a row (second) at a time; the session's first
+    ``train_rows`` rows fit the scaler and the UCL, then every window of ``window`` rows is scored
+    at its last row."""
+    return WindowsInput(
+        shape=["batch", cfg.window, len(skab.SENSORS)],
+        columns=list(skab.SENSORS),
+        window=cfg.window,
+        startup_rows=cfg.train_rows,
+        standardise=True,
+    )
 
 
 def valve_protocol(test: pd.DataFrame, flags: np.ndarray, extras: dict[str, pd.DataFrame], cfg: ValveConfig) -> dict:
@@ -112,8 +131,9 @@ VALVE = PipelineSpec(
             # 0.791, 0.794, 0.722: longer training learns to reconstruct the faults too. SKAB has no
             # validation split, so this choice was made on the protocol's test figures (README).
             {"cell": "gru", "hidden": 32, "epochs": 5, "batch_size": 64},
-            SessionUCL(q=0.999, factor=4 / 3),  # the protocol's UCL, per session
+            SessionUCL(q=0.999, factor=4 / 3),  # the protocol's UCL, per session, from its start-up
             cases=CaseFloors(metric="f1", floor=0.5, min_examples=300),
+            input=valve_input,
         ),
     ),
     reference={"leaderboard": {k: list(v) for k, v in skab.LEADERBOARD.items()}, "source": "SKAB README"},

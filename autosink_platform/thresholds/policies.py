@@ -199,13 +199,16 @@ class Quantile:
 @dataclass(frozen=True)
 class SessionUCL:
     """Each session (the rows' ``source``) gets its own upper control limit, the ``q``-quantile
-    of its normal training scores times ``factor``; scores are divided by their session's UCL, so
-    1.0 is every session's threshold (SKAB's per-file calibration)."""
+    of the scores of its start-up windows times ``factor``; scores are divided by their session's
+    UCL, so 1.0 is every session's threshold (SKAB's per-file calibration). The start-up is every
+    window of the session's calibration rows, the ones trained on and the ones held out because
+    they touch a labelled anomaly: labels play no part, so a device calibrating on its own
+    start-up (``autosink_pi``) computes the same limit, and so do SKAB's notebooks."""
 
     q: float = 0.999
     factor: float = 4 / 3
     name = "session_ucl"
-    split = "train"
+    split = ("train", "validation")  # a session's start-up windows
 
     def choose(self, scores, labels=None, rows=None) -> OperatingPoint:
         if rows is None or "source" not in rows:

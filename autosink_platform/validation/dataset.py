@@ -104,8 +104,8 @@ class LoadedDataset:
             parts.append(self.stats.iloc[rows].reset_index(drop=True))
         return pd.concat(parts, axis=1)
 
-    def mask(self, split: str, labeled: bool = False) -> np.ndarray:
-        m = (self.table["split"] == split).to_numpy()
+    def mask(self, split: str | tuple[str, ...], labeled: bool = False) -> np.ndarray:
+        m = self.table["split"].isin([split] if isinstance(split, str) else split).to_numpy()
         return m & self.table["label"].notna().to_numpy() if labeled else m
 
     def extras(self) -> dict[str, pd.DataFrame]:

@@ -3,7 +3,9 @@
 autosink-pi --config /etc/autosink/pi.json sync         pull and activate the channel's release
 autosink-pi --config ... infer frame1.jpg [frame2.png]  score images: one JSON line per decision
 autosink-pi --config ... infer --csv rows.csv           score CSV rows (--csv - reads standard input, a
-                                                        row at a time, as they arrive)
+                                                        row at a time, as they arrive); a series release
+                                                        reads one session, calibrates on its start-up
+                                                        rows and decides as each window completes
 autosink-pi --config ... status                         active / previous version, last sync
 autosink-pi --config ... rollback                       back to the previous model
 autosink-pi --config ... heartbeat --api URL --token T  report the active version to the fleet API
@@ -17,8 +19,8 @@ import sys
 import urllib.request
 
 from autosink_pi.client import PiConfig, SyncRefused, active, decide, read_state, rollback, sync
-from autosink_pi.manifest import ManifestError
-from autosink_pi.runtime import InputError, read_rows
+from autosink_pi.manifest import ManifestError, WindowsInput
+from autosink_pi.runtime import InputError, SeriesSession, read_rows
 
 
 def heartbeat(cfg: PiConfig, api: str, token: str, timeout: float = 10.0) -> dict:
@@ -94,6 +96,18 @@ def _infer(cfg: PiConfig, runtime, args) -> None:
         return
     lines = sys.stdin if args.csv == "-" else open(args.csv, encoding="utf-8")  # noqa: SIM115
     with lines:
+        if isinstance(runtime.input, WindowsInput):  # one session, its window state kept row to row
+            series = SeriesSession(runtime)
+            for reading in read_rows(runtime.input, lines):
+                if (d := series.push(reading)) is not None:
+                    print(json.dumps({"input": f"row {d.pop('row') + 1}", **d}), flush=True)
+            spec = runtime.input
+            if series.rows < spec.startup_rows + spec.window:
+                raise InputError(
+                    f"the session ended after {series.rows} rows: it needs {spec.startup_rows} start-up rows"
+                    f" and a window of {spec.window} before a decision"
+                )
+            return
         for i, row in enumerate(read_rows(runtime.input, lines), start=1):
             (d,) = decide(cfg, runtime, row[None], args.session)
             print(json.dumps({"input": f"row {i}", **d}), flush=True)

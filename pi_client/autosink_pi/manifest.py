@@ -9,10 +9,17 @@ The input says what a device feeds and how it becomes the graph's input:
 - ``image``: an image file, converted to ``color`` and resized to ``size`` (``resample``),
   divided by ``divide_by`` as float32, laid out NCHW;
 - ``rows``: CSV rows of ``columns``, one sample per row, as float32;
+- ``windows``: a series, CSV rows of ``columns`` read one at a time (a session), cut into windows
+  of ``window`` rows every ``stride`` rows; the session's first ``startup_rows`` rows calibrate it
+  (their mean and standard deviation standardise the series when ``standardise``) and no window
+  that starts in them is scored; each window optionally becomes a log spectrogram
+  (``spectrogram``). A window's score and decision belong to its last row (``score_row``);
 - ``tensor``: the graph's own input, float32 of ``shape`` (no preprocessing on the device).
 
-The decision is ``decision_output >= threshold.threshold`` (scores divided by the session's UCL
-first where ``threshold.policy`` is ``session_ucl``).
+The decision is ``decision_output >= threshold.threshold``. Where ``threshold.policy`` is
+``session_ucl`` scores are first divided by the session's upper control limit: for windows the
+device computes it itself, ``quantile(scores of the windows inside the start-up rows, q) *
+factor`` with ``q`` and ``factor`` from ``threshold.params``, exactly the platform's rule.
 """
 
 from __future__ import annotations
@@ -54,6 +61,33 @@ class RowsInput(_Strict):
     columns: list[str]
 
 
+class Spectrogram(_Strict):
+    """A window (one column) as a log-magnitude spectrogram: segments of ``segment`` samples every
+    ``hop`` under a periodic Hann window, the first ``frames`` segments and ``frequencies`` bins
+    of their real FFT, ``20 log10(|X| + 1e-6)`` dB mapped from ``db_range`` to [0, 1] and
+    clipped, laid out (1, frames, frequencies)."""
+
+    segment: int
+    hop: int
+    frames: int
+    frequencies: int
+    db_range: tuple[float, float]
+
+
+class WindowsInput(_Strict):
+    kind: Literal["windows"] = "windows"
+    name: str = "input"
+    dtype: Literal["float32"] = "float32"
+    shape: list[int | str]  # ["batch", window, len(columns)], or ["batch", 1, frames, frequencies]
+    columns: list[str]
+    window: int
+    stride: int = 1
+    startup_rows: int = 0  # rows that calibrate a session before its first scored window
+    standardise: bool = False  # by the start-up rows' mean and population std (a constant column keeps 1)
+    spectrogram: Spectrogram | None = None
+    score_row: Literal["last"] = "last"  # a window's score and decision belong to its last row
+
+
 class TensorInput(_Strict):
     kind: Literal["tensor"] = "tensor"
     name: str = "input"
@@ -61,7 +95,7 @@ class TensorInput(_Strict):
     shape: list[int | str]  # ["batch", ...]: fed as it is
 
 
-Input = Annotated[ImageInput | RowsInput | TensorInput, Field(discriminator="kind")]
+Input = Annotated[ImageInput | RowsInput | WindowsInput | TensorInput, Field(discriminator="kind")]
 
 
 class Onnx(_Strict):

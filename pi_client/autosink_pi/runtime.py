@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from PIL import Image, UnidentifiedImageError
 
-from autosink_pi.manifest import ImageInput, Input, Manifest, RowsInput, TensorInput, parse
+from autosink_pi.manifest import ImageInput, Input, Manifest, RowsInput, Spectrogram, TensorInput, WindowsInput, parse
 
 RESAMPLE = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST}
 
@@ -28,11 +29,14 @@ class InputError(ValueError):
 
 
 def prepare(spec: Input, raw: np.ndarray) -> np.ndarray:
-    """A batch of raw inputs (images (N, H, W[, 3]) uint8, rows (N, columns), or the graph's own
-    tensors) as the graph's float32 input."""
+    """A batch of raw inputs (images (N, H, W[, 3]) uint8, rows (N, columns), one session's series
+    (rows, columns), or the graph's own tensors) as the graph's float32 input; for a series, the
+    windows it scores (``scored_windows``)."""
     x = np.asarray(raw)
     if isinstance(spec, ImageInput):
         return _prepare_images(spec, x)
+    if isinstance(spec, WindowsInput):
+        return scored_windows(spec, x)
     if isinstance(spec, RowsInput):
         if x.ndim != 2 or x.shape[1] != len(spec.columns):
             raise InputError(
@@ -80,6 +84,78 @@ def _finite(x: np.ndarray, what: str) -> np.ndarray:
     return x
 
 
+# -- series: windows, calibration, spectrograms ---------------------------------------------------
+
+
+def scaler(startup: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and population standard deviation of the start-up rows (a constant column keeps 1)."""
+    startup = np.asarray(startup, dtype=np.float64)
+    mean, std = startup.mean(axis=0), startup.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean, std
+
+
+def standardised(values: np.ndarray, startup_rows: int) -> np.ndarray:
+    """(n, D) -> float32 (n, D), standardised by the first ``startup_rows`` rows."""
+    mean, std = scaler(np.asarray(values)[:startup_rows])
+    return ((np.asarray(values, dtype=np.float64) - mean) / std).astype(np.float32)
+
+
+def sliding(values: np.ndarray, window: int, stride: int = 1, start: int = 0) -> np.ndarray:
+    """(n, D) -> (k, window, D): the windows starting at ``start``, ``start + stride``, ..."""
+    view = np.lib.stride_tricks.sliding_window_view(np.asarray(values)[start:], window, axis=0)
+    return np.ascontiguousarray(view[::stride].transpose(0, 2, 1))
+
+
+def spectrogram(spec: Spectrogram, windows: np.ndarray) -> np.ndarray:
+    """(N, samples) -> float32 (N, 1, frames, frequencies), as ``Spectrogram`` says."""
+    segments = np.lib.stride_tricks.sliding_window_view(np.asarray(windows, np.float64), spec.segment, axis=-1)
+    segments = segments[:, :: spec.hop][:, : spec.frames]
+    hann = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(spec.segment) / spec.segment)  # periodic
+    magnitude = np.abs(np.fft.rfft(segments * hann, axis=-1))[..., : spec.frequencies]
+    lo, hi = spec.db_range
+    scaled = (20 * np.log10(magnitude + 1e-6) - lo) / (hi - lo)
+    return np.clip(scaled, 0.0, 1.0).astype(np.float32)[:, None]
+
+
+def graph_windows(spec: WindowsInput, windows: np.ndarray) -> np.ndarray:
+    """(k, window, D) windows of the (standardised) series as the graph's float32 input."""
+    if spec.spectrogram is not None:
+        return spectrogram(spec.spectrogram, windows[..., 0])
+    return np.ascontiguousarray(windows, dtype=np.float32)
+
+
+def _series(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
+    if x.ndim != 2 or x.shape[1] != len(spec.columns):
+        raise InputError(
+            f"a series of rows of {len(spec.columns)} values ({', '.join(spec.columns)}) expected, got shape {x.shape}"
+        )
+    if len(x) < spec.startup_rows + spec.window:
+        raise InputError(
+            f"a session needs {spec.startup_rows} start-up rows and a window of {spec.window}, got {len(x)} rows"
+        )
+    x = _finite(np.asarray(x, dtype=np.float64), "row")
+    return standardised(x, spec.startup_rows) if spec.standardise else x
+
+
+def scored_windows(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
+    """One session's rows -> the graph inputs of the windows it scores (those after its start-up)."""
+    return graph_windows(spec, sliding(_series(spec, x), spec.window, spec.stride, spec.startup_rows))
+
+
+def startup_windows(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
+    """One session's rows -> the graph inputs of the windows inside its start-up rows (calibration)."""
+    z = _series(spec, x)[: spec.startup_rows]
+    if len(z) < spec.window:
+        raise InputError(f"start-up of {spec.startup_rows} rows holds no window of {spec.window}")
+    return graph_windows(spec, sliding(z, spec.window, spec.stride))
+
+
+def window_rows(spec: WindowsInput, count: int) -> np.ndarray:
+    """The row (0-based, in the session) each of ``count`` scored windows belongs to: its last."""
+    return spec.startup_rows + spec.window - 1 + spec.stride * np.arange(count)
+
+
 # -- reading raw input --------------------------------------------------------------------------
 
 
@@ -95,10 +171,12 @@ def load_image(spec: ImageInput, source: str | Path | Image.Image) -> np.ndarray
     return np.asarray(image, dtype=np.uint8)
 
 
-def read_rows(spec: RowsInput | TensorInput, lines: Iterable[str]) -> Iterator[np.ndarray]:
-    """CSV rows, one sample each, as they arrive: with a header naming the manifest's columns (in
-    any order, others ignored), or without one, exactly the columns in the manifest's order."""
-    columns = spec.columns if isinstance(spec, RowsInput) else None
+def read_rows(spec: RowsInput | WindowsInput | TensorInput, lines: Iterable[str]) -> Iterator[np.ndarray]:
+    """CSV rows, one sample (or, for windows, one reading) each, as they arrive: with a header
+    naming the manifest's columns (in any order, others ignored), or without one, exactly the
+    columns in the manifest's order. A series' readings are kept as float64, as measured."""
+    columns = spec.columns if isinstance(spec, RowsInput | WindowsInput) else None
+    dtype = np.float64 if isinstance(spec, WindowsInput) else np.float32
     width = len(columns) if columns else int(np.prod(spec.shape[1:]))
     pick = None
     for number, line in enumerate(lines, start=1):
@@ -117,7 +195,7 @@ def read_rows(spec: RowsInput | TensorInput, lines: Iterable[str]) -> Iterator[n
                 + (f" ({', '.join(columns)})" if columns else "")
             )
         try:
-            row = np.array([float(v) for v in values], dtype=np.float32)
+            row = np.array([float(v) for v in values], dtype=dtype)
         except ValueError as e:
             raise InputError(f"line {number}: {e}") from None
         if not np.isfinite(row).all():
@@ -158,14 +236,34 @@ class Runtime:
             raise InputError(f"{self.manifest.registered_model} takes {self.input.kind}, not images")
         return np.stack([load_image(self.input, s) for s in sources])
 
-    def outputs(self, raw: np.ndarray) -> dict[str, np.ndarray]:
-        x = prepare(self.input, raw)
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The graph's outputs on prepared (graph) input."""
         return dict(zip(self.names, self.session.run(None, {self.input.name: x}), strict=True))
 
+    def outputs(self, raw: np.ndarray) -> dict[str, np.ndarray]:
+        return self.run(prepare(self.input, raw))
+
+    def decision_scores(self, x: np.ndarray) -> np.ndarray:
+        """The decision output on prepared input, before any calibration."""
+        return self.run(x)[self.manifest.decision_output].astype(np.float64).reshape(len(x))
+
+    def ucl(self, startup: np.ndarray) -> float:
+        """A session's upper control limit from its start-up windows (graph input), by the
+        platform's rule: the ``q``-quantile of their scores times ``factor``."""
+        params = self.manifest.threshold.params or {}
+        if "q" not in params or "factor" not in params:
+            raise InputError(f"{self.manifest.registered_model}: session_ucl without q and factor in threshold.params")
+        return float(np.quantile(self.decision_scores(startup), params["q"]) * params["factor"])
+
     def scores(self, raw: np.ndarray, session: str | None = None) -> np.ndarray:
-        """The decision output on the threshold's scale."""
-        scores = self.outputs(raw)[self.manifest.decision_output].astype(np.float64).reshape(len(raw))
+        """The decision output on the threshold's scale (for a series, one per scored window)."""
         threshold = self.manifest.threshold
+        if isinstance(self.input, WindowsInput):  # a session: calibrated on its own start-up
+            scores = self.decision_scores(scored_windows(self.input, raw))
+            if threshold.policy == "session_ucl":
+                scores = scores / self.ucl(startup_windows(self.input, raw))
+            return scores
+        scores = self.decision_scores(prepare(self.input, raw))
         if threshold.policy == "session_ucl":
             ucl = (threshold.params or {}).get("ucl", {})
             if session not in ucl:
@@ -176,14 +274,63 @@ class Runtime:
             scores = scores / ucl[session]
         return scores
 
-    def decide(self, raw: np.ndarray, session: str | None = None) -> list[dict]:
+    def line(self, score: float, row: int | None = None) -> dict:
+        """One decision as the device reports it."""
         threshold = self.manifest.threshold.threshold
-        return [
-            {
-                "score": float(s),
-                "decision": bool(s >= threshold),
-                "threshold": threshold,
-                "version": self.manifest.mlflow_version,
-            }
-            for s in self.scores(raw, session)
-        ]
+        out = {"score": float(score), "decision": bool(score >= threshold), "threshold": threshold}
+        return out | ({"row": int(row)} if row is not None else {}) | {"version": self.manifest.mlflow_version}
+
+    def decide(self, raw: np.ndarray, session: str | None = None) -> list[dict]:
+        scores = self.scores(raw, session)
+        if isinstance(self.input, WindowsInput):
+            return [self.line(s, r) for s, r in zip(scores, window_rows(self.input, len(scores)), strict=True)]
+        return [self.line(s) for s in scores]
+
+
+class SeriesSession:
+    """One session of a windows release fed a reading at a time, as a device streams it: the
+    start-up rows calibrate it (scaler, UCL), then each window is scored as its last row arrives,
+    with the arithmetic ``Runtime.decide`` applies to the whole series at once."""
+
+    def __init__(self, runtime: Runtime):
+        if not isinstance(runtime.input, WindowsInput):
+            raise InputError(f"{runtime.manifest.registered_model} takes {runtime.input.kind}, not a series")
+        self.runtime, self.spec = runtime, runtime.input
+        self.rows = 0
+        self.startup: list[np.ndarray] = []
+        self.recent: deque[np.ndarray] = deque(maxlen=self.spec.window)
+        self.mean = self.std = None
+        self.ucl = 1.0
+
+    def push(self, reading: np.ndarray) -> dict | None:
+        """The decision this reading completes, if it completes a scored window."""
+        spec = self.spec
+        reading = np.asarray(reading, dtype=np.float64)
+        if reading.shape != (len(spec.columns),):
+            raise InputError(f"row {self.rows + 1}: {reading.size} values, expected {len(spec.columns)}")
+        if not np.isfinite(reading).all():
+            raise InputError(f"row {self.rows + 1}: NaN or infinite value")
+        i, self.rows = self.rows, self.rows + 1
+        if i < spec.startup_rows:
+            self.startup.append(reading)
+            if self.rows == spec.startup_rows:
+                self._calibrate()
+            return None
+        if spec.startup_rows == 0 and i == 0:
+            self._calibrate()
+        self.recent.append(((reading - self.mean) / self.std).astype(np.float32) if spec.standardise else reading)
+        start = i - spec.window + 1
+        if start < spec.startup_rows or (start - spec.startup_rows) % spec.stride:
+            return None
+        score = self.runtime.decision_scores(graph_windows(spec, np.stack(self.recent)[None]))[0]
+        return self.runtime.line(score / self.ucl, row=i)
+
+    def _calibrate(self) -> None:
+        spec, startup = self.spec, np.asarray(self.startup, dtype=np.float64).reshape(-1, len(self.spec.columns))
+        if spec.standardise:
+            self.mean, self.std = scaler(startup)
+        if self.runtime.manifest.threshold.policy == "session_ucl":
+            if len(startup) < spec.window:
+                raise InputError(f"start-up of {len(startup)} rows holds no window of {spec.window}")
+            z = standardised(startup, len(startup)) if spec.standardise else startup
+            self.ucl = self.runtime.ucl(graph_windows(spec, sliding(z, spec.window, spec.stride)))
