@@ -1,7 +1,9 @@
+import contextlib
 import os
 import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -48,6 +50,27 @@ def platform_resources() -> dict:
     """The resources the code location configures, from this process's environment now (the
     ``home`` fixture's, or what a test set), for code that uses them outside a run."""
     return Settings.from_environ(os.environ).resources()
+
+
+@contextlib.contextmanager
+def fleet_api(home: Path):
+    """The fleet API (uploads, heartbeats, the release channel) of ``home`` on a loopback port;
+    yields its base URL."""
+    import uvicorn
+
+    from autosink_platform.fleet.api import create_app
+    from autosink_platform.home import Home
+
+    server = uvicorn.Server(uvicorn.Config(create_app(Home(home)), host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
 
 
 def pytest_report_header(config):

@@ -8,14 +8,11 @@ import dataclasses
 import json
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import dagster as dg
 import numpy as np
 import pytest
-import uvicorn
 from autosink_pi.client import PiConfig, sync
 from autosink_pi.manifest import ImageInput, RowsInput, WindowsInput, parse
 from PIL import Image
@@ -23,8 +20,6 @@ from PIL import Image
 from autosink_platform import definitions
 from autosink_platform.defs.factory import build_pipeline_defs
 from autosink_platform.defs.runner import QUIET, materialize_pipeline
-from autosink_platform.fleet.api import create_app
-from autosink_platform.home import Home
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines import catalog
@@ -33,7 +28,7 @@ from autosink_platform.pipelines.sink import SINK
 from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.thresholds import calibrated
 
-from .conftest import platform_resources
+from .conftest import fleet_api, platform_resources
 from .fake_reference_data import SMALL, make_fake_datasets
 
 pytestmark = pytest.mark.slow
@@ -105,7 +100,7 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
             assert (channel.version_dir(name, m.name, "1") / "manifest.json.sig").exists()
 
         # Every model's first release runs on a device and decides as the platform measured it.
-        with _fleet_api(home) as api:
+        with fleet_api(home) as api:
             data = _defs(spec).load_asset_value(dg.AssetKey([name, "validated_dataset"]), instance=instance).open()
             for m in spec.models:
                 _device_agrees_on_every_test_input(spec, m, data, channel, api, tmp_path / f"pi-{m.name}")
@@ -138,21 +133,6 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         assert [(e["from"], e["to"]) for e in published] == [("1", "2")]
         channels = instance.get_latest_materialization_event(dg.AssetKey([name, "fleet_channel"]))
         assert channels.asset_materialization.metadata["published_now"].value == [f"{registered} v2"]
-
-
-@contextlib.contextmanager
-def _fleet_api(home: Path):
-    """The fleet API (uploads, heartbeats, the release channel) on a loopback port."""
-    server = uvicorn.Server(uvicorn.Config(create_app(Home(home)), host="127.0.0.1", port=0, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def _device_agrees_on_every_test_input(spec, model, data, channel, api: str, state: Path) -> None:

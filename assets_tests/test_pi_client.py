@@ -503,3 +503,68 @@ def test_a_vibration_window_becomes_the_spectrogram_the_platform_trained_on(tmp_
     stream = SeriesSession(runtime)
     streamed = [d for d in (stream.push(row) for row in signal[:, None]) if d is not None]
     assert streamed == runtime.decide(signal[:, None]) and [d["row"] for d in streamed] == list(range(1023, 4096, 512))
+
+
+def test_forty_days_without_a_promotion_every_device_of_fifty_still_syncs(home, onnx_model, tmp_path):
+    """A pointer lives 30 days. Forty simulated days pass with no promotion (the clock is
+    injected, not waited for): the daily refresh the `fleet_channel_refresh_daily` schedule
+    runs re-signs the pointer before it lapses, and fifty devices syncing daily from the fleet
+    API on loopback stay on their model, never refused."""
+    from .conftest import fleet_api, platform_resources
+
+    channel = platform_resources()["fleet"].get()  # the channel the fleet API serves
+    publish(channel, "1", onnx_model, tmp_path)
+    start = datetime.now(UTC)
+    first = channel.set_pointer("sink", "classifier", "stable", "1", now=start)
+    public = tmp_path / "channel-key.pem"
+    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    with fleet_api(home) as api:
+        devices = [
+            PiConfig(f"pi-{i:03d}", f"{api}/v1/fleet", str(public), str(tmp_path / f"pi-{i:03d}"), retries=1)
+            for i in range(50)
+        ]
+        assert {sync(cfg, now=start).status for cfg in devices} == {"updated"}
+        renewed = []
+        for day in range(1, 41):
+            now = start + timedelta(days=day, minutes=1)
+            renewed += [(day, p["sequence"]) for p in channel.refresh_all(now=now)]
+            assert {(r.status, r.version) for r in (sync(cfg, now=now) for cfg in devices)} == {("up_to_date", "1")}
+    assert datetime.fromisoformat(first["expires_at"]) < start + timedelta(days=31)  # unrefreshed, it would lapse
+    assert renewed == [(10, 2), (20, 3), (30, 4), (40, 5)]  # when 20 days or fewer are left, not every day
+    last = channel.read_pointer("sink", "classifier", "stable")
+    assert (last["version"], last["published_at"]) == ("1", first["published_at"])  # what it points at is unchanged
+    assert {read_state(cfg)["sequence"] for cfg in devices} == {5}
+
+
+def test_the_refresh_schedule_runs_from_the_start_and_renews_only_what_is_near_expiry(home, onnx_model, tmp_path):
+    """The code location's daily schedule is on by default; its job re-signs a pointer that
+    expires within 20 days (next sequence, same version) and leaves a fresh one alone."""
+    import dagster as dg
+
+    from autosink_platform import definitions
+
+    from .conftest import platform_resources
+
+    schedule = definitions.defs.get_schedule_def("fleet_channel_refresh_daily")
+    assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "0 3 * * *"
+    channel = platform_resources()["fleet"].get()
+    publish(channel, "1", onnx_model, tmp_path)
+    publish(channel, "1", onnx_model, tmp_path, model="frame_guard")
+    near = channel.set_pointer("sink", "classifier", "stable", "1", valid_days=5)
+    fresh = channel.set_pointer("sink", "frame_guard", "stable", "1")
+    job = definitions.defs.resolve_job_def("fleet_channel_refresh")
+    with dg.DagsterInstance.ephemeral() as instance:
+        result = job.execute_in_process(instance=instance)
+        assert result.success
+        observed = [
+            e.event_specific_data.asset_observation
+            for e in result.all_events
+            if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION
+        ]
+    renewed = channel.read_pointer("sink", "classifier", "stable")
+    assert renewed["sequence"] == near["sequence"] + 1 and renewed["version"] == "1"
+    assert datetime.fromisoformat(renewed["expires_at"]) > datetime.now(UTC) + timedelta(days=29)
+    assert channel.read_pointer("sink", "frame_guard", "stable") == fresh
+    assert [(o.asset_key.path, o.metadata["pointer"].value) for o in observed] == [
+        (["sink", "fleet_channel"], "sink.classifier/stable")
+    ]

@@ -1,5 +1,5 @@
 """Sensors: new sessions in the lake start their ingest runs, and enough newly labeled frames
-start a retrain."""
+start a retrain; a daily schedule keeps the fleet channel's pointers from lapsing."""
 
 import dagster as dg
 
@@ -142,3 +142,40 @@ def champion_sensor(pipeline: str, names: list[str], job) -> dg.SensorDefinition
         return dg.RunRequest(run_key="|".join(moved), tags={"autosink/champions": ",".join(moved)})
 
     return sensor
+
+
+@dg.op(description="Re-signs every fleet channel pointer that expires within 20 days (same version, next sequence).")
+def refresh_fleet_channel(context: dg.OpExecutionContext, fleet: FleetChannelResource) -> None:
+    for pointer in fleet.get().refresh_all():
+        key = f"{pointer['pipeline']}.{pointer['model']}/{pointer['channel']}"
+        context.log.info(f"{key}: v{pointer['version']} re-signed until {pointer['expires_at']}")
+        context.log_event(
+            dg.AssetObservation(
+                asset_key=dg.AssetKey([pointer["pipeline"], "fleet_channel"]),
+                metadata={
+                    "pointer": key,
+                    "version": pointer["version"],
+                    "sequence": pointer["sequence"],
+                    "expires_at": pointer["expires_at"],
+                },
+            )
+        )
+
+
+@dg.job(
+    name="fleet_channel_refresh",
+    description="Keeps the fleet channel's signed pointers from lapsing when no promotion happens.",
+)
+def fleet_channel_refresh() -> None:
+    refresh_fleet_channel()
+
+
+# Daily, running from the start: a pointer lives 30 days, so a platform that promotes nothing for
+# a month must still re-sign it, or every device refuses its channel as expired.
+FLEET_REFRESH = dg.ScheduleDefinition(
+    name="fleet_channel_refresh_daily",
+    job=fleet_channel_refresh,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+)

@@ -12,6 +12,12 @@ through fsspec). Either way a reader never sees a half-published release:
 - the pointer is written last, in one atomic step: a rename locally, a single PUT on S3.
 - racing publishers each get their own, higher sequence: an exclusive file lock locally, a
   conditional PUT (``If-Match`` on the pointer's ETag, ``If-None-Match`` for the first) on S3.
+
+A pointer is valid for ``POINTER_VALID_DAYS`` after it is signed, so a stolen old one cannot
+hold a device back for ever (freeze). ``refresh_all`` re-signs every pointer that expires
+within ``RENEW_WITHIN_DAYS`` (same version and rollout, next sequence, new expiry); the code
+location's ``fleet_channel_refresh`` schedule runs it daily, so while the platform runs no
+pointer lapses, promotion or not.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ from autosink_platform.release.signing import key_id, public_pem, sign, sign_poi
 __all__ = ["FleetChannel", "PointerConflict", "sha256_file"]
 
 CAS_ATTEMPTS = 20  # conditional pointer writes retried this often under contention
+POINTER_VALID_DAYS = 30
+RENEW_WITHIN_DAYS = 20  # a daily refresh has ten chances before a pointer lapses
 
 
 class PointerConflict(RuntimeError):
@@ -121,14 +129,18 @@ class FleetChannel:
         channel: str,
         version: str | int,
         rollout_percent: int = 100,
-        valid_days: int = 30,
+        valid_days: int = POINTER_VALID_DAYS,
+        renew_within: timedelta | None = None,
+        now: datetime | None = None,
     ) -> dict:
-        """Point ``channel`` at a published version. Re-pointing at the same version is a no-op."""
+        """Point ``channel`` at a published version. Re-pointing at the same version is a no-op,
+        unless the pointer expires within ``renew_within``: then it is re-signed (``refresh``)."""
         manifest = self.version_dir(pipeline, model, version) / "manifest.json"
         if not manifest.exists():
             raise FileNotFoundError(f"{manifest}: publish the version before pointing a channel at it")
         digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
-        args = (pipeline, model, channel, version, digest, rollout_percent, valid_days)
+        now = now or datetime.now(UTC)
+        args = (pipeline, model, channel, version, digest, rollout_percent, valid_days, renew_within, now)
         if not self.local:
             return self._set_pointer_conditional(*args)
         lock_path = self.pointer_path(pipeline, model, channel).with_suffix(".lock")
@@ -163,17 +175,56 @@ class FleetChannel:
                 time.sleep(0.01 * (attempt + 1))
         raise PointerConflict(f"{path}: the pointer kept changing; gave up after {CAS_ATTEMPTS} attempts")
 
+    def refresh(
+        self, pipeline: str, model: str, channel: str, now: datetime | None = None, within_days: int = RENEW_WITHIN_DAYS
+    ) -> dict | None:
+        """Re-sign the pointer (same version and rollout, next sequence) if it expires within
+        ``within_days`` of ``now``; the new pointer, or None if it was fresh enough or absent."""
+        current = self.read_pointer(pipeline, model, channel)
+        if current is None:
+            return None
+        pointer = self.set_pointer(
+            pipeline,
+            model,
+            channel,
+            current["version"],
+            current["rollout_percent"],
+            renew_within=timedelta(days=within_days),
+            now=now,
+        )
+        return None if pointer["sequence"] == current["sequence"] else pointer
+
+    def pointers(self) -> list[tuple[str, str, str]]:
+        """Every (pipeline, model, channel) with a pointer."""
+        found = (path.relative_to(self.root).parts for path in self.root.glob("*/*/channels/*.json"))
+        return sorted((parts[0], parts[1], parts[3].removesuffix(".json")) for parts in found)
+
+    def refresh_all(self, now: datetime | None = None, within_days: int = RENEW_WITHIN_DAYS) -> list[dict]:
+        """``refresh`` every pointer in the channel; the pointers re-signed."""
+        renewed = (self.refresh(*key, now=now, within_days=within_days) for key in self.pointers())
+        return [pointer for pointer in renewed if pointer is not None]
+
     def _next_pointer(
-        self, current, pipeline, model, channel, version, digest: str, rollout_percent: int, valid_days: int
+        self,
+        current,
+        pipeline,
+        model,
+        channel,
+        version,
+        digest: str,
+        rollout_percent: int,
+        valid_days: int,
+        renew_within: timedelta | None,
+        now: datetime,
     ) -> tuple[dict, dict | None]:
         """The pointer to write after ``current`` and its signed form (None: already there, no-op)."""
-        if current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (
+        same = current and (current["version"], current["manifest_sha256"], current["rollout_percent"]) == (
             str(version),
             digest,
             rollout_percent,
-        ):
+        )
+        if same and (renew_within is None or datetime.fromisoformat(current["expires_at"]) - now > renew_within):
             return current, None
-        now = datetime.now(UTC)
         pointer = {
             "pipeline": pipeline,
             "model": model,
@@ -182,7 +233,8 @@ class FleetChannel:
             "manifest_sha256": digest,
             "sequence": (current["sequence"] + 1) if current else 1,
             "rollout_percent": rollout_percent,
-            "published_at": now.isoformat(),
+            "published_at": current["published_at"] if same else now.isoformat(),  # when it first pointed here
+            "signed_at": now.isoformat(),
             "expires_at": (now + timedelta(days=valid_days)).isoformat(),
             "key_id": self.key_id,
         }
