@@ -7,10 +7,12 @@ export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
 .PHONY: demo dev test install clean-home mlflow-ui lint bench
 
-$(BIN)/autosink: pyproject.toml pi_client/pyproject.toml
+# Versions come from uv.lock as committed (--frozen: a stale lock is an error, never re-resolved);
+# --inexact keeps pip and uv themselves in the venv.
+$(BIN)/autosink: pyproject.toml pi_client/pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ./pi_client -e ".[test]"
+	$(BIN)/python -m pip install --quiet --upgrade pip "uv>=0.13,<0.14"
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python --extra test
 	touch $@
 
 install: $(BIN)/autosink
@@ -38,12 +40,13 @@ mlflow-ui: install
 
 ## Lint and format check (ruff, from the dev extra).
 lint: install
-	$(BIN)/uv pip install --python $(BIN)/python -q -e ".[dev]"
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python -q --extra dev
 	$(BIN)/ruff check autosink_platform assets_tests pi_client benchmarks
 	$(BIN)/ruff format --check autosink_platform assets_tests pi_client benchmarks
 
 ## Every benchmark (minutes; needs ../shared/datasets, and PostgreSQL + RabbitMQ for scale_out): markdown tables, JSON in benchmarks/results/.
 bench: install
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python -q --extra test --extra bench
 	$(BIN)/python benchmarks/demo_quality.py
 	$(BIN)/python benchmarks/feedback_to_device.py
 	$(BIN)/python benchmarks/thresholds.py
