@@ -80,3 +80,49 @@ def test_focal_loss_is_weighted_cross_entropy_that_favours_hard_examples():
     ce = F.binary_cross_entropy_with_logits(logit, target, weight=weight, reduction="none")
     ratios = [float(f / c) for f, c in zip(per_sample, ce, strict=True)]
     assert max(ratios[:2]) < 1e-3 < min(ratios[2:])  # easy examples all but vanish, hard ones stay
+
+
+class _Labeled:
+    """A labeled dataset as the sink's training reads it (the ``Data`` contract): table, inputs."""
+
+    def __init__(self, table, inputs):
+        self.table, self.inputs = table, inputs
+
+    def mask(self, split, labeled=False):
+        return (self.table["split"] == split).to_numpy() & (self.table["label"].notna().to_numpy() if labeled else True)
+
+
+def test_a_label_nobody_vouches_for_does_not_teach_the_classifier():
+    """Label confidence is a training weight end to end: half of every class's training labels
+    flipped with confidence 0 leave the sink's classifier training (``SINK.models[0].train``)
+    learning the true rule; the same flips at full confidence leave it no signal at all."""
+    import dataclasses
+
+    import pandas as pd
+
+    from autosink_platform.models.classifier import ClassifierConfig
+    from autosink_platform.models.training import FitConfig
+
+    rng = np.random.default_rng(0)
+    n_train, n_val = 128, 64
+    label = np.tile([0, 1], (n_train + n_val) // 2)
+    frames = rng.integers(0, 60, size=(len(label), 64, 64, 3)).astype(np.uint8)
+    frames[label == 1, 24:40, 24:40] = 230  # an open valve: a bright patch under the spout
+    flipped = np.zeros(len(label), bool)
+    flipped[:n_train] = np.tile([1, 1, 0, 0], n_train // 4).astype(bool)  # half of each class
+    table = pd.DataFrame(
+        {
+            "split": ["train"] * n_train + ["validation"] * n_val,
+            "label": np.where(flipped, 1 - label, label).astype(float),
+        }
+    )
+    model = SINK.models[0]
+    cfg = ClassifierConfig(width=8, fit=FitConfig(epochs=4, lr=3e-3, keep="last"))
+    accuracy = {}
+    for vouched in (True, False):
+        confidence = np.where(flipped & vouched, 0.0, 1.0)
+        data = _Labeled(table.assign(confidence=confidence), frames)
+        net, _ = model.train(data, dataclasses.replace(cfg), None, lambda m: None)
+        prob = torch_scorer(net.eval())(frames[n_train:])["valve_open_prob"]
+        accuracy[vouched] = float(np.mean((prob >= 0.5) == label[n_train:]))
+    assert accuracy[True] >= 0.95 and accuracy[False] <= 0.75, accuracy

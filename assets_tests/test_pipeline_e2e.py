@@ -4,6 +4,8 @@
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ from autosink_platform.registry.releases import ReleaseRejected
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
 from autosink_platform.release.signing import verify
+from autosink_platform.validation import cases as case_validation
 from autosink_platform.validation.cases import CaseFloors
 
 from .conftest import platform_resources
@@ -235,13 +238,27 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert str(registry.alias_version(f"sink.{model.name}", "champion").version) == "1"
         assert str(registry.alias_version(f"sink.{model.name}", "challenger").version) == "2"
         assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"
-        # The candidate was scored against the champion's release on the same test split.
-        versus = json.loads((fleet.version_dir("sink", model.name, "2") / "manifest.json").read_text())["vs_champion"]
-        assert versus["champion_version"] == "1" and versus["metric"] == "f1"
-        assert isinstance(versus["slice_regressions"], list)  # same slices, champion vs candidate
-        assert 0 <= versus["champion"] <= 1 and versus["delta"] == pytest.approx(
-            versus["candidate"] - versus["champion"]
+        # The candidate was scored against the champion's release on the same test split: the
+        # champion's figures are its released ONNX build at its own threshold on v2's test split.
+        v1, v2 = (json.loads((fleet.version_dir("sink", model.name, v) / "manifest.json").read_text()) for v in "12")
+        versus = v2["vs_champion"]
+        data = third["validated_dataset"].open()
+        theirs = lifecycle.evaluate(
+            SINK,
+            model,
+            data,
+            model.onnx_scorer(fleet.version_dir("sink", model.name, "1") / "model.onnx"),
+            v1["threshold"],
         )
+        assert (versus["champion_version"], versus["metric"]) == ("1", "f1")
+        assert versus["champion"] == pytest.approx(theirs.metrics["f1"], abs=1e-12)
+        assert versus["candidate"] == pytest.approx(v2["metrics"]["test"]["f1"], abs=1e-12)
+        assert versus["champion_metrics"]["n"] == v2["metrics"]["test"]["n"]  # the same test frames
+        assert versus["delta"] == pytest.approx(versus["candidate"] - versus["champion"])
+        if model.cases is not None:  # slices regressed beyond the bound, recomputed from both tables
+            worse = case_validation.regressions(pd.DataFrame(v2["case_validation"]), theirs.cases, model.cases)
+            key = lambda r: (r["slice"], r["group"], round(r["candidate"], 12), round(r["champion"], 12))  # noqa: E731
+            assert [key(r) for r in versus["slice_regressions"]] == [key(r) for r in worse]
         assert (
             json.loads(registry.client.get_model_version(f"sink.{model.name}", "2").tags["vs_champion"])[
                 "champion_version"
@@ -347,9 +364,21 @@ def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) ->
         cfg = PiConfig("pi-001", f"{url}/v1/fleet", str(public), str(home / "device"))
         assert sync(cfg).version == "1"
         frames = sorted(next(iter(lake.committed_sessions().values())).glob("frames/*.png"))[:5]
-        runtime = active(cfg)
-        decisions = runtime.decide(runtime.read_images(frames))
-        assert all(d["threshold"] == threshold and d["decision"] == (d["score"] >= threshold) for d in decisions)
+        # The device's own command decides; the platform's onnxruntime build of the same
+        # release, on the same frames, says what it must decide.
+        (home / "pi.json").write_text(json.dumps(dataclasses.asdict(cfg)))
+        pi = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(home / "pi.json")]
+        done = subprocess.run([*pi, "infer", *map(str, frames)], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        decisions = [json.loads(line) for line in done.stdout.splitlines()]
+        classifier = SINK.models[0]
+        ours = classifier.onnx_scorer(fleet.version_dir("sink", "classifier", "1") / "model.onnx")(
+            active(cfg).read_images(frames)
+        )[classifier.decision_output]
+        assert [d["input"] for d in decisions] == list(map(str, frames))
+        assert [d["decision"] for d in decisions] == list(ours >= threshold)
+        assert [d["threshold"] for d in decisions] == [threshold] * len(frames)
+        np.testing.assert_allclose([d["score"] for d in decisions], ours, rtol=1e-5)
         assert heartbeat(cfg, url, token) == {"recorded": True}
         beats = [json.loads(line) for line in (home / "fleet_api" / "heartbeats.jsonl").read_text().splitlines()]
         assert beats[-1] | {"received_at": None} == {

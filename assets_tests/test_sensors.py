@@ -1,6 +1,7 @@
 """Sensors evaluated with build_sensor_context against a real (temporary SQLite) instance."""
 
 import shutil
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import pytest
@@ -131,17 +132,55 @@ def test_retrain_sensor_waits_for_enough_new_labeled_frames(instance):
 
 
 def test_downstream_stages_follow_by_declarative_automation():
-    graph = defs.resolve_asset_graph()
-    condition = lambda name: graph.get(dg.AssetKey(["sink", name])).automation_condition  # noqa: E731
-    assert condition("validated_dataset") == dg.AutomationCondition.on_cron(SINK.source.retrain.cron)
-    for model in SINK.models:
-        for stage in ("model", "threshold", "release"):
-            # eager, but never past a failed blocking check on the dataset
-            assert condition(f"{model.name}_{stage}") == (
-                dg.AutomationCondition.eager() & dg.AutomationCondition.all_deps_blocking_checks_passed()
+    """Evaluated by Dagster's own automation engine (what the daemon's sensor runs): the model
+    stages follow a new dataset only once every blocking check on it passed; the dataset is
+    rebuilt after the nightly tick when new labels arrived that day, once; the session stages
+    are never started by automation (the new-sessions sensor starts them)."""
+    dataset, labeled = dg.AssetKey(["sink", "validated_dataset"]), dg.AssetKey(["sink", "labeled_frames"])
+    models = {dg.AssetKey(["sink", f"{m.name}_model"]) for m in SINK.models}
+    sessions = dg.AssetSelection.assets(dg.AssetKey(["sink", "raw_sessions"]), labeled)
+    checks = [k.name for k in defs.resolve_asset_graph().asset_check_keys if k.asset_key == dataset]
+    assert "drift" in checks
+
+    def requested(instance, selection, cursor=None, at=None):
+        result = dg.evaluate_automation_conditions(
+            defs=defs, instance=instance, asset_selection=selection, cursor=cursor, evaluation_time=at
+        )
+        keys = {r.key for r in result.results if not r.true_subset.is_empty}
+        return keys, result.cursor
+
+    def dataset_built(instance, failing: set[str]):
+        instance.report_runless_asset_event(dg.AssetMaterialization(dataset))
+        for name in checks:
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(asset_key=dataset, check_name=name, passed=name not in failing)
             )
-    # Session stages run from the new-sessions sensor, not from automation.
-    assert condition("raw_sessions") is None and condition("labeled_frames") is None
+
+    selection = dg.AssetSelection.assets(*models) | sessions
+    for failing, expected in (({"drift"}, set()), (set(), models)):
+        with dg.DagsterInstance.ephemeral() as instance:
+            instance.add_dynamic_partitions(PARTITIONS, ["a"])
+            nothing, cursor = requested(instance, selection)
+            assert nothing == set()  # no dataset yet
+            dataset_built(instance, failing)
+            assert requested(instance, selection, cursor)[0] == expected, failing
+
+    with dg.DagsterInstance.ephemeral() as instance:
+        instance.add_dynamic_partitions(PARTITIONS, ["a"])
+        now = datetime.now(UTC)
+        tick = now.replace(hour=3, minute=0, second=0, microsecond=0)  # SINK's nightly cron, 03:00 UTC
+        tick += timedelta(days=1) if tick <= now else timedelta(0)
+        selection = dg.AssetSelection.assets(dataset) | sessions
+        keys, cursor = requested(instance, selection, at=now)
+        assert keys == set()
+        keys, cursor = requested(instance, selection, cursor, at=tick + timedelta(minutes=1))
+        assert keys == set()  # the tick passed, but nothing new
+        instance.report_runless_asset_event(dg.AssetMaterialization(labeled, partition="a"))
+        keys, cursor = requested(instance, selection, cursor, at=tick + timedelta(hours=2))
+        assert keys == {dataset}
+        for later in (timedelta(days=1, minutes=1), timedelta(days=1, hours=1)):
+            keys, cursor = requested(instance, selection, cursor, at=tick + later)
+            assert keys == set()  # built once; no new labels since
 
 
 def test_a_multi_session_ingest_run_counts_each_session_once(home, instance):
