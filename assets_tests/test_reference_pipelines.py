@@ -287,3 +287,37 @@ def test_a_release_a_device_cannot_apply_is_refused_before_anything_is_published
     assert not channel.version_dir("robotarm", "pca", trained.version).exists()
     tags = registry.client.get_model_version("robotarm.pca", trained.version).tags
     assert tags["validation_status"] == "failed: device check"
+
+
+def test_an_onnx_build_that_does_not_reproduce_the_trained_model_is_refused(world, fake_root, tmp_path):
+    """The parity gate: a release whose ONNX graph scores differently from the model it was
+    built from (here one weight off by 1%, as a broken export would leave it) is tagged and
+    never published; the champion stays."""
+    import onnx
+    from onnx import numpy_helper
+
+    from autosink_platform.pipelines.spec import DetectorModel
+    from autosink_platform.registry.releases import ReleaseRejected
+
+    @dataclasses.dataclass(frozen=True)
+    class CorruptedBuild(DetectorModel):
+        def release_onnx(self, fitted, example, folder, registry, run_id):
+            path = super().release_onnx(fitted, example, folder, registry, run_id)
+            graph = onnx.load(path)
+            weight = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+            weight.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(weight) * 1.01, weight.name))
+            onnx.save(graph, path)
+            return path
+
+    base = ROBOTARM.models[0]
+    model = CorruptedBuild(**{f.name: getattr(base, f.name) for f in dataclasses.fields(base)})
+    spec, registry, channel = dataclasses.replace(ROBOTARM, models=(model,)), world["registry"], world["channel"]
+    ds = snapshot_dataset(spec, fake_root, tmp_path / "store").open()
+    trained = lifecycle.train_model(spec, model, ds, registry, "test-run")
+    op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
+    with pytest.raises(ReleaseRejected, match=r"robotarm\.pca v1: ONNX differs from PyTorch by .* on validation inputs"):
+        lifecycle.release_model(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
+    assert not channel.version_dir("robotarm", "pca", trained.version).exists()
+    assert channel.read_pointer("robotarm", "pca", "stable") is None
+    version = registry.client.get_model_version("robotarm.pca", trained.version)
+    assert version.tags["validation_status"] == "failed: onnx parity" and not version.aliases

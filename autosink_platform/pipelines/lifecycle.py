@@ -275,7 +275,11 @@ def release_model(
         onnx_path = model.release_onnx(fitted, check_inputs[:SMOKE_INPUTS], tmp, registry, trained.run_id)
         scorer = model.onnx_scorer(onnx_path)
         ours, theirs = model.score(fitted)(check_inputs), scorer(check_inputs)
-        diffs = parity_gate(name, version, ours, theirs, model.parity, f"{split} inputs")
+        try:
+            diffs = parity_gate(name, version, ours, theirs, model.parity, f"{split} inputs")
+        except releases.ReleaseRejected:
+            registry.set_tags(name, version, {"validation_status": "failed: onnx parity"})
+            raise
         test = evaluate(pipeline, model, data, scorer, op)  # what ships is what gets evaluated
         if test.cases is not None:
             gate_on_cases(registry, name, version, trained.run_id, test.cases)
