@@ -315,7 +315,9 @@ def test_an_onnx_build_that_does_not_reproduce_the_trained_model_is_refused(worl
     ds = snapshot_dataset(spec, fake_root, tmp_path / "store").open()
     trained = lifecycle.train_model(spec, model, ds, registry, "test-run")
     op, _ = lifecycle.choose_threshold(spec, model, trained, ds, registry, tmp_path)
-    with pytest.raises(ReleaseRejected, match=r"robotarm\.pca v1: ONNX differs from PyTorch by .* on validation inputs"):
+    with pytest.raises(
+        ReleaseRejected, match=r"robotarm\.pca v1: ONNX differs from PyTorch by .* on validation inputs"
+    ):
         lifecycle.release_model(spec, model, trained, op, ds, registry, channel, world["audit"], "test-run")
     assert not channel.version_dir("robotarm", "pca", trained.version).exists()
     assert channel.read_pointer("robotarm", "pca", "stable") is None
