@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export AUTOSINK_HOME ?= $(CURDIR)/.autosink
 export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
-.PHONY: demo dev test install clean-home mlflow-ui lint bench
+.PHONY: demo dev test install clean-home mlflow-ui lint bench measurements
 
 # Versions come from uv.lock as committed (--frozen: a stale lock is an error, never re-resolved);
 # --inexact keeps pip and uv themselves in the venv.
@@ -54,3 +54,8 @@ bench: install
 	$(BIN)/python benchmarks/reference_pipelines.py
 	$(BIN)/python benchmarks/skab_protocol.py
 	$(BIN)/python benchmarks/scale_out.py
+	$(BIN)/python benchmarks/measurements.py
+
+## docs/measurements.md from benchmarks/results/*.json (after any benchmark).
+measurements: install
+	$(BIN)/python benchmarks/measurements.py

@@ -231,7 +231,7 @@ def run_pipeline(home, pipeline) -> None:
     labels and trains on the lake; the reference pipelines go from their public files to a
     release. Only what Dagster sees as changed or missing is launched. The jobs are loaded from
     the code location, so the configured executor runs the steps (AUTOSINK_EXECUTOR=celery:
-    dagster-celery workers; see README, "Scaling out")."""
+    dagster-celery workers; see docs/scaling-out.md)."""
     lake = _resources(home)["lake"].get()
     import dagster as dg
 

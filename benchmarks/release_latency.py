@@ -1,16 +1,28 @@
-"""Benchmark: per-frame latency of the released models, and promote -> synced device.
+"""Benchmark: per-frame latency of the sink's released models, and promote -> synced device.
 
-Needs a home with released models (run `make demo` first). For each model on the stable
-channel: median latency of one frame through onnxruntime (1 thread) and through PyTorch eager
-(1 thread) on the same input, and the ONNX file size. Then the time from `promote` to a device
-that has synced, verified and smoke-tested the release over HTTP on loopback.
+Needs a home where the sink has two released versions of its classifier (`make demo`: the
+second act releases v2). It never writes to that home or its registry: the fleet channel and
+the SQLite registry are copied to a scratch folder first, and everything below runs on the
+copies.
 
-    .venv/bin/python benchmarks/release_latency.py [--runs 300]
+- For each sink model on the stable channel: median latency of one frame through onnxruntime
+  and through PyTorch eager (one thread each, the same input), and the ONNX file's size.
+- Promote -> device: the classifier's champion is moved to its other released version
+  (`promote`, as `autosink promote` does: MLflow alias, signed pointer, audit), then a device
+  on the fleet API over loopback syncs, verifies, downloads and smoke-tests it. Repeated,
+  alternating between the two versions.
+
+Writes benchmarks/results/release_latency.json and prints a table.
+
+    .venv/bin/python benchmarks/release_latency.py [--runs 300] [--promotions 5]
 """
+
+from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import statistics
 import tempfile
 import threading
@@ -33,27 +45,48 @@ def median_ms(fn, runs: int) -> float:
     return 1000 * statistics.median(times)
 
 
+def scratch_copy(settings, tmp: Path) -> dict[str, str]:
+    """The variables that point a process at copies of the home's fleet channel and registry."""
+    from autosink_platform.home import EMBEDDED_MLFLOW_URI
+
+    resources = settings.resources()
+    uri = resources["mlflow"].tracking_uri or EMBEDDED_MLFLOW_URI
+    if not uri.startswith("sqlite:///"):
+        raise SystemExit(f"release_latency copies a SQLite registry; {uri} is not one")
+    db = Path(uri.removeprefix("sqlite:///"))
+    shutil.copyfile(db, tmp / "mlflow.db")
+    shutil.copytree(resources["fleet"].get().root, tmp / "home" / "fleet")  # where the fleet API serves it
+    return {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
+        "AUTOSINK_HOME": str(tmp / "home"),  # and heartbeats, device tokens, the audit log
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=300)
+    parser.add_argument("--promotions", type=int, default=5)
+    parser.add_argument("--out", default="benchmarks/results/release_latency.json")
     args = parser.parse_args()
 
     import uvicorn
     from autosink_pi.client import PiConfig, sync
 
     from autosink_platform.fleet.api import create_app
-    from autosink_platform.pipelines.lifecycle import load_alias, registered_name
+    from autosink_platform.pipelines.lifecycle import load_version, registered_name
     from autosink_platform.pipelines.sink import SINK
     from autosink_platform.registry.promotion import promote
     from autosink_platform.settings import Settings
 
     torch.set_num_threads(1)
-    settings = Settings.from_environ(os.environ)
+    tmp = Path(tempfile.mkdtemp(prefix="release-latency-"))
+    scratch = scratch_copy(Settings.from_environ(os.environ), tmp)
+    settings = Settings.from_environ({k: v for k, v in os.environ.items() if k != "AUTOSINK_FLEET"} | scratch)
     resources = settings.resources()
     registry, fleet = resources["mlflow"].get(), resources["fleet"]
     channel = fleet.get()
     frame = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)
-    rows = []
+    models = []
     for model in SINK.models:
         name = registered_name(SINK, model)
         pointer = channel.read_pointer(SINK.name, model.name, "stable")
@@ -63,53 +96,77 @@ def main() -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads, options.inter_op_num_threads = 1, 1
         session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        module = load_alias(model, name, "champion", registry)
+        module = load_version(model, registry.client.get_model_version(name, pointer["version"]), registry)
         x = torch.from_numpy(frame)
         with torch.no_grad():
             torch_ms = median_ms(lambda m=module, x=x: m(x), args.runs)
         onnx_ms = median_ms(lambda s=session, f=frame: s.run(None, {s.get_inputs()[0].name: f}), args.runs)
-        rows.append((name, pointer["version"], onnx_ms, torch_ms, onnx_path.stat().st_size / 1024))
+        models.append(
+            {
+                "model": name,
+                "version": pointer["version"],
+                "onnxruntime_ms": onnx_ms,
+                "pytorch_eager_ms": torch_ms,
+                "onnx_kib": onnx_path.stat().st_size / 1024,
+            }
+        )
 
-    # promote -> a device on loopback has synced and smoke-tested the release
-    home = settings.home
-    srv = uvicorn.Server(uvicorn.Config(create_app(home), host="127.0.0.1", port=0, log_level="warning"))
+    name = "sink.classifier"
+    released = sorted(
+        (v.version for v in registry.client.search_model_versions(f"name = '{name}'") if v.tags.get("release_path")),
+        key=int,
+    )
+    if len(released) < 2:
+        raise SystemExit(f"{name} has {len(released)} released version(s); promote -> device needs two (`make demo`)")
+    srv = uvicorn.Server(uvicorn.Config(create_app(settings.home), host="127.0.0.1", port=0, log_level="warning"))
     threading.Thread(target=srv.run, daemon=True).start()
     while not srv.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}/v1/fleet"
-    with tempfile.TemporaryDirectory() as tmp:
-        public = Path(tmp) / "key.pem"
-        public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
-        champion = registry.alias_version("sink.classifier", "champion").version
+    public = tmp / "key.pem"
+    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    device = PiConfig("bench-pi", url, str(public), str(tmp / "device"))
+    start = sync(device).version  # the device runs the champion; each promotion moves it
+    promotions = []
+    for i in range(args.promotions):
+        current = str(registry.alias_version(name, "champion").version)
+        target = next(v for v in reversed(released) if v != current)
         t0 = time.perf_counter()
-        promote(
-            registry,
-            channel,
-            fleet.audit(),
-            "sink.classifier",
-            champion,
-            "benchmark: promote-to-device time",
-            who="benchmark",
-        )
+        promote(registry, channel, fleet.audit(), name, target, "benchmark: promote-to-device time", who="benchmark")
         promoted = time.perf_counter() - t0
-        result = sync(PiConfig("bench-pi", url, str(public), str(Path(tmp) / "device")))
+        result = sync(device)
         synced = time.perf_counter() - t0
+        if (result.status, result.version) != ("updated", target):
+            raise SystemExit(f"promotion {i + 1}: the device answered {result.status} v{result.version}, not v{target}")
+        promotions.append({"from": current, "to": target, "promote_s": promoted, "to_device_s": synced})
     srv.should_exit = True
+    shutil.rmtree(tmp, ignore_errors=True)
 
-    print(
-        f"\n{'model':20} {'version':>7} | {'onnxruntime 1 thr (ms)':>22} | {'PyTorch eager 1 thr (ms)':>24} | {'ratio':>5} | {'ONNX size (KiB)':>15}"
-    )
-    print("-" * 108)
-    for name, version, onnx_ms, torch_ms, kib in rows:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "runs": args.runs,
+        "threads": 1,
+        "cpu": os.cpu_count(),
+        "torch": torch.__version__,
+        "onnxruntime": ort.__version__,
+        "device_started_on": start,
+    }
+    out.write_text(json.dumps({"meta": meta, "models": models, "promotions": promotions}, indent=1))
+    print("| model | version | onnxruntime ms | PyTorch eager ms | ratio | ONNX KiB |")
+    print("|---|---|---|---|---|---|")
+    for m in models:
         print(
-            f"{name:20} {version:>7} | {onnx_ms:>22.3f} | {torch_ms:>24.3f} | {onnx_ms / torch_ms:>5.2f} | {kib:>15.1f}"
+            f"| {m['model']} | {m['version']} | {m['onnxruntime_ms']:.3f} | {m['pytorch_eager_ms']:.3f}"
+            f" | {m['onnxruntime_ms'] / m['pytorch_eager_ms']:.2f} | {m['onnx_kib']:.1f} |"
         )
+    to_device = [p["to_device_s"] for p in promotions]
     print(
-        f"\npromote -> synced device over loopback: {synced:.2f} s (promote itself {promoted:.2f} s; sync {result.status} v{result.version})"
+        f"\npromote -> synced device over loopback ({len(promotions)} promotions between v{released[-2]} and"
+        f" v{released[-1]}): median {statistics.median(to_device):.3f} s, max {max(to_device):.3f} s"
+        f" (promote itself median {statistics.median(p['promote_s'] for p in promotions):.3f} s)"
     )
-    print(
-        f"one 64x64 frame, median of {args.runs} runs after 20 warm-up runs; {json.dumps({'torch': torch.__version__, 'onnxruntime': ort.__version__})}"
-    )
+    print(f"one 64x64 frame, median of {args.runs} runs after 20 warm-up runs\nwrote {out}")
 
 
 if __name__ == "__main__":
