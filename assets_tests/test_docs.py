@@ -31,4 +31,6 @@ def test_the_measurements_page_is_generated_from_the_results():
     )
     assert done.returncode == 0, done.stderr
     page = (ROOT / "docs" / "measurements.md").read_text()
-    assert {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")} <= set(re.findall(r"^## (\S+)", page, re.M))
+    assert {p.stem for p in (ROOT / "benchmarks" / "results").glob("*.json")} <= set(
+        re.findall(r"^## (\S+)", page, re.M)
+    )
