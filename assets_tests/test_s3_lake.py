@@ -132,7 +132,8 @@ def test_append_log_reads_only_what_is_new(where, bucket, tmp_path):
 
 def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket, s3_endpoint, monkeypatch, tmp_path):
     """`autosink fleet serve` with the lake on S3: a device's upload is committed in the bucket,
-    where the new-session sensor looks, not in the home's local folder."""
+    where the new-session sensor looks, not in the home's local folder; and with the channel in
+    its own folder, that folder is what devices pull."""
     import shutil
     import subprocess
     import sys
@@ -148,6 +149,8 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
     shutil.rmtree(home / "lake")  # the tiny local lake: nothing may land there
     monkeypatch.setenv("AUTOSINK_LAKE", f"s3://{bucket}/lake")
     monkeypatch.setenv("AUTOSINK_STORE", f"s3://{bucket}/store")
+    monkeypatch.setenv("AUTOSINK_FLEET", str(tmp_path / "channel"))
+    channel = platform_resources()["fleet"].get()
     (session,) = generate_demo_lake(tmp_path / "device", LATER, progress=False)
     token = DeviceRegistry(Home(home).devices_db).add("pi-001")
     port, log = free_port(), tmp_path / "fleet-api.log"
@@ -167,6 +170,9 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
         )
         with urllib.request.urlopen(request, timeout=60) as r:
             assert r.status == 201 and json.loads(r.read())["session_id"] == session.name
+        key = f"http://127.0.0.1:{port}/v1/fleet/keys/{channel.key_id}.pem"
+        with urllib.request.urlopen(key, timeout=60) as r:
+            assert r.read() == (tmp_path / "channel" / "keys" / f"{channel.key_id}.pem").read_bytes()
     finally:
         stop([api])
     assert set(platform_resources()["lake"].get().committed_sessions()) == {session.name}

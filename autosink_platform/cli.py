@@ -347,9 +347,16 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
     limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
     settings = _configure(home)
     resources = settings.resources()
-    # The lake and store the pipeline's resources use: with the lake on S3, uploads land in the
-    # bucket the sensor reads.
-    app = create_app(settings.home, limits, lake=resources["lake"].get(), store=resources["store"].get("sink"))
+    # The lake, store and channel the pipeline's resources use: with the lake on S3, uploads land
+    # in the bucket the sensor reads; with the channel in another folder, that is what devices get.
+    channel = resources["fleet"].get().root
+    app = create_app(
+        settings.home,
+        limits,
+        lake=resources["lake"].get(),
+        store=resources["store"].get("sink"),
+        channel=str(channel) if channel.protocol not in ("", "file", "local") else channel.path,
+    )
     uvicorn.run(app, host=host, port=port)
 
 

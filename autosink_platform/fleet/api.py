@@ -10,6 +10,7 @@ GET /v1/health
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from datetime import UTC, datetime
 
 from fastapi import FastAPI, Request
@@ -17,7 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from autosink_platform.files import append_jsonl
+from autosink_platform.files import append_jsonl, is_url
 from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
 from autosink_platform.fleet.review_page import review_router
 from autosink_platform.fleet.uploads import UploadLimits, UploadRejected, store_upload
@@ -36,18 +37,29 @@ def create_app(
     review_pipeline: str = "sink",
     lake: Lake | None = None,
     store: FeatureStore | None = None,
+    channel: str | None = None,
 ) -> FastAPI:
-    """The API over ``lake`` and ``store`` (default: the home's own folders). A deployment passes
-    the ones the pipeline's resources configure (``autosink fleet serve`` does), so uploads land
-    where the new-session sensor reads, on an object store as in a folder."""
+    """The API over ``lake``, ``store`` and the release ``channel`` (default: the home's own
+    folders). A deployment passes the ones the pipeline's resources configure (``autosink fleet
+    serve`` does), so uploads land where the new-session sensor reads and devices get what the
+    release stage published, on an object store as in a folder. A channel on an object store is
+    not served here: devices pull it from the bucket."""
     app = FastAPI(title="autosink fleet API", version="1")
     lake = lake if lake is not None else Lake(home.lake)
     store = store if store is not None else FeatureStore(home.store, review_pipeline)
     devices = DeviceRegistry(home.devices_db)
     app.include_router(review_router(store, lake.root))
     # The release channel, as devices pull it (Range requests let them resume downloads).
-    home.fleet.mkdir(parents=True, exist_ok=True)
-    app.mount("/v1/fleet", StaticFiles(directory=home.fleet), name="fleet")
+    channel = str(channel if channel is not None else home.fleet)
+    if is_url(channel):
+
+        @app.get("/v1/fleet/{path:path}")
+        def fleet_elsewhere(path: str):
+            return _error(404, "channel_elsewhere", f"the release channel is {channel}: pull it from there")
+
+    else:
+        Path(channel).mkdir(parents=True, exist_ok=True)
+        app.mount("/v1/fleet", StaticFiles(directory=channel), name="fleet")
     heartbeats = home.heartbeats
 
     def _device(request: Request) -> str | JSONResponse:
