@@ -10,8 +10,8 @@ GET /v1/health
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 from datetime import UTC, datetime
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
