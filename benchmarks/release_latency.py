@@ -113,7 +113,11 @@ def main() -> None:
 
     name = "sink.classifier"
     released = sorted(
-        (v.version for v in registry.client.search_model_versions(f"name = '{name}'") if v.tags.get("release_path")),
+        (
+            str(v.version)
+            for v in registry.client.search_model_versions(f"name = '{name}'")
+            if v.tags.get("release_path")
+        ),
         key=int,
     )
     if len(released) < 2:
