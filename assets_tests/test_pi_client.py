@@ -106,6 +106,17 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             self.wfile.flush()
             self.connection.close()
             return
+        if path.name == "model.onnx" and self.faults.get("endless"):  # no length, and no end
+            self.send_response(200)
+            self.end_headers()
+            try:
+                self.wfile.write(data)
+                for _ in range(2048):  # 128 MiB more, unless the client hangs up first
+                    self.wfile.write(b"\0" * (1 << 16))
+                    self.faults["sent_past_end"] = self.faults.get("sent_past_end", 0) + (1 << 16)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if path.name == "model.onnx" and self.faults.get("truncate"):
             data = data[:-100]
         start = 0
@@ -568,3 +579,20 @@ def test_the_refresh_schedule_runs_from_the_start_and_renews_only_what_is_near_e
     assert [(o.asset_key.path, o.metadata["pointer"].value) for o in observed] == [
         (["sink", "fleet_channel"], "sink.classifier/stable")
     ]
+
+
+def test_a_server_that_never_stops_sending_is_cut_at_the_declared_size(world):
+    """Endless data: a server that streams past the model's declared size is refused as soon as
+    it does; nothing beyond the declared bytes reaches the disk and the device keeps its state."""
+    cfg, channel, faults = world["cfg"], world["channel"], world["faults"]
+    declared = json.loads((channel.version_dir("sink", "classifier", "1") / "manifest.json").read_text())["onnx"][
+        "size"
+    ]
+    faults["endless"] = True
+    refused = _refused(cfg, "too_large")
+    assert f"more than the declared {declared} bytes" in refused.detail
+    assert not list(Path(cfg.state_dir).rglob("*.part"))  # the over-long download is gone
+    assert faults.get("sent_past_end", 0) < 64 * 2**20  # the client hung up long before the server's end
+    assert read_state(cfg)["current"] is None
+    faults["endless"] = False
+    assert sync(cfg).status == "updated"

@@ -105,7 +105,8 @@ def fetch(cfg: PiConfig, rel: str, max_bytes: int = 4 * 2**20) -> bytes:
 
 
 def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Path:
-    """Download with retries, resuming a partial file (HTTP Range); check size and sha256."""
+    """Download with retries, resuming a partial file (HTTP Range); check size and sha256. No
+    more than ``size`` bytes are ever written: a server that sends more is refused at once."""
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     last_error = ""
@@ -126,8 +127,17 @@ def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Pat
                     ):
                         if have and r.status != 206:  # the server ignored the range: start over
                             out.truncate(0)
-                        while chunk := r.read(1 << 16):
+                            have = 0
+                        remaining = size - have  # never more than the manifest declares
+                        while remaining > 0 and (chunk := r.read(min(1 << 16, remaining))):
                             out.write(chunk)
+                            remaining -= len(chunk)
+                        if remaining == 0 and r.read(1):
+                            out.close()
+                            part.unlink()
+                            raise SyncRefused(
+                                "too_large", f"{rel}: the server sent more than the declared {size} bytes"
+                            )
                 else:
                     shutil.copyfile(Path(cfg.channel_url) / rel, part)
             got = part.stat().st_size
