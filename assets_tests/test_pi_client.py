@@ -295,7 +295,7 @@ def _republish_as_3(channel: FleetChannel, manifest: dict, src: Path) -> None:
     """Version 2's model and smoke inputs, signed and published as version 3 with ``manifest``,
     and the stable channel pointed at it."""
     src.mkdir()
-    (src / "manifest.json").write_text(json.dumps(manifest))
+    (src / "manifest.json").write_text(json.dumps(manifest | {"mlflow_version": "3"}))
     for f in ("model.onnx", "smoke_frames.npy"):
         shutil.copyfile(channel.version_dir("sink", "classifier", "2") / f, src / f)
     channel.put_version(
@@ -596,3 +596,29 @@ def test_a_server_that_never_stops_sending_is_cut_at_the_declared_size(world):
     assert read_state(cfg)["current"] is None
     faults["endless"] = False
     assert sync(cfg).status == "updated"
+
+
+def test_a_validly_signed_release_of_another_model_is_refused(world, onnx_model):
+    """Wrong target: the frame guard's signed pointer served at the classifier's path, and a
+    classifier pointer whose version folder holds the frame guard's signed manifest, are both
+    refused; the device keeps its classifier and its sequence."""
+    cfg, channel = world["cfg"], world["channel"]
+    assert sync(cfg).version == "1"
+    publish(channel, "7", onnx_model, world["tmp"], model="frame_guard")
+    channel.set_pointer("sink", "frame_guard", "stable", "7")
+    for _ in range(3):  # the guard's sequence runs ahead of the classifier's
+        channel.set_pointer("sink", "frame_guard", "stable", "7", rollout_percent=99 - _)
+    served = channel.pointer_path("sink", "classifier", "stable")
+    served.write_bytes(channel.pointer_path("sink", "frame_guard", "stable").read_bytes())
+    refused = _refused(cfg, "wrong_target")
+    assert "signed for sink/frame_guard/stable" in refused.detail
+    assert (read_state(cfg)["current"], read_state(cfg)["sequence"]) == ("1", 1)
+
+    # A classifier pointer (validly signed for it) at a version folder holding another model's release.
+    guard = channel.version_dir("sink", "frame_guard", "7")
+    shutil.copytree(guard, channel.version_dir("sink", "classifier", "7"))
+    served.unlink()
+    channel.set_pointer("sink", "classifier", "stable", "7")
+    refused = _refused(cfg, "wrong_target")
+    assert "is sink.frame_guard v7" in refused.detail
+    assert (read_state(cfg)["current"], read_state(cfg)["sequence"]) == ("1", 1)

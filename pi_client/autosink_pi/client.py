@@ -7,7 +7,7 @@ State directory layout (``state_dir``):
     staging/                                       downloads in progress (resumable ``.part`` files)
 
 ``sync`` accepts a release only if the pointer's signature verifies with the provisioned public
-key, the pointer is not expired, its sequence does not go backwards, the manifest's signature
+key, it is signed for this device's pipeline, model and channel, the pointer is not expired, its sequence does not go backwards, the manifest's signature
 and sha256 match, the model's size and sha256 match the manifest, and a smoke inference
 reproduces the manifest's expected output. On any failure the current model stays active.
 The manifest is read with its type (``manifest.parse``); ``runtime`` runs the release.
@@ -219,6 +219,11 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
         raise SyncRefused("bad_signature", f"channel pointer: {e}") from None
     except json.JSONDecodeError as e:
         raise SyncRefused("bad_pointer", f"channel pointer is not JSON: {e}") from None
+    target = (pointer.get("pipeline"), pointer.get("model"), pointer.get("channel"))
+    if target != (cfg.pipeline, cfg.model, cfg.channel):
+        raise SyncRefused(
+            "wrong_target", f"the pointer at {base}/channels/{cfg.channel} is signed for {'/'.join(map(str, target))}"
+        )
     if datetime.fromisoformat(pointer["expires_at"]) <= now:
         raise SyncRefused("expired", f"pointer expired at {pointer['expires_at']}")
     if pointer["sequence"] < state["sequence"]:
@@ -245,6 +250,11 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
         manifest = parse(manifest_bytes)
     except ManifestError as e:
         raise SyncRefused("bad_manifest", str(e)) from None
+    if (manifest.pipeline, manifest.model, manifest.mlflow_version) != (cfg.pipeline, cfg.model, version):
+        raise SyncRefused(
+            "wrong_target",
+            f"the manifest at {vbase} is {manifest.pipeline}.{manifest.model} v{manifest.mlflow_version}",
+        )
 
     staging = Path(cfg.state_dir) / "staging" / version
     onnx = manifest.onnx
