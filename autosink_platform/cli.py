@@ -349,13 +349,13 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) ->
     resources = settings.resources()
     # The lake, store and channel the pipeline's resources use: with the lake on S3, uploads land
     # in the bucket the sensor reads; with the channel in another folder, that is what devices get.
-    channel = resources["fleet"].get().root
+    channel = resources["fleet"].get()
     app = create_app(
         settings.home,
         limits,
         lake=resources["lake"].get(),
         store=resources["store"].get("sink"),
-        channel=str(channel) if channel.protocol not in ("", "file", "local") else channel.path,
+        channel=channel.root.path if channel.local else str(channel.root),
     )
     uvicorn.run(app, host=host, port=port)
 

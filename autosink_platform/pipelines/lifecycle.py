@@ -287,9 +287,7 @@ def release_model(
         if model.threshold.split == "validation":
             metrics["validation"] = {k: getattr(op, k) for k in ("precision", "recall", "f1", "fpr")}
         if pipeline.protocol is not None:
-            metrics["protocol"] = pipeline.protocol(
-                data.frames(test.rows), test.flags, data.extras(), pipeline.source.config
-            )
+            metrics["protocol"] = pipeline.protocol(data.frames(test.rows), test.flags, data.extras(), source_config)
         smoke, smoke_inputs = model.smoke_inputs(data, rows, source_config)
         candidate = Candidate(
             pipeline=pipeline.name,

@@ -139,14 +139,17 @@ def _series(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
 
 def scored_windows(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
     """One session's rows -> the graph inputs of the windows it scores (those after its start-up)."""
-    return graph_windows(spec, sliding(_series(spec, x), spec.window, spec.stride, spec.startup_rows))
+    return _scored(spec, _series(spec, x))
 
 
-def startup_windows(spec: WindowsInput, x: np.ndarray) -> np.ndarray:
-    """One session's rows -> the graph inputs of the windows inside its start-up rows (calibration)."""
-    z = _series(spec, x)[: spec.startup_rows]
+def _scored(spec: WindowsInput, z: np.ndarray) -> np.ndarray:
+    return graph_windows(spec, sliding(z, spec.window, spec.stride, spec.startup_rows))
+
+
+def _startup(spec: WindowsInput, z: np.ndarray) -> np.ndarray:
+    """The (standardised) start-up rows -> the graph inputs of the windows inside them (calibration)."""
     if len(z) < spec.window:
-        raise InputError(f"start-up of {spec.startup_rows} rows holds no window of {spec.window}")
+        raise InputError(f"start-up of {len(z)} rows holds no window of {spec.window}")
     return graph_windows(spec, sliding(z, spec.window, spec.stride))
 
 
@@ -258,9 +261,10 @@ class Runtime:
         """The decision output on the threshold's scale (for a series, one per scored window)."""
         threshold = self.manifest.threshold
         if isinstance(self.input, WindowsInput):  # a session: calibrated on its own start-up
-            scores = self.decision_scores(scored_windows(self.input, raw))
+            z = _series(self.input, raw)
+            scores = self.decision_scores(_scored(self.input, z))
             if threshold.policy == "session_ucl":
-                scores = scores / self.ucl(startup_windows(self.input, raw))
+                scores = scores / self.ucl(_startup(self.input, z[: self.input.startup_rows]))
             return scores
         scores = self.decision_scores(prepare(self.input, raw))
         if threshold.policy == "session_ucl":
@@ -336,7 +340,5 @@ class SeriesSession:
         if spec.standardise:
             self.mean, self.std = scaler(startup)
         if self.runtime.manifest.threshold.policy == "session_ucl":
-            if len(startup) < spec.window:
-                raise InputError(f"start-up of {len(startup)} rows holds no window of {spec.window}")
-            z = standardised(startup, len(startup)) if spec.standardise else startup
-            self.ucl = self.runtime.ucl(graph_windows(spec, sliding(z, spec.window, spec.stride)))
+            z = ((startup - self.mean) / self.std).astype(np.float32) if spec.standardise else startup
+            self.ucl = self.runtime.ucl(_startup(spec, z))
