@@ -1,5 +1,7 @@
 """The fleet upload API, served by a real uvicorn server on loopback."""
 
+import contextlib
+import http.client
 import io
 import json
 import tarfile
@@ -21,30 +23,45 @@ from autosink_platform.lake.sessions import Lake, content_hash, read_session
 LIMITS = UploadLimits(max_archive_bytes=8 * 2**20, max_files=500, max_unpacked_bytes=16 * 2**20)
 
 
-@pytest.fixture
-def server(tmp_path, tiny_lake):
-    """A served home with an empty lake; ``source`` holds sessions for devices to upload."""
-    home = Home(tmp_path / "served")
-    config = uvicorn.Config(create_app(home, LIMITS), host="127.0.0.1", port=0, log_level="warning")
-    srv = uvicorn.Server(config)
+@contextlib.contextmanager
+def _served(app):
+    """``app`` on a real uvicorn server on loopback; yields its base URL."""
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not srv.started:
         assert time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.05)
-    port = srv.servers[0].sockets[0].getsockname()[1]
-    devices = DeviceRegistry(home.devices_db)
-    yield {
-        "url": f"http://127.0.0.1:{port}",
-        "home": home,
-        "lake": Lake(home.lake),
-        "source": Lake(tiny_lake),
-        "tokens": {d: devices.add(d) for d in ("pi-001", "pi-002")},
-        "devices": devices,
-    }
+    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
     srv.should_exit = True
     thread.join(timeout=10)
+
+
+def _server(tmp_path, tiny_lake, limits):
+    """A served home with an empty lake; ``source`` holds sessions for devices to upload."""
+    home = Home(tmp_path / "served")
+    with _served(create_app(home, limits)) as url:
+        devices = DeviceRegistry(home.devices_db)
+        yield {
+            "url": url,
+            "home": home,
+            "lake": Lake(home.lake),
+            "source": Lake(tiny_lake),
+            "tokens": {d: devices.add(d) for d in ("pi-001", "pi-002")},
+            "devices": devices,
+        }
+
+
+@pytest.fixture
+def server(tmp_path, tiny_lake):
+    yield from _server(tmp_path, tiny_lake, LIMITS)
+
+
+@pytest.fixture
+def default_server(tmp_path, tiny_lake):
+    """The limits ``autosink fleet serve`` runs with: derived from the sink's frame geometry."""
+    yield from _server(tmp_path, tiny_lake, None)
 
 
 def _post(server, body: bytes, device="pi-001", token=None):
@@ -137,14 +154,15 @@ META = json.dumps({"device_id": "pi-001", "session_id": "s1", "started_at": "202
 
 
 def _bomb() -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        info, _ = _file("s1/session.json", META)
-        tar.addfile(info, io.BytesIO(META))
-        big = tarfile.TarInfo("s1/frames/000000.png")
-        big.size = 64 * 2**20  # 64 MiB of zeros compresses to ~64 KiB
-        tar.addfile(big, io.BytesIO(bytes(big.size)))
-    return buf.getvalue()
+    """17 frames at their 1 MiB bound, one of noise and 16 of zeros: every member within its
+    bound and the ratio within 20x, the whole over the 16 MiB unpacked limit."""
+    import numpy as np
+
+    noise = np.random.default_rng(0).integers(0, 256, 2**20, dtype=np.uint8).tobytes()
+    frames = [_file("s1/session.json", META)] + [
+        _file(f"s1/frames/{k:06d}.png", noise if k == 0 else bytes(2**20)) for k in range(17)
+    ]
+    return _tar(*_with(*frames))
 
 
 def _many_files(n: int) -> bytes:
@@ -152,7 +170,53 @@ def _many_files(n: int) -> bytes:
     return _tar([info for info, _ in files], {info.name: payload for info, payload in files})
 
 
+def _with(*files) -> tuple[list[tarfile.TarInfo], dict[str, bytes]]:
+    return [info for info, _ in files], {info.name: payload for info, payload in files}
+
+
+def _zeros_frame(size: int, level: int = 6) -> bytes:
+    """A session whose one "frame" is ``size`` zero bytes: it compresses to almost nothing."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=level) as tar:
+        info, _ = _file("s1/session.json", META)
+        tar.addfile(info, io.BytesIO(META))
+        big = tarfile.TarInfo("s1/frames/000000.png")
+        big.size = size
+        tar.addfile(big, _Zeros(size))
+    return buf.getvalue()
+
+
+class _Zeros(io.RawIOBase):
+    """``n`` zero bytes, read in chunks (the archive is built without holding them)."""
+
+    def __init__(self, n: int):
+        self.left = n
+
+    def readinto(self, b) -> int:
+        k = min(len(b), self.left)
+        b[:k] = bytes(k)
+        self.left -= k
+        return k
+
+
 MALICIOUS = {
+    # a frame over its geometry's bound, the whole archive well under the unpacked limit
+    "frame_over_its_bound": (lambda: _zeros_frame(2 * 2**20), 413, "member_too_large"),
+    "oversized_session_json": (
+        lambda: _tar(*_with(_file("s1/session.json", b" " * (LIMITS.max_meta_bytes + 1)))),
+        413,
+        "member_too_large",
+    ),
+    "duplicate_member": (
+        lambda: _tar(*_with(_file("s1/session.json", META), _file("s1/./session.json", META))),
+        400,
+        "duplicate_member",
+    ),
+    "escape_through_the_top_folder": (
+        lambda: _tar([_file("s1/../s2/evil")[0]], {"s1/../s2/evil": b"x"}),
+        400,
+        "unsafe_path",
+    ),
     "absolute_path": (lambda: _tar([_file("/etc/evil", b"x")[0]], {"/etc/evil": b"x"}), 400, "unsafe_path"),
     "dot_dot": (lambda: _tar([_file("s1/../../evil")[0]], {"s1/../../evil": b"x"}), 400, "unsafe_path"),
     "symlink": (lambda: _tar([_kind("s1/link", tarfile.SYMTYPE, "/etc/passwd")]), 400, "unsafe_member"),
@@ -185,6 +249,70 @@ def test_unsafe_or_bad_archives_are_refused_and_nothing_is_written(server, tmp_p
     assert not (server["lake"].raw).exists() or not any(server["lake"].raw.rglob("*"))
     assert not any((server["lake"].root / "_staging").iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == outside  # nothing written outside the lake
+
+
+def test_a_bomb_under_the_unpacked_limit_is_refused_at_its_header(default_server):
+    """At the served defaults: a 1.5 GiB zero-filled "frame" (under the 2 GiB unpacked limit)
+    is refused from the member's header, before it is inflated, and nothing is written."""
+    body = _zeros_frame(3 * 2**29, level=1)
+    assert len(body) < 8 * 2**20
+    started = time.monotonic()
+    r = _post(default_server, body)
+    assert (r.status_code, r.json()["error"]) == (413, "member_too_large"), r.json()
+    assert "a frame" in r.json()["detail"]
+    assert time.monotonic() - started < 30  # not inflated: 1.5 GiB would take far longer to write
+    lake = default_server["lake"]
+    assert lake.committed_sessions() == {} and not any((lake.root / "_staging").iterdir())
+
+
+def test_a_ratio_bomb_of_small_members_is_refused(tmp_path, tiny_lake):
+    """Many members each under its bound, together inflating far beyond the archive's size."""
+    limits = LIMITS.__class__(**{**LIMITS.__dict__, "ratio_allowance_bytes": 2**20, "max_other_bytes": 2**20})
+    gen = _server(tmp_path, tiny_lake, limits)
+    srv = next(gen)
+    body = _tar(*_with(*[_file(f"s1/log{k}.txt", bytes(2**19)) for k in range(8)]))
+    r = _post(srv, body)
+    assert (r.status_code, r.json()["error"]) == (413, "compression_ratio"), r.json()
+    gen.close()
+
+
+def _raw_post(server, headers: dict[str, str], body: bytes = b"") -> tuple[int, dict]:
+    """A request with headers as given (httpx would correct a malformed one)."""
+    host, port = server["url"].removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    conn.putrequest("POST", "/v1/sessions", skip_accept_encoding=True)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    conn.endheaders(body)
+    r = conn.getresponse()
+    status, data = r.status, r.read()
+    conn.close()
+    return status, json.loads(data) if data.startswith(b"{") else {"raw": data.decode(errors="replace")}
+
+
+@pytest.mark.parametrize("length", ["abc", "-5", "1e3", "12, 12"])
+def test_malformed_headers_are_answered_4xx(server, length):
+    token = server["tokens"]["pi-001"]
+    status, answer = _raw_post(server, {"Authorization": f"Bearer {token}", "Content-Length": length})
+    assert 400 <= status < 500, (status, answer)
+    status, answer = _raw_post(server, {"Authorization": "Basic x", "Content-Length": "0"})
+    assert status == 401 and answer["error"] == "missing_token"
+    assert server["lake"].committed_sessions() == {}
+
+
+def test_a_device_that_uploads_too_often_is_slowed_down(tmp_path, tiny_lake):
+    limits = LIMITS.__class__(**{**LIMITS.__dict__, "burst": 2, "per_minute": 1.0})
+    gen = _server(tmp_path, tiny_lake, limits)
+    srv = next(gen)
+    sessions = [p for sid, p in sorted(srv["source"].committed_sessions().items()) if sid.startswith("pi-001")]
+    assert [_post(srv, pack_session(p)).status_code for p in sessions[:2]] == [201, 201]
+    slowed = _post(srv, pack_session(sessions[2]))
+    assert slowed.status_code == 429 and slowed.json()["error"] == "rate_limited"
+    assert 1 <= int(slowed.headers["retry-after"]) <= 60
+    other = next(p for sid, p in sorted(srv["source"].committed_sessions().items()) if sid.startswith("pi-002"))
+    assert _post(srv, pack_session(other), device="pi-002").status_code == 201  # per device
+    assert sessions[2].name not in srv["lake"].committed_sessions()  # refused, not half stored
+    gen.close()
 
 
 def test_oversized_body_is_refused(server):

@@ -337,14 +337,24 @@ def fleet() -> None:
 @click.option("--max-archive-mb", default=512, show_default=True, help="Largest accepted upload (compressed).")
 @click.option("--max-files", default=20_000, show_default=True, help="Most files in one session archive.")
 @click.option("--max-unpacked-mb", default=2048, show_default=True, help="Most bytes one archive may unpack to.")
-def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb) -> None:
+@click.option("--upload-burst", default=120, show_default=True, help="Uploads a device may send at once.")
+@click.option("--uploads-per-minute", default=60.0, show_default=True, help="A device's sustained upload rate.")
+def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb, upload_burst, uploads_per_minute) -> None:
     """Serve the fleet API (uploads) with uvicorn."""
     import uvicorn
 
     from autosink_platform.fleet.api import create_app
     from autosink_platform.fleet.uploads import UploadLimits
+    from autosink_platform.pipelines.sink import SINK
 
-    limits = UploadLimits(max_archive_mb * 2**20, max_files, max_unpacked_mb * 2**20)
+    limits = UploadLimits.for_frames(
+        *SINK.source.frame_size,
+        max_archive_bytes=max_archive_mb * 2**20,
+        max_files=max_files,
+        max_unpacked_bytes=max_unpacked_mb * 2**20,
+        burst=upload_burst,
+        per_minute=uploads_per_minute,
+    )
     settings = _configure(home)
     resources = settings.resources()
     # The lake, store and channel the pipeline's resources use: with the lake on S3, uploads land

@@ -3,7 +3,8 @@
 POST /v1/sessions   Authorization: Bearer <device token>, body: .tar.gz of one session folder
     201 {"session_id", "status": "created"}      stored and committed
     200 {"session_id", "status": "exists", "conflict": bool}   already stored (first copy wins)
-    4xx {"error": <code>, "detail": <what was wrong>}
+    4xx {"error": <code>, "detail": <what was wrong>}     never 5xx for a malformed request
+    429 with Retry-After: the device's upload rate is spent (a burst, then a sustained rate)
 GET /v1/health
 """
 
@@ -21,7 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from autosink_platform.files import append_jsonl, is_url
 from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
 from autosink_platform.fleet.review_page import review_router
-from autosink_platform.fleet.uploads import UploadLimits, UploadRejected, store_upload
+from autosink_platform.fleet.uploads import RateLimiter, UploadLimits, UploadRejected, store_upload
 from autosink_platform.home import Home
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
@@ -33,7 +34,7 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 
 def create_app(
     home: Home,
-    limits: UploadLimits = UploadLimits(),
+    limits: UploadLimits | None = None,
     review_pipeline: str = "sink",
     lake: Lake | None = None,
     store: FeatureStore | None = None,
@@ -43,7 +44,13 @@ def create_app(
     folders). A deployment passes the ones the pipeline's resources configure (``autosink fleet
     serve`` does), so uploads land where the new-session sensor reads and devices get what the
     release stage published, on an object store as in a folder. A channel on an object store is
-    not served here: devices pull it from the bucket."""
+    not served here: devices pull it from the bucket. ``limits`` default to the review
+    pipeline's frame geometry (``UploadLimits.for_frames``)."""
+    from autosink_platform.pipelines.catalog import PIPELINES
+
+    if limits is None:
+        limits = UploadLimits.for_frames(*PIPELINES[review_pipeline].source.frame_size)
+    rate = RateLimiter(limits.burst, limits.per_minute)
     app = FastAPI(title="autosink fleet API", version="1")
     lake = lake if lake is not None else Lake(home.lake)
     store = store if store is not None else FeatureStore(home.store, review_pipeline)
@@ -108,8 +115,17 @@ def create_app(
         if isinstance(device_id, JSONResponse):
             return device_id
         declared = request.headers.get("content-length")
+        if declared is not None and not (declared.isascii() and declared.isdigit()):
+            return _error(400, "invalid_content_length", f"Content-Length {declared[:40]!r} is not a byte count")
         if declared is not None and int(declared) > limits.max_archive_bytes:
             return _error(413, "too_large", f"archive larger than {limits.max_archive_bytes} bytes")
+        wait = rate.take(device_id)
+        if wait:
+            return JSONResponse(
+                {"error": "rate_limited", "detail": f"{device_id} uploads too often: retry in {wait:.0f} s"},
+                status_code=429,
+                headers={"Retry-After": str(max(1, round(wait)))},
+            )
         with tempfile.SpooledTemporaryFile(max_size=8 * 2**20) as body:
             size = 0
             async for chunk in request.stream():

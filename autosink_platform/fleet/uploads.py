@@ -1,12 +1,15 @@
 """Unpack a device's session upload (``.tar.gz`` of one session folder) into the lake, safely.
 
-The archive is checked member by member before anything is written: no absolute paths, no
-``..``, no links or device files, and limits on the number of files and on the unpacked bytes
-(counted while extracting, so a lying header cannot get past them). Files are written only
-inside a staging folder under the lake. The session is committed (moved into ``raw/``,
-``_COMMITTED`` last) only when it is complete. Content problems (a corrupt frame, bad events)
-do not refuse an upload: the session is stored, and the pipeline quarantines it with a reason,
-so nothing a device sends is lost.
+The archive is checked member by member, from its headers, before anything is written: a
+session holds only files and folders under relative names; each member has a size bound by
+what it is (a frame by the pipeline's frame geometry, ``session.json``, ``events.jsonl``); the
+number of files, the unpacked bytes and the ratio of unpacked to compressed bytes are bounded,
+so a decompression bomb is refused at its header without inflating it. Extraction goes through
+the stdlib's ``data`` filter (paths stay inside the staging folder, no special files, modes and
+owners made safe), into a staging folder under the lake. The session is committed (moved into
+``raw/``, ``_COMMITTED`` last) only when it is complete. Content problems (a corrupt frame, bad
+events, another camera's geometry) do not refuse an upload: the session is stored, and the
+pipeline quarantines it with a reason, so nothing a device sends is lost.
 """
 
 from __future__ import annotations
@@ -15,20 +18,70 @@ import io
 import json
 import shutil
 import tarfile
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 
 from autosink_platform.files import put_text
-from autosink_platform.lake.sessions import Lake, SessionExists, content_hash
+from autosink_platform.lake.sessions import FRAME_SUFFIXES, Lake, SessionExists, content_hash
 
 
 @dataclass(frozen=True)
 class UploadLimits:
     max_archive_bytes: int = 512 * 2**20  # compressed body
     max_files: int = 20_000  # a 1-hour session at 5 fps is 18,000 frames
-    max_unpacked_bytes: int = 2 * 2**30  # decompression-bomb guard
+    max_unpacked_bytes: int = 2 * 2**30  # decompression-bomb guard, over the whole archive
+    max_frame_bytes: int = 2**20  # one frame file; ``for_frames`` derives it from the geometry
+    max_meta_bytes: int = 64 * 2**10  # session.json
+    max_events_bytes: int = 16 * 2**20  # events.jsonl
+    max_other_bytes: int = 2**20  # any other file a device adds (a log)
+    # Frames are PNG/JPEG, already compressed: a real session unpacks to barely more than it
+    # weighs. Past a small allowance (tar headers of small files compress well), a higher ratio
+    # is a bomb.
+    max_ratio: float = 20.0
+    ratio_allowance_bytes: int = 8 * 2**20
+    # Per device: a burst (a Pi back online uploads its backlog), then a sustained rate.
+    burst: int = 120
+    per_minute: float = 60.0
+
+    @classmethod
+    def for_frames(cls, width: int, height: int, **overrides) -> UploadLimits:
+        """Limits for a pipeline whose cameras record ``width`` x ``height`` frames: a frame file
+        may be as large as an uncompressed RGBA PNG of that size, plus room for its chunks."""
+        return cls(**{"max_frame_bytes": width * height * 4 + height + 64 * 2**10} | overrides)
+
+    def member_limit(self, name: PurePosixPath) -> tuple[str, int]:
+        """(what the member is, the most bytes it may hold), by its name (where it sits in the
+        archive is checked with the session's layout)."""
+        if name.name in ("session.json", "events.jsonl"):
+            return name.name, self.max_meta_bytes if name.name == "session.json" else self.max_events_bytes
+        if name.parent.name == "frames" and name.suffix.lower() in FRAME_SUFFIXES:
+            return "a frame", self.max_frame_bytes
+        return "a file", self.max_other_bytes
+
+
+class RateLimiter:
+    """A token bucket per device (in this process): ``burst`` uploads at once, then
+    ``per_minute``. ``take`` answers 0 when an upload may go ahead, else the seconds to wait."""
+
+    def __init__(self, burst: int, per_minute: float, clock=time.monotonic):
+        self.burst, self.rate, self.clock = burst, per_minute / 60.0, clock
+        self.buckets: dict[str, tuple[float, float]] = {}  # device -> (tokens, when)
+        self.lock = threading.Lock()
+
+    def take(self, device_id: str) -> float:
+        with self.lock:
+            now = self.clock()
+            tokens, then = self.buckets.get(device_id, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) * self.rate)
+            if tokens < 1.0:
+                self.buckets[device_id] = (tokens, now)
+                return (1.0 - tokens) / self.rate
+            self.buckets[device_id] = (tokens - 1.0, now)
+            return 0.0
 
 
 class UploadRejected(ValueError):
@@ -48,22 +101,40 @@ class UploadResult:
 
 
 def _members(
-    archive: tarfile.TarFile, limits: UploadLimits
+    archive: tarfile.TarFile, limits: UploadLimits, compressed: int
 ) -> tuple[list[tuple[tarfile.TarInfo, PurePosixPath]], str | None]:
-    """Check every member; return (member, path relative to the session folder) and the folder name."""
-    members, count = [], 0
+    """Check every member from its header, before any is extracted; return (member, path
+    relative to the session folder) and the archive's top folder. A tar member holds exactly the
+    bytes its header declares, so the sizes checked here are the sizes extracted."""
+    members, names, unpacked = [], set(), 0
     for m in archive:
         name = PurePosixPath(m.name)
-        if name.is_absolute() or ".." in name.parts:
-            raise UploadRejected(400, "unsafe_path", f"archive member {m.name!r} is absolute or contains '..'")
-        if not (m.isfile() or m.isdir()):
+        if name.is_absolute():  # the data filter would strip it; a device never sends one
+            raise UploadRejected(400, "unsafe_path", f"archive member {m.name!r} has an absolute path")
+        if not (m.isfile() or m.isdir()):  # a session is files and folders: no link of any kind
             raise UploadRejected(400, "unsafe_member", f"archive member {m.name!r} is a link or a device file")
-        count += 1
-        if count > limits.max_files:
+        if len(names) >= limits.max_files:
             raise UploadRejected(413, "too_many_files", f"more than {limits.max_files} archive members")
         parts = [p for p in name.parts if p != "."]
-        if parts:
-            members.append((m, PurePosixPath(*parts)))
+        if not parts:
+            continue
+        key = "/".join(parts)
+        if key in names:
+            raise UploadRejected(400, "duplicate_member", f"archive member {m.name!r} appears twice")
+        names.add(key)
+        what, most = limits.member_limit(name)
+        if m.size > most:
+            raise UploadRejected(413, "member_too_large", f"{m.name!r} is {what} of {m.size} bytes; the most is {most}")
+        unpacked += m.size
+        if unpacked > limits.max_unpacked_bytes:
+            raise UploadRejected(413, "too_large", f"unpacks to more than {limits.max_unpacked_bytes} bytes")
+        if unpacked > max(limits.ratio_allowance_bytes, limits.max_ratio * compressed):
+            raise UploadRejected(
+                413,
+                "compression_ratio",
+                f"unpacks to {unpacked} bytes from {compressed} compressed (more than {limits.max_ratio:g}x)",
+            )
+        members.append((m, PurePosixPath(*parts)))
     tops = {p.parts[0] for _, p in members}
     # Either one top-level folder (the session) or the session's files at the root.
     if len(tops) == 1 and all(len(p.parts) > 1 or m.isdir() for m, p in members):
@@ -72,21 +143,12 @@ def _members(
     return members, None
 
 
-def _extract(archive: tarfile.TarFile, members, staging: Path, limits: UploadLimits) -> None:
-    written = 0
-    for member, rel in members:
-        target = staging / rel
-        if member.isdir():
-            target.mkdir(parents=True, exist_ok=True)
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        source = archive.extractfile(member)
-        with open(target, "xb") as out:  # "x": a duplicate member name cannot overwrite
-            while chunk := source.read(1 << 20):
-                written += len(chunk)
-                if written > limits.max_unpacked_bytes:
-                    raise UploadRejected(413, "too_large", f"unpacks to more than {limits.max_unpacked_bytes} bytes")
-                out.write(chunk)
+def _extract(archive: tarfile.TarFile, members, staging: Path) -> None:
+    """Extract through the stdlib's ``data`` filter, under the session-relative names."""
+    try:
+        archive.extractall(staging, [m.replace(name=rel.as_posix(), deep=False) for m, rel in members], filter="data")
+    except tarfile.FilterError as e:
+        raise UploadRejected(400, "unsafe_path", f"archive member refused by the data filter: {e}") from None
 
 
 def _meta(staging: Path) -> dict:
@@ -138,8 +200,8 @@ def store_upload(lake: Lake, body: BinaryIO, device_id: str, limits: UploadLimit
                 out.write(chunk)
         try:
             with tarfile.open(archive_path, "r:gz") as archive:
-                members, top = _members(archive, limits)
-                _extract(archive, members, staging, limits)
+                members, top = _members(archive, limits, size)
+                _extract(archive, members, staging)
         except (tarfile.TarError, EOFError, OSError) as e:
             if isinstance(e, UploadRejected):
                 raise

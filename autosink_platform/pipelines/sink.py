@@ -194,6 +194,7 @@ SINK = PipelineSpec(
     review_model="classifier",
     description="Kitchen-sink cameras: should the faucet valve be open?",
     source=Sessions(
+        frame_size=(64, 64),
         labeling=LabelingConfig(),
         split=SplitConfig(validation=0.2, test=0.2),
         code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "2"},

@@ -45,6 +45,7 @@ class Sessions:
     labeled from the users' overrides (and the on-device model's unchallenged decisions), split
     by session. New sessions arrive through the fleet API; a sensor ingests them."""
 
+    frame_size: tuple[int, int] = (64, 64)  # (width, height) the pipeline's cameras record
     labeling: LabelingConfig = LabelingConfig()
     split: SplitConfig = SplitConfig()
     retrain: RetrainPolicy = RetrainPolicy()
