@@ -197,10 +197,56 @@ def lake_status(home) -> None:
     click.echo(f"lake: {lk.root}")
     click.echo(f"committed sessions: {len(committed)}  quarantined: {len(quarantined)}")
     for sid, rec in quarantined.items():
-        click.echo(f"  quarantined {sid}: {rec.reason}: {rec.detail}  ({rec.quarantined_at})")
+        by = "" if rec.by == "pipeline" else f" by {rec.by}"
+        click.echo(f"  quarantined {sid}: {rec.reason}: {rec.detail}  ({rec.quarantined_at}{by})")
     conflicts = sorted((lk.root / "conflicts").glob("*/*.json"))
     if conflicts:
         click.echo(f"re-uploads that differed from the stored copy (kept aside): {len(conflicts)}")
+
+
+def _operator() -> str:
+    import getpass
+
+    return getpass.getuser()
+
+
+@lake.command("quarantine")
+@click.argument("session_id")
+@click.option("--reason", required=True, help="Why: kept with the record and in the audit log.")
+@home_option
+def lake_quarantine(session_id, reason, home) -> None:
+    """Keep a session out of every later dataset, by hand (its raw files stay as they are)."""
+    lk = _resources(home)["lake"].get()
+    try:
+        record = lk.quarantine_by_hand(session_id, reason, _operator())
+    except (KeyError, ValueError) as e:
+        raise click.ClickException(str(e).strip("'\"")) from None
+    click.echo(f"quarantined {session_id} by {record.by}: {reason}")
+
+
+@lake.command("release")
+@click.argument("session_id")
+@click.option("--reason", required=True, help="Why it is good after all: kept in the audit log.")
+@home_option
+def lake_release(session_id, reason, home) -> None:
+    """Release a quarantined session: the per-session gates let it through, and the new-session
+    sensor ingests it again."""
+    lk = _resources(home)["lake"].get()
+    try:
+        record = lk.release(session_id, reason, _operator())
+    except KeyError as e:
+        raise click.ClickException(str(e).strip("'\"")) from None
+    click.echo(
+        f"released {session_id} (was {record.reason}: {record.detail}); it is ingested on the sensor's next tick"
+    )
+
+
+@lake.command("audit")
+@home_option
+def lake_audit(home) -> None:
+    """Every quarantine and release by hand: when, who, which session, why."""
+    for e in _resources(home)["lake"].get().audit():
+        click.echo(f"{e['at']}  {e['action']:<10}  {e['session_id']}  by {e['by']}: {e['reason']}")
 
 
 @lake.command("reindex")

@@ -1,6 +1,7 @@
 """Writes the fixed corpus of bad sessions under ``bad_sessions/`` (committed to git).
 
-Each case is a tiny session (10 frames of 16x16, 5 fps) broken in exactly one way; ``expected.json``
+Each case is a tiny session (10 frames of 64x64, the sink cameras' size, at 5 fps) broken in
+exactly one way; ``expected.json``
 maps each session id to the quarantine reason the lake must give it (``null``: a good session).
 Run it again only when the public format changes: ``python assets_tests/corpus/make_bad_sessions.py``.
 """
@@ -16,9 +17,15 @@ ROOT = Path(__file__).parent / "bad_sessions"
 DAY = "2026-11-02"
 
 
-def frame(i: int, size=(16, 16)) -> bytes:
+def frame(i: int, size=(64, 64), blank: bool = False) -> bytes:
+    """A frame with contrast (a colour ramp and a bar), or a blank one (a covered lens)."""
+    im = Image.new("RGB", size, (10 * i, 100, 200 - 10 * i) if not blank else (12, 12, 12))
+    if not blank:
+        ramp = Image.linear_gradient("L").resize(size)
+        im = Image.merge("RGB", (ramp, im.getchannel(1), im.getchannel(2)))
+        im.paste((250, 250, 250), (size[0] // 4, size[1] // 3, size[0] // 2, size[1] // 2))
     buf = io.BytesIO()
-    Image.new("RGB", size, (10 * i, 100, 200 - 10 * i)).save(buf, format="PNG")
+    im.save(buf, format="PNG")
     return buf.getvalue()
 
 
@@ -86,6 +93,12 @@ def main() -> None:
         "no-frames": ("no_frames", {"frames": {}}),
         "tiny-frames": ("bad_frame_size", {"frames": {f"{i:06d}.png": frame(i, (8, 8)) for i in range(10)}}),
         "mixed-frame-sizes": ("bad_frame_size", {"frames": good | {"000007.png": frame(7, (32, 32))}}),
+        # well-formed, but not what the pipeline's cameras record: the per-session gates
+        "another-camera": ("frame_geometry", {"frames": {f"{i:06d}.png": frame(i, (96, 96)) for i in range(10)}}),
+        "covered-lens": (
+            "covered_camera",
+            {"frames": good | {f"{i:06d}.png": frame(i, blank=True) for i in range(3, 10)}},
+        ),
         "frame-gap": ("bad_frame_name", {"frames": {k.replace("000005", "000050"): v for k, v in good.items()}}),
         "frame-count-mismatch": ("frame_count_mismatch", {"ended_at": f"{DAY}T08:01:00+00:00"}),
     }

@@ -34,17 +34,21 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
     def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
         # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
         # only what was committed since the last one, however large the lake grows.
-        commits, cursor = lake.get().read_commits(context.cursor)
+        entries, cursor = lake.get().read_log(context.cursor)
         new: list[str] = []
-        for session_id, _ in commits:
+        released: list[dg.RunRequest] = []
+        for entry in entries:
+            session_id = entry["session_id"]
+            if "released_at" in entry:  # an operator released it from quarantine: ingest it again
+                released.append(dg.RunRequest(partition_key=session_id, run_key=f"{session_id}@{entry['released_at']}"))
             # A reset cursor, a re-indexed log or a duplicate line must not add a partition twice.
-            if session_id not in new and not context.instance.has_dynamic_partition(partitions.name, session_id):
+            elif session_id not in new and not context.instance.has_dynamic_partition(partitions.name, session_id):
                 new.append(session_id)
         # The partitions are appended in this order before the runs launch, so each batch is a
         # contiguous range of them.
         batches = [new[i : i + INGEST_BATCH] for i in range(0, len(new), INGEST_BATCH)]
         return dg.SensorResult(
-            run_requests=[partition_range_request(b) for b in batches],
+            run_requests=[partition_range_request(b) for b in batches] + released,
             dynamic_partitions_requests=[partitions.build_add_request(new)] if new else [],
             cursor=cursor,
         )

@@ -38,7 +38,9 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
     ) -> dg.MaterializeResult:
         """One Pi session from the lake, parsed and checked; a bad session is quarantined with its reason."""
-        results = {pk: sink.ingest_session(lake.get(), store.get(spec.name), pk) for pk in context.partition_keys}
+        results = {
+            pk: sink.ingest_session(lake.get(), store.get(spec.name), pk, spec.source) for pk in context.partition_keys
+        }
         for pk, r in results.items():
             if r["status"] == "quarantined":
                 context.log.warning(f"session {pk} quarantined: {r['reason']}: {r['detail']}")

@@ -270,6 +270,10 @@ class QuarantineRecord:
     reason: str
     detail: str
     quarantined_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+    by: str = "pipeline"  # or the operator who quarantined it by hand
+
+
+OPERATOR = "operator"  # the reason of a quarantine by hand (its detail is the operator's reason)
 
 
 class Lake:
@@ -305,10 +309,67 @@ class Lake:
             raise KeyError(f"session {session_id!r}: {len(matches)} committed folders in {self.raw}")
         return matches[0].parent
 
-    def quarantine(self, session_id: str, error: SessionFormatError) -> QuarantineRecord:
-        record = QuarantineRecord(session_id, str(error.path), error.reason, error.detail)
+    def quarantine(self, session_id: str, error: SessionFormatError, by: str = "pipeline") -> QuarantineRecord:
+        """Keep a session out of every dataset, with the reason (its raw files stay as they are).
+        The pipeline does this for a session it cannot use; an operator, by hand, for any reason."""
+        record = QuarantineRecord(session_id, str(error.path), error.reason, error.detail, by=by)
         put_text(self.quarantine_dir / f"{session_id}.json", json.dumps(asdict(record), indent=2))
+        if by != "pipeline":
+            self._audit("quarantine", session_id, by, error.detail)
         return record
+
+    def quarantine_by_hand(self, session_id: str, reason: str, by: str) -> QuarantineRecord:
+        if not reason.strip():
+            raise ValueError("say why the session is quarantined (--reason)")
+        return self.quarantine(session_id, SessionFormatError(self.session_path(session_id), OPERATOR, reason), by)
+
+    def release(self, session_id: str, reason: str, by: str) -> QuarantineRecord:
+        """An operator's word that a quarantined session is good: its record moves to
+        ``quarantine/released/`` (kept, with who released it), the per-session gates no longer
+        hold it, and the commit log gets a release entry, on which the new-session sensor
+        ingests it again."""
+        current = self.quarantine_dir / f"{session_id}.json"
+        if not current.exists():
+            raise KeyError(f"session {session_id!r} is not quarantined")
+        record = QuarantineRecord(**json.loads(current.read_text()))
+        now = datetime.now(UTC).isoformat()
+        put_text(
+            self.quarantine_dir / "released" / f"{session_id}.json",
+            json.dumps(asdict(record) | {"released_at": now, "released_by": by, "release_reason": reason}, indent=2),
+        )
+        current.unlink()
+        self._audit("release", session_id, by, reason)
+        AppendLog(self.commit_log).append(
+            {
+                "session_id": session_id,
+                "path": self.session_path(session_id).relative_to(self.root).as_posix(),
+                "released_at": now,
+            }
+        )
+        return record
+
+    def is_released(self, session_id: str) -> bool:
+        """An operator released this session: the per-session gates let it through."""
+        return (self.quarantine_dir / "released" / f"{session_id}.json").exists()
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "_index" / "quarantine_audit.jsonl"
+
+    def _audit(self, action: str, session_id: str, by: str, reason: str) -> None:
+        AppendLog(self.audit_log).append(
+            {
+                "action": action,
+                "session_id": session_id,
+                "by": by,
+                "reason": reason,
+                "at": datetime.now(UTC).isoformat(),
+            }
+        )
+
+    def audit(self) -> list[dict]:
+        """Every quarantine and release by hand, oldest first."""
+        return AppendLog(self.audit_log).read()[0]
 
     def is_quarantined(self, session_id: str) -> bool:
         return (self.quarantine_dir / f"{session_id}.json").exists()
@@ -383,8 +444,13 @@ class Lake:
         ([(session_id, path)], new cursor). Cost grows with the number of new commits, not with
         the size of the lake (see ``files.AppendLog``: a byte offset in a folder, the last
         commit key on an object store)."""
-        entries, cursor = AppendLog(self.commit_log).read(cursor)
+        entries, cursor = self.read_log(cursor)
         return [(e["session_id"], self.root / e["path"]) for e in entries], cursor
+
+    def read_log(self, cursor: str | int | None = None) -> tuple[list[dict], str]:
+        """The commit log's entries after ``cursor``: a commit, or an operator's release
+        (``released_at``) of a session committed before."""
+        return AppendLog(self.commit_log).read(cursor)
 
     def reindex(self) -> list[str]:
         """Log committed sessions that are missing from the commit log (e.g. copied in by hand)."""

@@ -24,6 +24,7 @@ from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
 from autosink_platform.validation.dataset import DatasetRef, LoadedDataset
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
+from autosink_platform.validation.session_gates import ingest_gate
 from autosink_platform.validation.splits import SplitConfig
 
 GUARD_TARGET_FPR = 0.01  # one ordinary frame in a hundred may be flagged; the device then holds its state
@@ -33,12 +34,18 @@ FAULT_SEEDS = {"validation": 101, "test": 202}  # validation and test get differ
 # -- raw sessions and labels ----------------------------------------------------------------
 
 
-def ingest_session(lake: Lake, store: FeatureStore, session_id: str) -> dict:
-    """Parse one committed session into the store, or quarantine it with the reason."""
+def ingest_session(lake: Lake, store: FeatureStore, session_id: str, source: Sessions | None = None) -> dict:
+    """Parse one committed session into the store, or quarantine it with the reason: it does
+    not follow the session format, or a per-session gate holds it (another camera's geometry,
+    a covered lens) unless an operator released it. ``source``: the sink's by default."""
+    source = source or SINK.source
     path = lake.session_path(session_id)
     try:
         session = read_session(path)
         validate(session_record(session), SessionRecords, f"{store.root.name}/raw_sessions")
+        held = None if lake.is_released(session_id) else ingest_gate(session, source.frame_size, source.gates)
+        if held is not None:
+            raise held
     except SessionFormatError as e:
         record = lake.quarantine(session_id, e)
         return {"status": "quarantined", "reason": record.reason, "detail": record.detail}

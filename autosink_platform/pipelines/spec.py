@@ -17,6 +17,7 @@ from autosink_platform.models.contract import DetectorModel, Model, NetModel
 from autosink_platform.registry.promotion import PromotionPolicy
 from autosink_platform.validation.cases import Slice
 from autosink_platform.validation.checks import DatasetChecksConfig
+from autosink_platform.validation.session_gates import SessionGates
 from autosink_platform.validation.splits import SplitConfig
 
 __all__ = ["DetectorModel", "Model", "NetModel", "PipelineSpec", "PublicFiles", "RetrainPolicy", "Sessions"]
@@ -46,6 +47,7 @@ class Sessions:
     by session. New sessions arrive through the fleet API; a sensor ingests them."""
 
     frame_size: tuple[int, int] = (64, 64)  # (width, height) the pipeline's cameras record
+    gates: SessionGates = SessionGates()  # per session, at ingest: another camera, a covered lens
     labeling: LabelingConfig = LabelingConfig()
     split: SplitConfig = SplitConfig()
     retrain: RetrainPolicy = RetrainPolicy()
