@@ -334,3 +334,18 @@ def test_cli_manages_device_tokens(tmp_path):
     assert "pi-009" in listed and "revoked" in listed
     bad = runner.invoke(main, ["fleet", "add-device", "../etc", "--home", home])
     assert bad.exit_code != 0 and "device id" in bad.output
+
+
+def test_cli_manages_reviewer_tokens(tmp_path):
+    from autosink_platform.fleet.devices import ReviewerRegistry
+
+    runner, home = CliRunner(), str(tmp_path / "h")
+    added = runner.invoke(main, ["fleet", "add-reviewer", "ana", "--home", home])
+    assert added.exit_code == 0, added.output
+    registry = ReviewerRegistry(Home(tmp_path / "h").reviewers_db)
+    cookie, session = registry.sign_in(added.output.strip())
+    assert session.reviewer == "ana" and registry.session(cookie) == session
+    assert runner.invoke(main, ["fleet", "revoke-reviewer", "ana", "--home", home]).exit_code == 0
+    assert registry.session(cookie) is None  # signed out with the token
+    again = runner.invoke(main, ["fleet", "revoke-reviewer", "ana", "--home", home])
+    assert again.exit_code != 0 and "no active reviewer" in again.output

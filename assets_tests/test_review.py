@@ -1,11 +1,13 @@
 """Human review: corrections, the queue, and the /review page driven in headless Chromium."""
 
+import http.server
 import shutil
 import threading
 import time
 from pathlib import Path
 
 import dagster as dg
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,6 +16,7 @@ import uvicorn
 from autosink_platform.definitions import defs
 from autosink_platform.defs.runner import QUIET, register_sessions
 from autosink_platform.fleet.api import create_app
+from autosink_platform.fleet.devices import ReviewerRegistry
 from autosink_platform.home import Home
 from autosink_platform.labeling.review import Correction, ReviewLog, apply_reviews, review_queue
 from autosink_platform.lake.sessions import Lake
@@ -107,13 +110,23 @@ def served(labeled_home):
     thread.join(timeout=10)
 
 
+def _sign_in(browser, url: str, token: str) -> None:
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{url}/review")
+    assert browser.current_url.endswith("/review/login")  # nothing is shown before signing in
+    browser.find_element(By.ID, "token").send_keys(token)
+    browser.find_element(By.ID, "sign-in").click()
+    assert browser.current_url.endswith("/review"), browser.current_url
+
+
 def test_reviewer_corrects_a_label_in_the_browser(served, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.expected_conditions import staleness_of
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, home, instance, store = served
-    browser.get(f"{url}/review")
+    _sign_in(browser, url, ReviewerRegistry(home.reviewers_db).add("ana"))
     session_id = browser.find_element(By.ID, "session").text
     frame_index = int(browser.find_element(By.ID, "frame-index").text)
     shown = browser.find_element(By.ID, "current-label").text
@@ -128,17 +141,16 @@ def test_reviewer_corrects_a_label_in_the_browser(served, browser):
         if s != session_id
     }
     new_label = 0 if shown == "open" else 1
-    browser.find_element(By.ID, "reviewer").send_keys("ana")
     old_page = browser.find_element(By.ID, "session")
     browser.find_element(By.ID, "label-closed" if new_label == 0 else "label-open").click()
     WebDriverWait(browser, 20).until(staleness_of(old_page))  # the POST, its redirect and the next page
 
-    # The page moves on to the next frame, and keeps the reviewer's name.
+    # The page moves on to the next frame; the correction records the signed-in reviewer.
     assert (browser.find_element(By.ID, "session").text, int(browser.find_element(By.ID, "frame-index").text)) != (
         session_id,
         frame_index,
     )
-    assert browser.find_element(By.ID, "reviewer").get_attribute("value") == "ana"
+    assert browser.find_element(By.ID, "reviewer").text == "ana"
     (correction,) = ReviewLog(store.root).for_session(session_id)
     assert (correction.frame_index, correction.label, correction.reviewer) == (frame_index, new_label, "ana")
     assert {"open": 1, "closed": 0, "unlabeled": None}[shown] == correction.old_label
@@ -168,3 +180,74 @@ def test_reviewer_corrects_a_label_in_the_browser(served, browser):
         )
     )
     assert again.run_requests == []
+
+
+class _AttackerPage(http.server.BaseHTTPRequestHandler):
+    """Another origin's page that posts a correction to the review page as soon as it loads."""
+
+    target = ""
+
+    def do_GET(self):
+        body = f"""<!doctype html><html><body onload="document.forms[0].submit()">
+<form method="post" action="{self.target}/review">
+<input name="session_id" value="{self.server.session_id}"><input name="frame_index" value="{self.server.frame_index}">
+<input name="label" value="1"><input name="csrf" value="guessed"></form></body></html>""".encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_review_refuses_unauthenticated_and_cross_site_corrections(served, browser):
+    """Nobody corrects a label without signing in, and a page on another origin cannot post a
+    correction with a signed-in reviewer's browser; a revoked reviewer's session ends."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, home, instance, store = served
+    session_id, frame_index = store.labeled_sessions()[0], 3
+    form = {"session_id": session_id, "frame_index": frame_index, "label": 1, "csrf": "x"}
+    anonymous = httpx.post(f"{url}/review", data=form)
+    assert anonymous.status_code == 401 and "sign in" in anonymous.text
+    assert httpx.get(f"{url}/review/frames/{session_id}/0.png").status_code == 401
+    assert httpx.post(f"{url}/review/login", data={"token": "guess"}).status_code == 401
+
+    registry = ReviewerRegistry(home.reviewers_db)
+    token = registry.add("ben")
+    assert token.encode() not in home.reviewers_db.read_bytes()  # stored hashed only
+    _sign_in(browser, url, token)
+    cookie = browser.get_cookie("autosink_review")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/review"
+
+    attacker = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _AttackerPage)
+    attacker.session_id, attacker.frame_index = session_id, frame_index
+    _AttackerPage.target = url
+    threading.Thread(target=attacker.serve_forever, daemon=True).start()
+    try:
+        browser.get(f"http://127.0.0.1:{attacker.server_address[1]}/")
+        WebDriverWait(browser, 20).until(lambda b: b.current_url.startswith(f"{url}/review"))
+        assert "refused" in browser.page_source or "CSRF" in browser.page_source, browser.page_source[:500]
+    finally:
+        attacker.shutdown()
+    assert ReviewLog(store.root).for_session(session_id) == []  # nothing recorded
+
+    # With the page's own CSRF token but another Origin: refused as well.
+    browser.get(f"{url}/review")
+    csrf = browser.find_element(By.CSS_SELECTOR, "input[name=csrf]").get_attribute("value")
+    cookies = {"autosink_review": cookie["value"]}
+    forged = httpx.post(
+        f"{url}/review", data=form | {"csrf": csrf}, cookies=cookies, headers={"Origin": "http://evil.example"}
+    )
+    assert forged.status_code == 403 and "cross-site" in forged.text
+    ok = httpx.post(f"{url}/review", data=form | {"csrf": csrf}, cookies=cookies, headers={"Origin": url})
+    assert ok.status_code == 303
+    (correction,) = ReviewLog(store.root).for_session(session_id)
+    assert correction.reviewer == "ben"  # the signed-in reviewer, whatever a form says
+
+    registry.revoke("ben")
+    browser.get(f"{url}/review")
+    assert browser.current_url.endswith("/review/login")  # the session ended with the token

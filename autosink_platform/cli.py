@@ -474,3 +474,30 @@ def fleet_devices(home) -> None:
         click.echo(
             f"{d['device_id']:20} created {d['created_at']}  {'revoked ' + d['revoked_at'] if d['revoked_at'] else 'active'}"
         )
+
+
+@fleet.command("add-reviewer")
+@home_option
+@click.argument("name")
+def fleet_add_reviewer(home, name) -> None:
+    """Let a person correct labels on /review: prints their sign-in token (shown only this once)."""
+    from autosink_platform.fleet.devices import ReviewerRegistry
+
+    try:
+        click.echo(ReviewerRegistry(_use_home(home).reviewers_db).add(name))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+@fleet.command("revoke-reviewer")
+@home_option
+@click.argument("name")
+def fleet_revoke_reviewer(home, name) -> None:
+    """Revoke a reviewer's token and end their signed-in sessions."""
+    from autosink_platform.fleet.devices import ReviewerRegistry
+
+    try:
+        ReviewerRegistry(_use_home(home).reviewers_db).revoke(name)
+    except KeyError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"revoked reviewer {name}")

@@ -40,6 +40,11 @@ class Home:
         return self.root / "fleet_api" / "devices.sqlite"
 
     @property
+    def reviewers_db(self) -> Path:
+        """Reviewer tokens and signed-in review sessions (hashed)."""
+        return self.root / "fleet_api" / "reviewers.sqlite"
+
+    @property
     def heartbeats(self) -> Path:
         """Append-only log of device heartbeats (active version per device)."""
         return self.root / "fleet_api" / "heartbeats.jsonl"

@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 from autosink_platform.files import append_jsonl, is_url
-from autosink_platform.fleet.devices import DeviceRegistry, RevokedToken, UnknownToken
+from autosink_platform.fleet.devices import DeviceRegistry, ReviewerRegistry, RevokedToken, UnknownToken
 from autosink_platform.fleet.review_page import review_router
 from autosink_platform.fleet.uploads import RateLimiter, UploadLimits, UploadRejected, store_upload
 from autosink_platform.home import Home
@@ -55,7 +55,7 @@ def create_app(
     lake = lake if lake is not None else Lake(home.lake)
     store = store if store is not None else FeatureStore(home.store, review_pipeline)
     devices = DeviceRegistry(home.devices_db)
-    app.include_router(review_router(store, lake.root))
+    app.include_router(review_router(store, lake.root, ReviewerRegistry(home.reviewers_db)))
     # The release channel, as devices pull it (Range requests let them resume downloads).
     channel = str(channel if channel is not None else home.fleet)
     if is_url(channel):

@@ -1,23 +1,39 @@
 """The human review page, served by the fleet API at /review: one frame at a time, with its
 neighbours for context, its current label and the champion's opinion; the reviewer sets
-the right label. Plain HTML forms, so it works in any browser and with no JavaScript."""
+the right label. Plain HTML forms, so it works in any browser and with no JavaScript.
+
+Only signed-in reviewers see frames or correct labels. A reviewer signs in at /review/login
+with the token ``autosink fleet add-reviewer`` printed; the browser keeps a session cookie
+(HttpOnly, SameSite=Strict, path /review). Every form post carries the session's CSRF token
+and, when the browser sends an Origin, must come from this origin; a correction records the
+signed-in reviewer, never a name typed into the form."""
 
 from __future__ import annotations
 
+import hmac
 import html
 import io
 from pathlib import Path
 from urllib.parse import quote
 
 import pandas as pd
-from fastapi import APIRouter, Form, HTTPException
+from fastapi import APIRouter, Form, HTTPException, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 from autosink_platform.files import is_local, location
+from autosink_platform.fleet.devices import ReviewerRegistry, ReviewSession, RevokedToken, UnknownToken
 from autosink_platform.labeling.review import Correction, ReviewLog
 from autosink_platform.lake.store import FeatureStore
 
 CONTEXT = 2  # frames shown before and after the one under review
+COOKIE = "autosink_review"
+
+LOGIN = """
+<form method="post" action="/review/login">
+ <p><label>Reviewer token <input id="token" name="token" type="password" autocomplete="off" required></label></p>
+ <button id="sign-in">Sign in</button>
+</form>
+<p>{message}</p>"""
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>autosink review: {pipeline}</title>
@@ -38,9 +54,64 @@ def _label_text(label) -> str:
     return "unlabeled" if pd.isna(label) else ("open" if int(label) == 1 else "closed")
 
 
-def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
+def _same_origin(request: Request) -> bool:
+    """A browser names the page a form was posted from; it must be this server's. (Without
+    an Origin header, the CSRF token alone decides.)"""
+    origin = request.headers.get("origin")
+    return origin is None or origin == f"{request.url.scheme}://{request.headers.get('host', '')}"
+
+
+def review_router(store: FeatureStore, lake_root: Path, reviewers: ReviewerRegistry) -> APIRouter:
     router = APIRouter()
     reviews = ReviewLog(store.root)
+    page = lambda body: PAGE.format(pipeline=html.escape(store.root.name), body=body)  # noqa: E731
+
+    def signed_in(request: Request) -> ReviewSession:
+        session = reviewers.session(request.cookies.get(COOKIE))
+        if session is None:
+            raise HTTPException(401, "sign in at /review/login first")
+        return session
+
+    def checked_post(request: Request, csrf: str) -> ReviewSession:
+        """The session of a form post that is this server's own page's, or 401/403."""
+        session = signed_in(request)
+        if not _same_origin(request):
+            raise HTTPException(403, f"cross-site post from {request.headers.get('origin')!r} refused")
+        if not hmac.compare_digest(csrf.encode(), session.csrf.encode()):
+            raise HTTPException(403, "the form's CSRF token does not match this session: reload the page")
+        return session
+
+    @router.get("/review/login", response_class=HTMLResponse)
+    def login_page() -> str:
+        return page(LOGIN.format(message=""))
+
+    @router.post("/review/login", response_model=None)
+    def login(request: Request, token: str = Form(...)) -> Response:
+        if not _same_origin(request):
+            raise HTTPException(403, f"cross-site sign-in from {request.headers.get('origin')!r} refused")
+        try:
+            cookie, _ = reviewers.sign_in(token.strip())
+        except (UnknownToken, RevokedToken) as e:
+            return HTMLResponse(page(LOGIN.format(message=f"<b id='error'>{html.escape(str(e))}</b>")), 401)
+        response = RedirectResponse("/review", status_code=303)
+        response.set_cookie(
+            COOKIE,
+            cookie,
+            max_age=ReviewerRegistry.SESSION_HOURS * 3600,
+            path="/review",
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+
+    @router.post("/review/logout")
+    def logout(request: Request, csrf: str = Form(...)) -> RedirectResponse:
+        checked_post(request, csrf)
+        reviewers.sign_out(request.cookies[COOKIE])
+        response = RedirectResponse("/review/login", status_code=303)
+        response.delete_cookie(COOKIE, path="/review")
+        return response
 
     def queue() -> pd.DataFrame:
         path = store.root / "review_queue.parquet"
@@ -58,12 +129,17 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
             raise HTTPException(404, f"session {session_id!r} has no frame {frame_index}")
         return row.iloc[0]
 
-    @router.get("/review", response_class=HTMLResponse)
-    def review_page(skip: int = 0, reviewer: str = "") -> str:
+    @router.get("/review", response_class=HTMLResponse, response_model=None)
+    def review_page(request: Request, skip: int = 0) -> str | Response:
+        session = reviewers.session(request.cookies.get(COOKIE))
+        if session is None:
+            return RedirectResponse("/review/login", status_code=303)
+        who = f"""<form method="post" action="/review/logout"><p>Signed in as <b id="reviewer">{html.escape(session.reviewer)}</b>
+ <input type="hidden" name="csrf" value="{session.csrf}"> <button id="sign-out">Sign out</button></p></form>"""
         q = queue()
         if skip >= len(q):
             body = f"<p id='empty'>Nothing left to review ({len(q)} frames queued, {skip} skipped).</p>"
-            return PAGE.format(pipeline=html.escape(store.root.name), body=body)
+            return page(who + body)
         item = q.iloc[skip]
         sid, idx = str(item["session_id"]), int(item["frame_index"])
         now = current_label(sid, idx)
@@ -73,7 +149,7 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
             f"{' class=current' if k == idx else ''}>"
             for k in range(max(0, idx - CONTEXT), min(n, idx + CONTEXT + 1))
         )
-        body = f"""
+        body = f"""{who}
 <p>{len(q) - skip} frames to review. Session <b id="session">{html.escape(sid)}</b>
  (device {html.escape(str(item["device_id"]))}), frame <b id="frame-index">{idx}</b> of {n}.</p>
 <img class="frame" src="/review/frames/{quote(sid)}/{idx}.png" width="320" alt="frame under review">
@@ -89,15 +165,16 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
  <input type="hidden" name="session_id" value="{html.escape(sid)}">
  <input type="hidden" name="frame_index" value="{idx}">
  <input type="hidden" name="skip" value="{skip}">
- <p><label>Reviewer <input id="reviewer" name="reviewer" required value="{html.escape(reviewer)}"></label></p>
+ <input type="hidden" name="csrf" value="{session.csrf}">
  <button id="label-open" name="label" value="1">Open: hands or dishes under the spout</button>
  <button id="label-closed" name="label" value="0">Closed: nothing under the spout</button>
 </form>
-<p><a id="skip" href="/review?skip={skip + 1}&reviewer={quote(reviewer)}">Skip this frame</a></p>"""
-        return PAGE.format(pipeline=html.escape(store.root.name), body=body)
+<p><a id="skip" href="/review?skip={skip + 1}">Skip this frame</a></p>"""
+        return page(body)
 
     @router.get("/review/frames/{session_id}/{frame_index}.png")
-    def frame(session_id: str, frame_index: int) -> Response:
+    def frame(request: Request, session_id: str, frame_index: int) -> Response:
+        signed_in(request)  # frames are pictures of people's kitchens
         try:
             frames = store.get_session(session_id)["frames"]
         except KeyError:
@@ -111,27 +188,27 @@ def review_router(store: FeatureStore, lake_root: Path) -> APIRouter:
 
     @router.post("/review")
     def correct(
+        request: Request,
         session_id: str = Form(...),
         frame_index: int = Form(...),
         label: int = Form(...),
-        reviewer: str = Form(...),
+        csrf: str = Form(""),
         skip: int = Form(0),
     ) -> RedirectResponse:
+        reviewer = checked_post(request, csrf).reviewer
         if label not in (0, 1):
             raise HTTPException(422, f"label must be 0 or 1, got {label}")
-        if not reviewer.strip():
-            raise HTTPException(422, "the reviewer's name is required")
         now = current_label(session_id, frame_index)
         reviews.append(
             Correction(
                 session_id,
                 frame_index,
                 label,
-                reviewer.strip(),
+                reviewer,
                 None if pd.isna(now["label"]) else int(now["label"]),
                 None if pd.isna(now["label_source"]) else str(now["label_source"]),
             )
         )
-        return RedirectResponse(f"/review?skip={skip}&reviewer={quote(reviewer.strip())}", status_code=303)
+        return RedirectResponse(f"/review?skip={skip}", status_code=303)
 
     return router
