@@ -6,13 +6,17 @@ client on its timer): the day of feedback must reach the device as a better cham
 the same running platform, a day of bad feedback must produce a worse candidate that is refused
 while the device keeps the champion."""
 
+import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+from PIL import Image
 
 from autosink_platform.home import Home
 from autosink_platform.lake.store import FeatureStore
@@ -150,3 +154,110 @@ def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, mo
     assert _champion(env, "sink.classifier") == champion and watched.version == champion
     assert "not promoted" in report.decision or "refused" in report.decision, report.decision
     assert not [e for e in _audit(home) if e["model"] == "sink.classifier" and e["to"] == report.candidate]
+
+
+def _flip_overrides(folder: Path, truth: pd.DataFrame, bursts: int, seed: int) -> None:
+    """Rewrite a session's overrides as a poisoner would: ``bursts`` bursts of overrides (one
+    every other frame for ten frames) that assert the opposite of what the camera shows."""
+    meta = json.loads((folder / "session.json").read_text())
+    n, fps = len(list((folder / "frames").iterdir())), float(meta["fps"])
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if line.strip()]
+    should_open = truth.sort_values("frame_index")["valve_should_open"].to_numpy()
+    starts = np.random.default_rng(seed).choice(np.arange(0, n - 10, 10), bursts, replace=False)
+    flips = [
+        {"t": round(k / fps, 3), "type": "user_close" if should_open[k] else "user_open"}
+        for s in sorted(starts)
+        for k in range(s, s + 10, 2)
+    ]
+    model = [e for e in events if not e["type"].startswith("user_")]
+    kept = sorted(model + flips, key=lambda e: e["t"])
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in kept))
+
+
+def _blank(folder: Path, share: float) -> None:
+    frames = sorted((folder / "frames").iterdir())
+    for f in frames[: int(len(frames) * share)]:
+        buf = io.BytesIO()
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(buf, format="PNG")
+        f.write_bytes(buf.getvalue())
+
+
+def _resize(folder: Path, size: int) -> None:
+    for f in (folder / "frames").iterdir():
+        buf = io.BytesIO()
+        Image.open(f).resize((size, size)).save(buf, format="PNG")
+        f.write_bytes(buf.getvalue())
+
+
+@pytest.mark.slow
+def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_go_on(demo, monkeypatch):
+    """Into the demo's lake, which has a champion, through the fleet API: flipped overrides
+    concentrated in a few sessions (pi-001) and spread thin over many (pi-002), a covered
+    camera, another camera's size and a corrupt frame (pi-003), beside good sessions (pi-003,
+    pi-004). Each bad one is quarantined with its reason before the dataset; the good ones are
+    in it; no raw file changes."""
+    import dagster as dg
+
+    from autosink_platform.definitions import defs
+    from autosink_platform.defs.runner import QUIET, register_sessions
+    from autosink_platform.fleet.api import create_app
+    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake, read_truth
+    from autosink_platform.lake.sessions import Lake, content_hash
+    from autosink_platform.live import provision_fleet
+
+    from .test_fleet_api import _served
+
+    home, env = demo["home"], demo["env"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    root, thin = home.root / "poison_day", home.root / "poison_day_thin"
+    cfg = DemoLakeConfig(first_session=40, sessions_per_device=4, seed=11)
+    folders = {p.name: p for p in generate_demo_lake(root, cfg, progress=False) if not p.name.startswith("pi-002")}
+    # pi-002 records longer sessions (2 minutes), so a quarter of each can be flipped while
+    # every one stays under the per-session bound, as sessions with honest mistakes do.
+    long = DemoLakeConfig(
+        devices=2, first_device=1, sessions_per_device=4, frames_per_session=600, seed=11, first_session=40
+    )
+    folders |= {p.name: p for p in generate_demo_lake(thin, long, progress=False)}
+    by_device = {d: sorted(n for n in folders if n.startswith(d)) for d in ("pi-001", "pi-002", "pi-003", "pi-004")}
+    expected: dict[str, str] = {}
+    for k, name in enumerate(by_device["pi-001"][:3]):  # concentrated: flipped from end to end
+        _flip_overrides(folders[name], read_truth(root, name), bursts=11, seed=k)
+        expected[name] = "champion_disagreement"
+    for k, name in enumerate(by_device["pi-002"]):  # thin: six bursts in each long session
+        _flip_overrides(folders[name], read_truth(thin, name), bursts=6, seed=10 + k)
+        expected[name] = "device_disagreement"
+    odd = by_device["pi-003"]
+    _blank(folders[odd[0]], 0.6)
+    _resize(folders[odd[1]], 96)
+    corrupt = sorted((folders[odd[2]] / "frames").iterdir())[5]
+    corrupt.write_bytes(corrupt.read_bytes()[:40])
+    expected |= {odd[0]: "covered_camera", odd[1]: "frame_geometry", odd[2]: "corrupt_frame"}
+    good = [by_device["pi-001"][3], odd[3], *by_device["pi-004"]]
+
+    lake = Lake(home.lake)
+    resources = platform_resources()
+    champions = {m: _champion(env, f"sink.{m}") for m in ("classifier", "frame_guard")}
+    with _served(create_app(home)) as url:
+        devices = provision_fleet(home, url, list(folders.values()), resources["fleet"].get())
+        for name, folder in sorted(folders.items()):
+            status, answer, _ = devices[name.rsplit("-", 1)[0]].upload(folder)
+            assert status == 201, (name, status, answer)
+    before = {sid: content_hash(p) for sid, p in lake.committed_sessions().items()}
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    with dg.DagsterInstance.get() as instance:
+        register_sessions(instance, SINK, lake)
+        ingest = defs.resolve_job_def("sink_ingest")
+        for sid in sorted(folders):
+            assert ingest.execute_in_process(instance=instance, partition_key=sid, run_config=QUIET).success
+        result = defs.resolve_job_def("sink_train").execute_in_process(
+            instance=instance, run_config=QUIET, asset_selection=[dg.AssetKey(["sink", "validated_dataset"])]
+        )
+        assert result.success
+        ref = result.asset_value(dg.AssetKey(["sink", "validated_dataset"]))
+    held = {sid: r.reason for sid, r in lake.quarantined().items() if sid in folders}
+    assert held == expected, held
+    assert all(r.detail for sid, r in lake.quarantined().items() if sid in folders)
+    assert set(good) <= set(ref.sessions) and not set(expected) & set(ref.sessions)
+    assert {sid: content_hash(p) for sid, p in lake.committed_sessions().items()} == before  # no raw file changed
+    assert {m: _champion(env, f"sink.{m}") for m in champions} == champions

@@ -5,17 +5,23 @@
 with the dataset's blocking checks, the ingest, train and relabel jobs, and the sensors that run
 them: new sessions in the lake, enough new labels (or the nightly rebuild), reviewed frames."""
 
+import json
+
 import dagster as dg
 import pandas as pd
 
 from autosink_platform.defs.checks import dataset_checks
 from autosink_platform.defs.metadata import markdown_table, validation_failure, versioned_output
 from autosink_platform.defs.model_stages import STAGE_TAG, TRAIN_TAGS
-from autosink_platform.defs.resources import FeatureStoreResource, LakeResource
+from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor, review_sensor
+from autosink_platform.files import read_all
+from autosink_platform.lake.sessions import Lake, SessionFormatError
+from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines import sink
 from autosink_platform.pipelines.spec import PipelineSpec
-from autosink_platform.validation.dataset import DatasetRef, build_dataset
+from autosink_platform.validation import session_gates
+from autosink_platform.validation.dataset import COMPLETE, DatasetRef, build_dataset
 from autosink_platform.validation.schemas import DataValidationError
 
 
@@ -85,11 +91,23 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
         else None,
     )
     def validated_dataset(
-        context: dg.AssetExecutionContext, lake: LakeResource, store: FeatureStoreResource
+        context: dg.AssetExecutionContext,
+        lake: LakeResource,
+        store: FeatureStoreResource,
+        mlflow: MlflowResource,
+        fleet: FleetChannelResource,
     ) -> dg.Output[DatasetRef]:
-        """Every labeled session, pandera-validated, split by session, frozen as a content-hash snapshot."""
-        fs, quarantined = store.get(spec.name), lake.get().quarantined()
+        """Every labeled session, pandera-validated, split by session, frozen as a content-hash
+        snapshot; new sessions whose labels contradict the champion on familiar frames (by
+        session, or by device) are quarantined first, with the reason."""
+        fs, lk = store.get(spec.name), lake.get()
+        quarantined = lk.quarantined()
         hashes = {s: fs.get_session(s)["content_sha256"] for s in fs.labeled_sessions() if s not in quarantined}
+        held, judged = champion_gate(spec, lk, fs, mlflow.get(), fleet.get(), hashes)
+        for sid, (reason, detail) in held.items():
+            lk.quarantine(sid, SessionFormatError(lk.session_path(sid), reason, detail))
+            context.log.warning(f"session {sid} quarantined: {reason}: {detail}")
+        hashes = {s: h for s, h in hashes.items() if s not in held}
         try:
             ref = build_dataset(
                 fs, lake.get().root, hashes, spec.source.split, asset=context.asset_key.to_user_string()
@@ -107,10 +125,57 @@ def _session_assets(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefiniti
                 "frames": counts["frames"],
                 "splits": markdown_table(splits),
                 "path": dg.MetadataValue.path(ref.path),
+                "held_by_gates": sorted(held),
+                **({"champion_gate": markdown_table(judged)} if judged is not None else {}),
             },
         )
 
     return [raw_sessions, labeled_frames, validated_dataset]
+
+
+def champion_gate(
+    spec: PipelineSpec, lake: Lake, store: FeatureStore, registry, channel, hashes: dict[str, str]
+) -> tuple[dict[str, tuple[str, str]], pd.DataFrame | None]:
+    """The champion gate (``validation.session_gates``) over the sessions the champion was not
+    trained on: ({session_id: (reason, detail)} to hold, the per-session figures). Nothing is
+    judged before there is a champion, or for sessions an operator released."""
+    from autosink_platform.pipelines.lifecycle import champion_release
+    from autosink_platform.release.onnx_export import OnnxScorer
+
+    gates = spec.source.gates
+    if not gates.decider:
+        return {}, None
+    models = {m.name: m for m in spec.models}
+    guard_name, novelty = gates.familiarity
+    found = [champion_release(spec, models[n], registry, channel) for n in (gates.decider, guard_name)]
+    if None in found:
+        return {}, None
+    (_, decider_dir), (guard_version, guard_dir) = found
+    manifest = json.loads((decider_dir / "manifest.json").read_text())
+    trained_dir = store.dataset_dir(manifest["dataset_snapshot_id"])
+    if not (trained_dir / COMPLETE).exists():  # its training data is gone: nothing to call familiar
+        return {}, None
+    trained = DatasetRef.of_snapshot(trained_dir)
+    new = sorted(s for s in hashes if s not in trained.sessions and not lake.is_released(s))
+    if not new:
+        return {}, None
+    guard = OnnxScorer(guard_dir / "model.onnx")
+    cached = store.root / "gates" / f"{guard_name}-{guard_version}-{trained.snapshot_id}.json"
+    if cached.exists():
+        limit = json.loads(cached.read_text())["familiar_limit"]
+    else:
+        data = trained.open()
+        limit = session_gates.familiar_limit(guard(data.inputs[data.mask("train")])[novelty], gates)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        cached.write_text(json.dumps({"familiar_limit": limit, "quantile": gates.familiar_quantile}))
+    table = store.get_labels(new)
+    images = session_gates.decode(read_all([lake.root / p for p in table["frame_path"]]))
+    decisions = OnnxScorer(decider_dir / "model.onnx")(images)[models[gates.decider].decision_output]
+    per_session = session_gates.disagreement_table(
+        table, decisions >= manifest["threshold"]["threshold"], guard(images)[novelty] <= limit
+    )
+    error = 1.0 - float(manifest["metrics"]["test"]["accuracy"])
+    return session_gates.champion_verdicts(per_session, gates, error), per_session
 
 
 def _partition_metadata(results: dict[str, dict]) -> dict:

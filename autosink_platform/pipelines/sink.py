@@ -24,7 +24,7 @@ from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
 from autosink_platform.validation.dataset import DatasetRef, LoadedDataset
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
-from autosink_platform.validation.session_gates import ingest_gate
+from autosink_platform.validation.session_gates import SessionGates, ingest_gate
 from autosink_platform.validation.splits import SplitConfig
 
 GUARD_TARGET_FPR = 0.01  # one ordinary frame in a hundred may be flagged; the device then holds its state
@@ -202,6 +202,9 @@ SINK = PipelineSpec(
     description="Kitchen-sink cameras: should the faucet valve be open?",
     source=Sessions(
         frame_size=(64, 64),
+        # New sessions are checked against the champion classifier, on the frames its frame
+        # guard finds familiar.
+        gates=SessionGates(decider="classifier", familiarity=("frame_guard", "novelty")),
         labeling=LabelingConfig(),
         split=SplitConfig(validation=0.2, test=0.2),
         code_versions={"raw_sessions": "1", "labeled_frames": "1", "validated_dataset": "2"},
