@@ -337,7 +337,8 @@ class ConvAEDetector(TorchDetector):
     """Convolutional autoencoder for images; score = per-image mean squared reconstruction error.
 
     ``refine=False`` ends the decoder with its last transposed conv instead of a 3x3 conv over
-    the full-size image: at 32x32 that trains ~1.4x faster (the full-size layers dominate a step)."""
+    the full-size image: it trains faster, as the full-size layers dominate a step
+    (benchmarks/conv_ae_throughput.py)."""
 
     kind = "images"
 

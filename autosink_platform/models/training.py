@@ -22,8 +22,9 @@ class FitConfig:
     patience: int = 3  # epochs without a better validation loss before stopping
     seed: int = 0
     # "bf16": training steps run under CPU autocast to bfloat16 (weights, optimiser state,
-    # validation and the exported model stay float32). About 1.5x faster per step on CPUs with
-    # native bf16 (AVX512-BF16, AMX); elsewhere correct but slower, so it is opt-in.
+    # validation and the exported model stay float32). Faster per step on CPUs with native bf16
+    # (AVX512-BF16, AMX; benchmarks/conv_ae_throughput.py measures it); elsewhere correct but
+    # slower, so it is opt-in.
     precision: str = "fp32"
     # "best": the weights of the epoch with the lowest validation loss. "last": the weights the
     # schedule ends with (cosine-annealed to zero), for models whose validation loss is measured

@@ -23,7 +23,7 @@ class DatasetChecksConfig:
     min_labeled_per_class: int = 20  # per split: fewer and the split's metrics are noise
     positive_share: tuple[float, float] = (0.1, 0.9)  # train split, among labeled frames
     # Implicit labels repeat the old model: with almost no human signal it would learn itself.
-    # Sparse feedback is normal (the demo lake has 96% weak labels), so only near-total blocks.
+    # Sparse feedback is normal (most of a demo lake's labels are weak), so only near-total blocks.
     max_weak_label_share: float = 0.98
     max_blank_share: float = 0.05  # frames with almost no contrast (lens covered, camera off)
     blank_std: float = 4.0  # grey levels: below this a frame is blank
