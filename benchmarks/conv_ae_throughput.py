@@ -8,8 +8,8 @@ speed-up is compared at the F1 each reaches, not after a couple of epochs.
 The middle rows take the tutorial's network and schedule and change one thing at a time, so
 the table says where the speed comes from.
 
-    .venv/bin/python benchmarks/conv_ae_throughput.py --repeats 3   # full protocol, ~11 min on 2 cores
-    .venv/bin/python benchmarks/conv_ae_throughput.py --ablation    # one run with the middle rows, ~10 min
+    .venv/bin/python benchmarks/conv_ae_throughput.py --repeats 3   # full protocol
+    .venv/bin/python benchmarks/conv_ae_throughput.py --ablation    # one run with the middle rows
     .venv/bin/python benchmarks/conv_ae_throughput.py --quick       # 4,000 images, 2 epochs: a smoke run
 
 Needs ../shared/datasets (MNIST, KMNIST). Prints a markdown table, writes JSON.
@@ -137,7 +137,7 @@ def main() -> None:
     train_u8 = raw[split == "train"]
     pipeline = dict(DIGITS.models[0].params)
     epochs = {"tutorial": 2 if args.quick else TUTORIAL["epochs"], "pipeline": 2 if args.quick else pipeline["epochs"]}
-    # The first AdamW in a process spends ~2.5 s importing torch's compiler stack: not training.
+    # The first AdamW in a process spends seconds importing torch's compiler stack: not training.
     torch.optim.AdamW([torch.zeros(1, requires_grad=True)])
     # The tutorial's schedule without a validation split (it has none): one held-out image, no early stop.
     as_tutorial = {k: v for k, v in TUTORIAL.items() if k != "epochs"} | {

@@ -1,6 +1,6 @@
 """SKAB's outlier-detection leaderboard protocol (``autosink_platform.pipelines.skab``) with our
 recurrent autoencoder, next to the published leaderboard rows. One GRU autoencoder per file, as
-the protocol fits its models; takes ~2.5 minutes on 2 cores (one file per core).
+the protocol fits its models, one file per core.
 
     .venv/bin/python benchmarks/skab_protocol.py [--cell gru] [--hidden 32] [--epochs 30] [--workers 2]
 
