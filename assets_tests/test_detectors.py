@@ -215,8 +215,16 @@ def test_2x2_transposed_conv_as_a_matrix_product_is_torchs_transposed_conv(memor
     torch.testing.assert_close(a.grad, b.grad, rtol=1e-5, atol=1e-6)
     for (name, p), q in zip(ours.named_parameters(), theirs.parameters(), strict=True):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-5, atol=1e-5, msg=name)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)  # the same bf16 dot products
+    # Under bf16 autocast both round their inputs to bf16; how the products are accumulated is
+    # the kernel's (on CPUs with native bf16 the two are bit-identical, elsewhere not), so the
+    # contract is accuracy: against the float32 result, ours is no further off than torch's own
+    # transposed conv, give or take one bf16 rounding step of the largest output.
+    with torch.no_grad():
+        exact = theirs(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            ours_bf16, theirs_bf16 = ours(x).float(), theirs(x).float()
+    step = 2.0 ** (torch.floor(torch.log2(exact.abs().max())) - 7)
+    assert (ours_bf16 - exact).abs().max() <= (theirs_bf16 - exact).abs().max() + step
 
 
 def test_conv_ae_without_the_refining_conv_ends_in_a_transposed_conv_and_exports(tmp_path):
