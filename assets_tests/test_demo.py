@@ -238,6 +238,7 @@ def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_
     lake = Lake(home.lake)
     resources = platform_resources()
     champions = {m: _champion(env, f"sink.{m}") for m in ("classifier", "frame_guard")}
+    pointers = {m: (home.fleet / "sink" / m / "channels" / "stable.json").read_bytes() for m in champions}
     with _served(create_app(home)) as url:
         devices = provision_fleet(home, url, list(folders.values()), resources["fleet"].get())
         for name, folder in sorted(folders.items()):
@@ -261,3 +262,4 @@ def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_
     assert set(good) <= set(ref.sessions) and not set(expected) & set(ref.sessions)
     assert {sid: content_hash(p) for sid, p in lake.committed_sessions().items()} == before  # no raw file changed
     assert {m: _champion(env, f"sink.{m}") for m in champions} == champions
+    assert {m: (home.fleet / "sink" / m / "channels" / "stable.json").read_bytes() for m in champions} == pointers
