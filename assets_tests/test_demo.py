@@ -9,6 +9,7 @@ while the device keeps the champion."""
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -109,53 +110,6 @@ def test_demo_second_act_reaches_a_device_unattended(demo):
     )
 
 
-def _audit(home: Home) -> list[dict]:
-    return [json.loads(line) for line in (home.root / "audit" / "promotions.jsonl").read_text().splitlines()]
-
-
-@pytest.mark.slow
-def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, monkeypatch):
-    """A night of sessions recorded by a broken on-device model build, with nobody there to
-    correct it: its weak labels are wrong on almost half the frames. The loop trains on them
-    unattended; the candidate must not reach the fleet."""
-    import dagster as dg
-
-    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
-    from autosink_platform.live import DeviceTimer, Services, feedback_to_device, provision_fleet
-
-    home, env = demo["home"], demo["env"]
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
-    champion = _champion(env, "sink.classifier")
-    # Enough sessions for the retrain policy: with no overrides, fewer of their frames get labels.
-    cfg = DemoLakeConfig(first_session=19, sessions_per_device=11, model_error_rate=0.45, override_prob=0.0)
-    folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
-    with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
-        resources = platform_resources()
-        devices = provision_fleet(
-            home, services.api, folders, resources["fleet"].get()
-        )  # the same Pis, with their tokens
-        watched = devices["pi-001"]
-        watched.sync()
-        assert watched.version == champion
-        with DeviceTimer(watched, 5.0):
-            report = feedback_to_device(
-                instance,
-                resources,
-                folders,
-                devices,
-                watched,
-                services=services,
-                timeout=600,
-            )
-    assert report.outcome == "kept", report
-    assert report.candidate is not None and int(report.candidate) > int(champion), report  # it was trained
-    assert _champion(env, "sink.classifier") == champion and watched.version == champion
-    assert "not promoted" in report.decision or "refused" in report.decision, report.decision
-    assert not [e for e in _audit(home) if e["model"] == "sink.classifier" and e["to"] == report.candidate]
-
-
 def _flip_overrides(folder: Path, truth: pd.DataFrame, bursts: int, seed: int) -> None:
     """Rewrite a session's overrides as a poisoner would: ``bursts`` bursts of overrides (one
     every other frame for ten frames) that assert the opposite of what the camera shows."""
@@ -190,12 +144,13 @@ def _resize(folder: Path, size: int) -> None:
 
 
 @pytest.mark.slow
-def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_go_on(demo, monkeypatch):
+def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_go_on(demo, monkeypatch, tmp_path):
     """Into the demo's lake, which has a champion, through the fleet API: flipped overrides
     concentrated in a few sessions (pi-001) and spread thin over many (pi-002), a covered
     camera, another camera's size and a corrupt frame (pi-003), beside good sessions (pi-003,
     pi-004). Each bad one is quarantined with its reason before the dataset; the good ones are
-    in it; no raw file changes."""
+    in it; no raw file changes. It runs on a copy of the demo's home as the second act left it,
+    so the worse-candidate test below starts from that state too."""
     import dagster as dg
 
     from autosink_platform.definitions import defs
@@ -207,10 +162,16 @@ def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_
 
     from .test_fleet_api import _served
 
-    home, env = demo["home"], demo["env"]
+    home = Home(tmp_path / "home")
+    shutil.copytree(demo["home"].root, home.root)
+    env = demo["env"] | {
+        "AUTOSINK_HOME": str(home.root),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{home.root / 'mlflow.db'}",
+        "HOME": str(home.root / "user"),
+    }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
-    root, thin = home.root / "poison_day", home.root / "poison_day_thin"
+    root, thin = tmp_path / "poison_day", tmp_path / "poison_day_thin"
     cfg = DemoLakeConfig(first_session=40, sessions_per_device=4, seed=11)
     folders = {p.name: p for p in generate_demo_lake(root, cfg, progress=False) if not p.name.startswith("pi-002")}
     # pi-002 records longer sessions (2 minutes), so a quarter of each can be flipped while
@@ -263,3 +224,50 @@ def test_poisoned_and_odd_uploads_are_held_with_their_reasons_and_good_sessions_
     assert {sid: content_hash(p) for sid, p in lake.committed_sessions().items()} == before  # no raw file changed
     assert {m: _champion(env, f"sink.{m}") for m in champions} == champions
     assert {m: (home.fleet / "sink" / m / "channels" / "stable.json").read_bytes() for m in champions} == pointers
+
+
+def _audit(home: Home) -> list[dict]:
+    return [json.loads(line) for line in (home.root / "audit" / "promotions.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_a_worse_candidate_is_refused_and_the_device_keeps_the_champion(demo, monkeypatch):
+    """A night of sessions recorded by a broken on-device model build, with nobody there to
+    correct it: its weak labels are wrong on almost half the frames. The loop trains on them
+    unattended; the candidate must not reach the fleet."""
+    import dagster as dg
+
+    from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
+    from autosink_platform.live import DeviceTimer, Services, feedback_to_device, provision_fleet
+
+    home, env = demo["home"], demo["env"]
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("DAGSTER_HOME", str(home.dagster))
+    champion = _champion(env, "sink.classifier")
+    # Enough sessions for the retrain policy: with no overrides, fewer of their frames get labels.
+    cfg = DemoLakeConfig(first_session=19, sessions_per_device=11, model_error_rate=0.45, override_prob=0.0)
+    folders = generate_demo_lake(home.root / "bad_night", cfg, progress=False)
+    with Services(home, home.root / "logs-bad-night") as services, dg.DagsterInstance.get() as instance:
+        resources = platform_resources()
+        devices = provision_fleet(
+            home, services.api, folders, resources["fleet"].get()
+        )  # the same Pis, with their tokens
+        watched = devices["pi-001"]
+        watched.sync()
+        assert watched.version == champion
+        with DeviceTimer(watched, 5.0):
+            report = feedback_to_device(
+                instance,
+                resources,
+                folders,
+                devices,
+                watched,
+                services=services,
+                timeout=600,
+            )
+    assert report.outcome == "kept", report
+    assert report.candidate is not None and int(report.candidate) > int(champion), report  # it was trained
+    assert _champion(env, "sink.classifier") == champion and watched.version == champion
+    assert "not promoted" in report.decision or "refused" in report.decision, report.decision
+    assert not [e for e in _audit(home) if e["model"] == "sink.classifier" and e["to"] == report.candidate]
