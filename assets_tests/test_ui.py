@@ -231,3 +231,99 @@ def test_the_dagster_ui_clicked_as_a_person_does(dagster_ui, browser):
     tags = {t["key"]: t["value"] for t in run["tags"]}
     assert tags["dagster/partition"] == session.name
     assert ui.wait_for(run["runId"], timeout=300) == "SUCCESS"
+
+
+def _aliases(browser):
+    """The Aliases field of an MLflow model version page, once it is shown."""
+    from selenium.webdriver.common.by import By
+
+    return next(
+        (
+            e
+            for e in browser.find_elements(By.CSS_SELECTOR, "[data-testid=descriptions-item]")
+            if e.text.startswith("Aliases")
+        ),
+        None,
+    )
+
+
+def test_moving_the_champion_alias_in_the_mlflow_ui_publishes_it_to_the_fleet(
+    home, browser, monkeypatch, tmp_path, tmp_path_factory
+):
+    """The robot-arm pipeline has two versions, v1 champion and v2 challenger. In the MLflow UI
+    (``mlflow server`` on the platform's registry, in headless Chromium) a person adds the
+    ``champion`` alias to v2, confirming the reassignment the UI warns of; the pipeline's
+    champion sensor and publish job then point the signed stable channel at v2."""
+    import dagster as dg
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    from autosink_platform.defs.runner import QUIET
+
+    from .conftest import platform_resources
+    from .test_every_pipeline import PIPELINES, _defs, _materialize, _new_data
+
+    monkeypatch.setenv("AUTOSINK_DATASETS", str(make_fake_datasets(tmp_path / "datasets")))
+    spec, name = PIPELINES["robotarm"], "robotarm.pca"
+    resources = platform_resources()
+    registry, channel = resources["mlflow"].get(), resources["fleet"].get()
+    (tmp_path / "dagster").mkdir()
+    with dg.DagsterInstance.local_temp(str(tmp_path / "dagster")) as instance:
+        _materialize(spec, instance, home)
+        _new_data(spec, home, monkeypatch, tmp_path_factory)
+        _materialize(spec, instance, home)
+        assert set(registry.client.get_model_version(name, "2").aliases) == {"challenger"}
+        assert channel.read_pointer("robotarm", "pca", "stable")["version"] == "1"
+
+        port = free_port()
+        log = (tmp_path / "mlflow.log").open("w")
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                os.environ["MLFLOW_TRACKING_URI"],
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/health", server, tmp_path / "mlflow.log", timeout=180)
+            browser.set_window_size(1400, 1000)
+            browser.get(f"http://127.0.0.1:{port}/#/models/{name}/versions/2")
+            aliases = _wait(browser, "the version's Aliases field", _aliases)
+            assert "champion" not in aliases.text
+            aliases.find_element(By.TAG_NAME, "button").click()
+            dialog = _wait(browser, "the alias dialog", lambda d: d.find_elements(By.CSS_SELECTOR, "[role=dialog]"))[0]
+            field = dialog.find_element(By.CSS_SELECTOR, "input")
+            field.send_keys("champion")
+            field.send_keys(Keys.ENTER)
+            _shows(browser, 'The "champion" alias is also being used on version 1')
+            _screenshot(browser, "mlflow-alias-dialog.png")
+            _button(browser, "Save aliases").click()
+            _wait(
+                browser,
+                "the alias moved",
+                lambda d: str(registry.alias_version(name, "champion").version) == "2",
+                60,
+                1,
+            )
+            _wait(browser, "the page showing champion on v2", lambda d: "champion" in _aliases(d).text, 30)
+            _screenshot(browser, "mlflow-version-champion.png")
+        finally:
+            stop([server])
+            log.close()
+
+        # The champion sensor sees the move; the publish job points the channel at v2.
+        defs = _defs(spec)
+        sensor = defs.resolve_sensor_def("robotarm_champion_moved")
+        context = dg.build_sensor_context(instance=instance, resources={k: resources[k] for k in ("mlflow", "fleet")})
+        request = sensor(context)
+        assert isinstance(request, dg.RunRequest) and f"{name}:v2" in request.run_key
+        publish = defs.resolve_job_def("robotarm_publish")
+        assert publish.execute_in_process(instance=instance, run_config=QUIET, tags=request.tags).success
+    assert channel.read_pointer("robotarm", "pca", "stable")["version"] == "2"  # verified signature
