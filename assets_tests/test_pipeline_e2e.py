@@ -148,7 +148,9 @@ def test_sink_pipeline_end_to_end(home, instance):
         cases = pd.DataFrame(manifest["case_validation"])  # per-slice test metrics, every group at its floor
         assert set(cases["slice"]) == {"lighting", "device", "activity", "basin"}
         assert (cases["status"] != "below floor").all() and (cases["floor"] == model.cases.floor).all()
-        assert "case_validation.json" in {a.path for a in registry.client.list_artifacts(version.run_id)}
+        assert {"case_validation.json", "case_slices.png"} <= {
+            a.path for a in registry.client.list_artifacts(version.run_id)
+        }
         assert manifest["onnx"]["sha256"] == sha256_file(vdir / "model.onnx")
         assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
         assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
@@ -395,13 +397,19 @@ def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) ->
 
 
 def _poisoned_data_blocks_retraining(instance, registry, fleet, lake: Lake) -> None:
-    """A camera that went black uploads a session; the dataset gate stops the retrain."""
+    """A camera that keeps blacking out uploads a session: under the per-session bound (it
+    passes ingest), but enough blank frames for the whole dataset's image-quality gate, which
+    stops the retrain."""
     import io
 
     from PIL import Image
 
-    buf = io.BytesIO()
-    Image.new("RGB", (64, 64)).save(buf, format="PNG")
+    def png(image) -> bytes:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return buf.getvalue()
+
+    black, scene = png(Image.new("RGB", (64, 64))), png(Image.linear_gradient("L").resize((64, 64)).convert("RGB"))
     meta = {
         "device_id": "pi-009",
         "session_id": "pi-009-20261122T080000",
@@ -412,7 +420,8 @@ def _poisoned_data_blocks_retraining(instance, registry, fleet, lake: Lake) -> N
         "model_version": "sink.classifier/2",
         "schema_version": 1,
     }
-    lake.write_session(meta, [buf.getvalue()] * 600, [{"t": 1.0, "type": "valve_open", "score": 0.9}])
+    frames = [black if k % 25 < 6 else scene for k in range(600)]  # 24% blank: under the 25% bound
+    lake.write_session(meta, frames, [{"t": 1.0, "type": "valve_open", "score": 0.9}])
     versions = {m.name: len(registry.client.search_model_versions(f"name = 'sink.{m.name}'")) for m in SINK.models}
     with pytest.raises(Exception, match="image_quality|blocking"):
         materialize_pipeline(defs, SINK, instance, lake, progress=False)

@@ -52,3 +52,23 @@ def pr_curve(scores: np.ndarray, labels: np.ndarray, point: tuple[float, float],
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
     ax.legend()
     return _save(fig, path)
+
+
+STATUS_COLOURS = {"pass": "tab:green", "below floor": "tab:red", "too few": "lightgrey"}
+
+
+def case_slices(cases, path: Path, title: str) -> Path:
+    """The case table as a person reads it: one bar per slice group (its metric on the test
+    split), the floor as a line, coloured by status, with the group's size."""
+    rows = cases.sort_values(["slice", "group"], kind="stable").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(6.5, 0.32 * len(rows) + 1.2))
+    y = np.arange(len(rows))[::-1]
+    ax.barh(y, rows["value"].fillna(0), color=[STATUS_COLOURS.get(s, "tab:blue") for s in rows["status"]])
+    floor = float(rows["floor"].iloc[0])
+    ax.axvline(floor, color="k", linestyle="--", label=f"floor {floor:g}")
+    ax.set_yticks(y, [f"{s}={g}  (n={n})" for s, g, n in zip(rows["slice"], rows["group"], rows["n"], strict=True)])
+    low = min(floor, float(rows["value"].min(skipna=True))) if rows["value"].notna().any() else floor
+    ax.set(xlim=(max(0.0, low - 0.1), 1.0), xlabel=str(rows["metric"].iloc[0]))
+    ax.set_title(title, loc="left")
+    ax.legend(loc="lower right", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    return _save(fig, path)

@@ -5,6 +5,7 @@ and made challenger, then champion when it is the first or the promotion policy 
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,6 +16,7 @@ from autosink_pi.client import SyncRefused, smoke_test
 from autosink_pi.manifest import Input, ManifestError, parse
 
 import mlflow
+from autosink_platform import plots
 from autosink_platform.registry.mlflow_registry import CHALLENGER, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy, promote
 from autosink_platform.release.channel import FleetChannel, sha256_file
@@ -92,8 +94,11 @@ def record_threshold(
 def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, cases: pd.DataFrame) -> None:
     """Log the slice table to the version's run, then refuse the release if a group is below its
     floor (the version is tagged as failed; nothing is published)."""
-    with mlflow.start_run(run_id=run_id):
+    with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         mlflow.log_table(cases, "case_validation.json")
+        mlflow.log_artifact(
+            str(plots.case_slices(cases, Path(tmp) / "case_slices.png", f"{name} v{version}: test slices"))
+        )
     try:
         case_validation.check_floors(f"{name} v{version}", cases)
     except case_validation.CaseValidationFailed as e:
