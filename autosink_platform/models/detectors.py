@@ -272,9 +272,9 @@ class _ConvTranspose2x2(nn.ConvTranspose2d):
     """``nn.ConvTranspose2d(i, o, 2, stride=2)`` computed as one matrix product: with kernel =
     stride the output's 2x2 blocks do not overlap, so each input pixel's block is its ``i``
     channels times an ``(i, 2 * 2 * o)`` matrix. Same parameters (state dicts load either way)
-    and the same outputs, channels-last like the input. On this CPU it makes a bf16 training step
-    of the digits network ~1.2x faster than torch's transposed-conv kernel
-    (``benchmarks/conv_ae_throughput.py --ablation``)."""
+    and the same outputs, channels-last like the input. It makes a training step of the digits
+    network faster than torch's transposed-conv kernel where bf16 is native
+    (``benchmarks/conv_ae_throughput.py --ablation`` measures it)."""
 
     def __init__(self, i: int, o: int):
         super().__init__(i, o, 2, stride=2)
