@@ -437,6 +437,21 @@ def fleet_keygen(out) -> None:
     )
 
 
+def _add_token(registry, name: str) -> None:
+    """Register ``name`` in a token registry and print its token (shown only this once)."""
+    try:
+        click.echo(registry.add(name))
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _revoke_token(registry, name: str) -> None:
+    try:
+        registry.revoke(name)
+    except KeyError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @fleet.command("add-device")
 @home_option
 @click.argument("device_id")
@@ -444,10 +459,7 @@ def fleet_add_device(home, device_id) -> None:
     """Register a device and print its token (shown only this once)."""
     from autosink_platform.fleet.devices import DeviceRegistry
 
-    try:
-        click.echo(DeviceRegistry(_use_home(home).devices_db).add(device_id))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    _add_token(DeviceRegistry(_use_home(home).devices_db), device_id)
 
 
 @fleet.command("revoke-device")
@@ -457,10 +469,7 @@ def fleet_revoke_device(home, device_id) -> None:
     """Revoke a device's token: its uploads are refused from now on."""
     from autosink_platform.fleet.devices import DeviceRegistry
 
-    try:
-        DeviceRegistry(_use_home(home).devices_db).revoke(device_id)
-    except KeyError as e:
-        raise click.ClickException(str(e)) from None
+    _revoke_token(DeviceRegistry(_use_home(home).devices_db), device_id)
     click.echo(f"revoked {device_id}")
 
 
@@ -483,10 +492,7 @@ def fleet_add_reviewer(home, name) -> None:
     """Let a person correct labels on /review: prints their sign-in token (shown only this once)."""
     from autosink_platform.fleet.devices import ReviewerRegistry
 
-    try:
-        click.echo(ReviewerRegistry(_use_home(home).reviewers_db).add(name))
-    except ValueError as e:
-        raise click.ClickException(str(e)) from None
+    _add_token(ReviewerRegistry(_use_home(home).reviewers_db), name)
 
 
 @fleet.command("revoke-reviewer")
@@ -496,8 +502,5 @@ def fleet_revoke_reviewer(home, name) -> None:
     """Revoke a reviewer's token and end their signed-in sessions."""
     from autosink_platform.fleet.devices import ReviewerRegistry
 
-    try:
-        ReviewerRegistry(_use_home(home).reviewers_db).revoke(name)
-    except KeyError as e:
-        raise click.ClickException(str(e)) from None
+    _revoke_token(ReviewerRegistry(_use_home(home).reviewers_db), name)
     click.echo(f"revoked reviewer {name}")

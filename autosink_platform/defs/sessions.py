@@ -15,13 +15,12 @@ from autosink_platform.defs.metadata import markdown_table, validation_failure, 
 from autosink_platform.defs.model_stages import STAGE_TAG, TRAIN_TAGS
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
 from autosink_platform.defs.sensors import new_sessions_sensor, retrain_sensor, review_sensor
-from autosink_platform.files import read_all
 from autosink_platform.lake.sessions import Lake, SessionFormatError
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines import sink
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.validation import session_gates
-from autosink_platform.validation.dataset import COMPLETE, DatasetRef, build_dataset
+from autosink_platform.validation.dataset import COMPLETE, DatasetRef, build_dataset, decode_frames
 from autosink_platform.validation.schemas import DataValidationError
 
 
@@ -169,7 +168,7 @@ def champion_gate(
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps({"familiar_limit": limit, "quantile": gates.familiar_quantile}))
     table = store.get_labels(new)
-    images = session_gates.decode(read_all([lake.root / p for p in table["frame_path"]]))
+    images = decode_frames(lake.root, table)
     decisions = OnnxScorer(decider_dir / "model.onnx")(images)[models[gates.decider].decision_output]
     per_session = session_gates.disagreement_table(
         table, decisions >= manifest["threshold"]["threshold"], guard(images)[novelty] <= limit

@@ -161,10 +161,16 @@ def _counts(table: pd.DataFrame) -> dict:
     return counts
 
 
-def _frames(lake_root, table: pd.DataFrame) -> list[bytes]:
-    """Every frame's bytes, in table order; from an object store in one batched request."""
+def decode_frames(lake_root, table: pd.DataFrame) -> np.ndarray:
+    """Every frame of ``table``, in its order, as uint8 (N, H, W, 3); from an object store its
+    bytes come in one batched request."""
     root = location(lake_root)
-    return read_all([root / p for p in table["frame_path"]])
+    return np.stack(
+        [
+            np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            for data in read_all([root / p for p in table["frame_path"]])
+        ]
+    )
 
 
 def build_dataset(
@@ -200,7 +206,7 @@ def build_dataset(
     if (out / COMPLETE).exists():
         return ref
 
-    images = np.stack([np.asarray(Image.open(io.BytesIO(data)).convert("RGB")) for data in _frames(lake_root, table)])
+    images = decode_frames(lake_root, table)
     staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "images.npy", images)

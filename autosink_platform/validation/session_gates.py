@@ -82,11 +82,6 @@ def ingest_gate(session: Session, frame_size: tuple[int, int], gates: SessionGat
     return None
 
 
-def decode(frames: list[bytes]) -> np.ndarray:
-    """Encoded frames -> uint8 (N, H, W, 3)."""
-    return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
-
-
 def familiar_limit(novelty: np.ndarray, gates: SessionGates) -> float:
     """The novelty below which a frame is familiar, from the champion's training frames."""
     return float(np.quantile(novelty, gates.familiar_quantile))
