@@ -96,8 +96,8 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
         _materialize(spec, instance, home)
         for m in spec.models:
             assert set(registry.client.get_model_version(f"{name}.{m.name}", "1").aliases) == {"challenger", "champion"}
-            assert channel.read_pointer(name, m.name, "stable")["version"] == "1"  # read_pointer verifies the signature
-            assert (channel.version_dir(name, m.name, "1") / "manifest.json.sig").exists()
+            assert channel.read_pointer(name, m.name, "stable")["version"] == "1"  # from verified TUF metadata
+            assert channel.published(name, m.name, "1")  # its files are signed targets
 
         # Every model's first release runs on a device and decides as the platform measured it.
         with fleet_api(home) as api:
@@ -136,14 +136,14 @@ def test_a_champion_moved_in_mlflow_reaches_the_fleet_channel(
 
 
 def _device_agrees_on_every_test_input(spec, model, data, channel, api: str, state: Path) -> None:
-    """A device provisioned with the channel's key syncs release 1 of ``model`` over HTTP, then
+    """A device provisioned with the channel's TUF root syncs release 1 of ``model`` over HTTP, then
     `autosink-pi infer` scores the release's test inputs in their raw form (PNG files, CSV rows):
     the decisions equal the platform's onnxruntime predictions on every sample, and the test
     metrics recomputed from the device's scores equal the ones the release reports."""
     state.mkdir(parents=True)
-    public = state / "channel-key.pem"
-    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())  # provisioning
-    cfg = PiConfig(f"pi-{model.name}", f"{api}/v1/fleet", str(public), str(state / "device"), spec.name, model.name)
+    root = state / "trusted-root.json"
+    root.write_bytes((channel.root / "metadata" / "root.json").read_bytes())  # provisioning
+    cfg = PiConfig(f"pi-{model.name}", f"{api}/v1/fleet", str(root), str(state / "device"), spec.name, model.name)
     assert sync(cfg).version == "1"
     (state / "pi.json").write_text(json.dumps(dataclasses.asdict(cfg)))
     vdir = channel.version_dir(spec.name, model.name, "1")

@@ -1,5 +1,6 @@
-"""The device client against a real signed channel: happy path over HTTP, then every way a
-release can be tampered with or broken in transit. The device keeps its model each time."""
+"""The device client against a real TUF channel (python-tuf on both sides): happy path over HTTP,
+then every way a release can be tampered with or broken in transit. The device keeps its model
+and its trusted metadata each time. The threat list and its tests are in docs/fleet.md."""
 
 import dataclasses
 import http.server
@@ -10,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from PIL import Image
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier
 from autosink_platform.release.channel import FleetChannel, sha256_file
 from autosink_platform.release.onnx_export import INPUT_NAME, OnnxScorer, export_onnx
-from autosink_platform.release.signing import generate_keypair, load_private_key, sign, sign_pointer
+from autosink_platform.release.signing import generate_keypair, load_private_key
 
 OUTPUTS = ["logit", "valve_open_prob"]
 
@@ -117,6 +119,20 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
             except (BrokenPipeError, ConnectionResetError):
                 pass
             return
+        if path.name == "model.onnx" and self.faults.get("drip"):  # a byte at a time, each within any timeout
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            try:
+                for i in range(len(data)):
+                    self.wfile.write(data[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(0.05)
+                    if not self.faults.get("drip"):
+                        return
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            return
         if path.name == "model.onnx" and self.faults.get("truncate"):
             data = data[:-100]
         start = 0
@@ -131,10 +147,30 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
         self.wfile.write(data[start:])
 
 
+def make_channel(tmp_path: Path, root: Path | str | None = None) -> FleetChannel:
+    """A channel with its own online and root keys (made once per ``tmp_path``)."""
+    keys = tmp_path / "keys"
+    if not (keys / "signing.pem").exists():
+        generate_keypair(keys / "signing.pem")
+        generate_keypair(keys / "root.pem")
+    return FleetChannel(
+        root or tmp_path / "fleet",
+        load_private_key(keys / "signing.pem"),
+        root_key=lambda: load_private_key(keys / "root.pem"),
+    )
+
+
+def provision(channel: FleetChannel, tmp_path: Path) -> Path:
+    """The trusted root a device is provisioned with (a copy: it never reads it from the channel)."""
+    root = tmp_path / "provisioned-root.json"
+    if not root.exists():
+        root.write_bytes((channel.root / "metadata" / "root.json").read_bytes())
+    return root
+
+
 @pytest.fixture
 def world(tmp_path, onnx_model):
-    key_path, pub_path = generate_keypair(tmp_path / "keys" / "signing.pem")
-    channel = FleetChannel(tmp_path / "fleet", load_private_key(key_path))
+    channel = make_channel(tmp_path)
     publish(channel, "1", onnx_model, tmp_path)
     channel.set_pointer("sink", "classifier", "stable", "1")
     handler = type("H", (_Handler,), {"faults": {}})
@@ -144,12 +180,18 @@ def world(tmp_path, onnx_model):
     cfg = PiConfig(
         device_id="pi-001",
         channel_url=f"http://127.0.0.1:{server.server_address[1]}",
-        public_key=str(pub_path),
+        trusted_root=str(provision(channel, tmp_path)),
         state_dir=str(tmp_path / "device"),
         retries=2,
     )
     yield {"cfg": cfg, "channel": channel, "faults": handler.faults, "tmp": tmp_path, "onnx": onnx_model}
     server.shutdown()
+
+
+def trusted(cfg) -> dict[str, bytes]:
+    """The device's trusted metadata, file by file."""
+    folder = Path(cfg.state_dir) / "tuf"
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("*.json"))}
 
 
 def _refused(cfg, reason, **kw):
@@ -186,47 +228,111 @@ def test_tampered_model_is_refused_and_the_device_keeps_its_model(world):
     assert read_state(cfg)["current"] == "1" and read_state(cfg)["last_error"]["reason"] == "checksum_mismatch"
 
 
-def test_manifest_signed_with_another_key_is_refused(world):
+def _forge(channel: FleetChannel, key, *, version: str | None = None) -> None:
+    """What an attacker who can write to the channel but holds only ``key`` can publish: targets
+    that point the classifier at ``version`` (or a flipped byte, when None), a snapshot and a
+    timestamp, each signed with ``key``."""
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
+
+    meta = channel.root / "metadata"
+    n = max(int(p.name.split(".")[0]) for p in meta.glob("*.targets.json"))
+    if version is None:  # a flipped byte in the newest signed targets, no re-signing
+        raw = bytearray((meta / f"{n}.targets.json").read_bytes())
+        raw[raw.index(b'"expires"') + 13] ^= 0x01
+        (meta / f"{n}.targets.json").write_bytes(bytes(raw))
+        return
+    targets = Metadata[Targets].from_bytes((meta / f"{n}.targets.json").read_bytes())
+    path = "sink/classifier/channels/stable.json"
+    targets.signed.targets[path].unrecognized_fields["custom"]["pointer"]["version"] = version
+    targets.signed.version = n + 1
+    signer = CryptoSigner(key)
+    targets.sign(signer)
+    (meta / f"{n + 1}.targets.json").write_bytes(targets.to_bytes())
+    snapshot = Metadata(Snapshot(version=n + 1, meta={"targets.json": MetaFile(version=n + 1)}))
+    snapshot.signed.expires = targets.signed.expires
+    snapshot.sign(signer)
+    (meta / f"{n + 1}.snapshot.json").write_bytes(snapshot.to_bytes())
+    old = Metadata[Timestamp].from_bytes((meta / "timestamp.json").read_bytes()).signed
+    timestamp = Metadata(Timestamp(old.version + 1, expires=old.expires, snapshot_meta=MetaFile(version=n + 1)))
+    timestamp.sign(signer)
+    (meta / "timestamp.json").write_bytes(timestamp.to_bytes())
+
+
+def test_metadata_signed_with_another_key_or_altered_is_refused(world):
+    """Arbitrary software: a channel rewritten by someone without the online key (wrong key), or
+    one flipped byte in signed metadata, is refused; the device's model and trusted metadata stay."""
     cfg, channel = world["cfg"], world["channel"]
     sync(cfg)
+    before = trusted(cfg)
     publish(channel, "2", world["onnx"], world["tmp"])
     other, _ = generate_keypair(world["tmp"] / "attacker.pem")
-    vdir = channel.version_dir("sink", "classifier", "2")
-    (vdir / "manifest.json.sig").write_text(sign(load_private_key(other), (vdir / "manifest.json").read_bytes()))
-    channel.set_pointer("sink", "classifier", "stable", "2")
-    _refused(cfg, "bad_signature")
-    # A pointer signed by another key is refused the same way.
-    path = channel.pointer_path("sink", "classifier", "stable")
-    forged = json.loads(path.read_text()) | {"version": "1", "sequence": 99}
-    path.write_text(json.dumps(sign_pointer(load_private_key(other), forged)))
-    _refused(cfg, "bad_signature")
-    assert read_state(cfg)["current"] == "1"
+    _forge(channel, load_private_key(other), version="2")
+    refused = _refused(cfg, "bad_signature")
+    assert "timestamp" in refused.detail
+    assert read_state(cfg)["current"] == "1" and trusted(cfg) == before
+
+    fresh = make_channel(world["tmp"] / "second")  # a clean channel, then a byte flipped in its targets
+    publish(fresh, "1", world["onnx"], world["tmp"] / "second")
+    fresh.set_pointer("sink", "classifier", "stable", "1")
+    device = dataclasses.replace(
+        cfg,
+        channel_url=str(fresh.root),
+        trusted_root=str(provision(fresh, world["tmp"] / "second")),
+        state_dir=str(world["tmp"] / "device2"),
+    )
+    _forge(fresh, None)
+    _refused(device, "bad_signature")
+    assert read_state(device)["current"] is None and not (Path(device.state_dir) / "tuf" / "targets.json").exists()
 
 
-def test_replayed_older_pointer_and_expired_pointer_are_refused(world):
+def test_rolled_back_and_frozen_metadata_are_refused(world):
+    """Rollback: a mirror serving the older (validly signed) timestamp is refused. Freeze: a
+    channel that stops renewing its timestamp is refused once it expires (7 days), not followed
+    for ever. The device keeps its model and its newer trusted metadata."""
     cfg, channel = world["cfg"], world["channel"]
-    pointer_path = channel.pointer_path("sink", "classifier", "stable")
-    old_pointer = pointer_path.read_bytes()
+    timestamp = channel.root / "metadata" / "timestamp.json"
+    old = timestamp.read_bytes()
     sync(cfg)
     publish(channel, "2", world["onnx"], world["tmp"])
     channel.set_pointer("sink", "classifier", "stable", "2")
     assert sync(cfg).version == "2"
-    pointer_path.write_bytes(old_pointer)  # an attacker (or a stale mirror) serves sequence 1 again
-    _refused(cfg, "replayed_pointer")
-    channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=100, valid_days=1)
-    _refused(cfg, "expired", now=datetime.now(UTC) + timedelta(days=2))
-    assert read_state(cfg)["current"] == "2"
+    before, current = trusted(cfg), timestamp.read_bytes()
+    timestamp.write_bytes(old)  # an attacker (or a stale mirror) serves the version-1 state again
+    refused = _refused(cfg, "rollback")
+    assert "timestamp" in refused.detail and trusted(cfg) == before
+    timestamp.write_bytes(current)  # the mirror catches up, and the platform renews on day 3
+    channel.refresh_all(now=datetime.now(UTC) + timedelta(days=3))
+    assert sync(cfg).status == "up_to_date"
+    frozen = trusted(cfg)
+    _refused(cfg, "expired", now=datetime.now(UTC) + timedelta(days=11))  # never renewed since day 3
+    assert read_state(cfg)["current"] == "2" and trusted(cfg) == frozen
 
 
 def test_truncated_download_is_refused_and_a_dropped_connection_resumes(world):
     cfg, faults = world["cfg"], world["faults"]
     faults["truncate"] = True
-    _refused(cfg, "download_failed")
+    _refused(cfg, "checksum_mismatch")  # shorter than the signed length
     assert read_state(cfg)["current"] is None
     faults["truncate"] = False
-    faults["die_once"] = True  # the server dies halfway through the model; the next attempt resumes
+    faults["die_once"] = True  # the server dies halfway through the model; the fetcher resumes (Range)
     assert sync(cfg).status == "updated"
     assert faults["die_once"] is False
+
+
+def test_a_server_that_drips_is_cut_for_slow_retrieval(world):
+    """Slow retrieval: a server that sends a byte at a time (each within the socket timeout) is
+    cut once the transfer falls under the device's minimum rate; the device keeps its state."""
+    cfg, faults = world["cfg"], world["faults"]
+    faults["drip"] = True
+    slow = dataclasses.replace(cfg, timeout_s=1.0, min_bytes_per_s=4096.0)
+    started = datetime.now(UTC)
+    refused = _refused(slow, "slow_retrieval")
+    assert "under 4096 B/s" in refused.detail
+    assert (datetime.now(UTC) - started).total_seconds() < 10
+    assert read_state(cfg)["current"] is None and not list(Path(cfg.state_dir).rglob("model.onnx"))
+    faults["drip"] = False
+    assert sync(cfg).status == "updated"
 
 
 _CANARY_IN_A_NEW_PROCESS = """
@@ -241,11 +347,18 @@ def test_rollout_and_rollback(world):
     cfg, channel = world["cfg"], world["channel"]
     sync(cfg)
     publish(channel, "2", world["onnx"], world["tmp"])
-    channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=0)
-    assert sync(cfg).status == "not_in_rollout" and read_state(cfg)["current"] == "1"
+    pointer = channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=0)
+    assert (pointer["version"], pointer["fallback"]) == ("2", "1")  # the canary is empty: everyone on v1
+    assert (sync(cfg).status, read_state(cfg)["current"]) == ("up_to_date", "1")
     channel.set_pointer("sink", "classifier", "stable", "2", rollout_percent=100)
     assert sync(cfg).version == "2"
+    # A device-side rollback sticks: the next timer sync does not re-adopt the version it left.
     assert rollback(cfg) == "1" and read_state(cfg)["previous"] == "2"
+    result = sync(cfg)
+    assert (result.status, result.version, result.detail) == ("pinned", "1", {"offered": "2", "rolled_back_from": "2"})
+    publish(channel, "3", world["onnx"], world["tmp"])  # only a newer version than the one it left unpins it
+    channel.set_pointer("sink", "classifier", "stable", "3")
+    assert sync(cfg).version == "3" and read_state(cfg)["pinned_from"] is None
     fleet = [f"pi-{i:04d}" for i in range(4000)]
     canary = [d for d in fleet if in_rollout(d, cfg, 25)]
     assert 0.22 < len(canary) / len(fleet) < 0.28
@@ -350,7 +463,9 @@ def test_bad_input_on_the_device_is_named_and_the_model_stays(world, tmp_path):
     cfg = world["cfg"]
     sync(cfg)
     config = tmp_path / "pi.json"
-    config.write_text(json.dumps({k: getattr(cfg, k) for k in ("device_id", "channel_url", "public_key", "state_dir")}))
+    config.write_text(
+        json.dumps({k: getattr(cfg, k) for k in ("device_id", "channel_url", "trusted_root", "state_dir")})
+    )
     pi = [str(Path(sys.executable).with_name("autosink-pi")), "--config", str(config)]
     not_an_image = tmp_path / "frame.png"
     not_an_image.write_text("not a png")
@@ -517,39 +632,42 @@ def test_a_vibration_window_becomes_the_spectrogram_the_platform_trained_on(tmp_
 
 
 def test_forty_days_without_a_promotion_every_device_of_fifty_still_syncs(home, onnx_model, tmp_path):
-    """A pointer lives 30 days. Forty simulated days pass with no promotion (the clock is
-    injected, not waited for): the daily refresh the `fleet_channel_refresh_daily` schedule
-    runs re-signs the pointer before it lapses, and fifty devices syncing daily from the fleet
-    API on loopback stay on their model, never refused."""
+    """The timestamp lives 7 days, the snapshot 30. Forty simulated days pass with no promotion
+    (the clock is injected, not waited for): the daily refresh the `fleet_channel_refresh_daily`
+    schedule runs re-signs the timestamp each day and targets and snapshot when 20 days or fewer
+    are left, and fifty devices syncing daily from the fleet API on loopback stay on their
+    model, never refused. Without the refresh they would be refused on day 8 (freeze defence)."""
     from .conftest import fleet_api, platform_resources
 
     channel = platform_resources()["fleet"].get()  # the channel the fleet API serves
-    publish(channel, "1", onnx_model, tmp_path)
     start = datetime.now(UTC)
+    publish(channel, "1", onnx_model, tmp_path)
     first = channel.set_pointer("sink", "classifier", "stable", "1", now=start)
-    public = tmp_path / "channel-key.pem"
-    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    root = provision(channel, tmp_path)
     with fleet_api(home) as api:
         devices = [
-            PiConfig(f"pi-{i:03d}", f"{api}/v1/fleet", str(public), str(tmp_path / f"pi-{i:03d}"), retries=1)
+            PiConfig(f"pi-{i:03d}", f"{api}/v1/fleet", str(root), str(tmp_path / f"pi-{i:03d}"), retries=1)
             for i in range(50)
         ]
         assert {sync(cfg, now=start).status for cfg in devices} == {"updated"}
-        renewed = []
+        renewed: dict[str, list[int]] = {}
         for day in range(1, 41):
             now = start + timedelta(days=day, minutes=1)
-            renewed += [(day, p["sequence"]) for p in channel.refresh_all(now=now)]
+            for r in channel.refresh_all(now=now):
+                renewed.setdefault(r.role, []).append(day)
             assert {(r.status, r.version) for r in (sync(cfg, now=now) for cfg in devices)} == {("up_to_date", "1")}
-    assert datetime.fromisoformat(first["expires_at"]) < start + timedelta(days=31)  # unrefreshed, it would lapse
-    assert renewed == [(10, 2), (20, 3), (30, 4), (40, 5)]  # when 20 days or fewer are left, not every day
-    last = channel.read_pointer("sink", "classifier", "stable")
-    assert (last["version"], last["published_at"]) == ("1", first["published_at"])  # what it points at is unchanged
-    assert {read_state(cfg)["sequence"] for cfg in devices} == {5}
+        late = dataclasses.replace(devices[0], state_dir=str(tmp_path / "late"))
+        with pytest.raises(SyncRefused, match="expired"):  # what day 48 looks like with no refresh since day 40
+            sync(late, now=start + timedelta(days=48))
+    assert renewed["timestamp"] == list(range(1, 41))
+    assert renewed["targets"] == renewed["snapshot"] == [10, 20, 30, 40]
+    assert channel.read_pointer("sink", "classifier", "stable") == first  # what it points at is unchanged
+    assert {read_state(cfg)["sequence"] for cfg in devices} == {1}
 
 
 def test_the_refresh_schedule_runs_from_the_start_and_renews_only_what_is_near_expiry(home, onnx_model, tmp_path):
-    """The code location's daily schedule is on by default; its job re-signs a pointer that
-    expires within 20 days (next sequence, same version) and leaves a fresh one alone."""
+    """The code location's daily schedule is on by default; its job re-signs metadata within
+    its renewal window (here the timestamp, signed six days ago) and leaves fresh roles alone."""
     import dagster as dg
 
     from autosink_platform import definitions
@@ -560,9 +678,8 @@ def test_the_refresh_schedule_runs_from_the_start_and_renews_only_what_is_near_e
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING and schedule.cron_schedule == "0 3 * * *"
     channel = platform_resources()["fleet"].get()
     publish(channel, "1", onnx_model, tmp_path)
-    publish(channel, "1", onnx_model, tmp_path, model="frame_guard")
-    near = channel.set_pointer("sink", "classifier", "stable", "1", valid_days=5)
-    fresh = channel.set_pointer("sink", "frame_guard", "stable", "1")
+    channel.set_pointer("sink", "classifier", "stable", "1", now=datetime.now(UTC) - timedelta(days=1, hours=1))
+    targets_before = channel.tuf.targets().version
     job = definitions.defs.resolve_job_def("fleet_channel_refresh")
     with dg.DagsterInstance.ephemeral() as instance:
         result = job.execute_in_process(instance=instance)
@@ -572,26 +689,25 @@ def test_the_refresh_schedule_runs_from_the_start_and_renews_only_what_is_near_e
             for e in result.all_events
             if e.event_type == dg.DagsterEventType.ASSET_OBSERVATION
         ]
-    renewed = channel.read_pointer("sink", "classifier", "stable")
-    assert renewed["sequence"] == near["sequence"] + 1 and renewed["version"] == "1"
-    assert datetime.fromisoformat(renewed["expires_at"]) > datetime.now(UTC) + timedelta(days=29)
-    assert channel.read_pointer("sink", "frame_guard", "stable") == fresh
-    assert [(o.asset_key.path, o.metadata["pointer"].value) for o in observed] == [
-        (["sink", "fleet_channel"], "sink.classifier/stable")
+    timestamp = channel.tuf.timestamp()
+    assert timestamp.expires > datetime.now(UTC) + timedelta(days=6, hours=23)
+    assert channel.tuf.targets().version == targets_before  # fresh: not re-signed
+    assert [(o.asset_key.path, o.metadata["role"].value) for o in observed] == [
+        (["sink", "fleet_channel"], "timestamp")
     ]
 
 
 def test_a_server_that_never_stops_sending_is_cut_at_the_declared_size(world):
-    """Endless data: a server that streams past the model's declared size is refused as soon as
-    it does; nothing beyond the declared bytes reaches the disk and the device keeps its state."""
+    """Endless data: a server that streams past the model's signed length is refused as soon as
+    it does; nothing of it is installed and the device keeps its state."""
     cfg, channel, faults = world["cfg"], world["channel"], world["faults"]
     declared = json.loads((channel.version_dir("sink", "classifier", "1") / "manifest.json").read_text())["onnx"][
         "size"
     ]
     faults["endless"] = True
     refused = _refused(cfg, "too_large")
-    assert f"more than the declared {declared} bytes" in refused.detail
-    assert not list(Path(cfg.state_dir).rglob("*.part"))  # the over-long download is gone
+    assert f"exceeding the maximum allowed length of {declared}" in refused.detail
+    assert not list(Path(cfg.state_dir).rglob("model.onnx"))  # nothing of the over-long download is kept
     assert faults.get("sent_past_end", 0) < 64 * 2**20  # the client hung up long before the server's end
     assert read_state(cfg)["current"] is None
     faults["endless"] = False
@@ -599,26 +715,26 @@ def test_a_server_that_never_stops_sending_is_cut_at_the_declared_size(world):
 
 
 def test_a_validly_signed_release_of_another_model_is_refused(world, onnx_model):
-    """Wrong target: the frame guard's signed pointer served at the classifier's path, and a
-    classifier pointer whose version folder holds the frame guard's signed manifest, are both
-    refused; the device keeps its classifier and its sequence."""
+    """Wrong target: the frame guard's signed files served at the classifier's paths, and a
+    classifier version whose signed folder holds the frame guard's release, are both refused;
+    the device keeps its classifier and its sequence."""
     cfg, channel = world["cfg"], world["channel"]
     assert sync(cfg).version == "1"
     publish(channel, "7", onnx_model, world["tmp"], model="frame_guard")
     channel.set_pointer("sink", "frame_guard", "stable", "7")
-    for _ in range(3):  # the guard's sequence runs ahead of the classifier's
-        channel.set_pointer("sink", "frame_guard", "stable", "7", rollout_percent=99 - _)
-    served = channel.pointer_path("sink", "classifier", "stable")
-    served.write_bytes(channel.pointer_path("sink", "frame_guard", "stable").read_bytes())
-    refused = _refused(cfg, "wrong_target")
-    assert "signed for sink/frame_guard/stable" in refused.detail
+    publish(channel, "2", onnx_model, world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    guard, mine = channel.version_dir("sink", "frame_guard", "7"), channel.version_dir("sink", "classifier", "2")
+    for f in ("manifest.json", "model.onnx", "smoke_frames.npy"):  # a server mixing up its folders
+        shutil.copyfile(guard / f, mine / f)
+    refused = _refused(cfg, "too_large")  # the guard's manifest is longer than the signed one: cut there
+    assert "sink/classifier/versions/2/manifest.json" in refused.detail
     assert (read_state(cfg)["current"], read_state(cfg)["sequence"]) == ("1", 1)
 
-    # A classifier pointer (validly signed for it) at a version folder holding another model's release.
-    guard = channel.version_dir("sink", "frame_guard", "7")
-    shutil.copytree(guard, channel.version_dir("sink", "classifier", "7"))
-    served.unlink()
-    channel.set_pointer("sink", "classifier", "stable", "7")
+    # A classifier version (validly signed for it) whose folder holds another model's release.
+    shutil.copytree(guard, world["tmp"] / "misfiled")
+    channel.put_version("sink", "classifier", "8", {f.name: f for f in (world["tmp"] / "misfiled").iterdir()})
+    channel.set_pointer("sink", "classifier", "stable", "8")
     refused = _refused(cfg, "wrong_target")
     assert "is sink.frame_guard v7" in refused.detail
     assert (read_state(cfg)["current"], read_state(cfg)["sequence"]) == ("1", 1)

@@ -32,7 +32,6 @@ from autosink_platform.pipelines.spec import PromotionPolicy
 from autosink_platform.registry.releases import ReleaseRejected
 from autosink_platform.release.channel import sha256_file
 from autosink_platform.release.onnx_export import OnnxScorer, parity
-from autosink_platform.release.signing import verify
 from autosink_platform.validation import cases as case_validation
 from autosink_platform.validation.cases import CaseFloors
 
@@ -155,12 +154,9 @@ def test_sink_pipeline_end_to_end(home, instance):
         assert manifest["onnx"]["size"] == (vdir / "model.onnx").stat().st_size
         assert manifest["dataset_snapshot_id"] == ref.snapshot_id and manifest["dagster_run_id"] == out["run_id"]
         assert manifest["outputs"] == list(model.outputs)
-        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"  # read_pointer verifies
-        verify(
-            fleet.signing_key.public_key(),
-            (vdir / "manifest.json").read_bytes(),
-            (vdir / "manifest.json.sig").read_text(),
-        )
+        assert fleet.read_pointer("sink", model.name, "stable")["version"] == "1"  # from verified metadata
+        signed = fleet.tuf.targets().targets[f"sink/{model.name}/versions/1/manifest.json"]
+        assert signed.hashes["sha256"] == sha256_file(vdir / "manifest.json")  # the release is a TUF target
         assert manifest["signing_key_id"] == fleet.key_id
 
         # Parity, measured here independently of the release gate, on every validation frame.
@@ -361,9 +357,9 @@ def _device_syncs_and_infers(home: Path, fleet, lake: Lake, threshold: float) ->
         time.sleep(0.05)
     url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
     try:
-        public = home / "device-key.pem"
-        public.write_bytes((fleet.root / "keys" / f"{fleet.key_id}.pem").read_bytes())  # provisioning
-        cfg = PiConfig("pi-001", f"{url}/v1/fleet", str(public), str(home / "device"))
+        root = home / "trusted-root.json"
+        root.write_bytes((fleet.root / "metadata" / "root.json").read_bytes())  # provisioning
+        cfg = PiConfig("pi-001", f"{url}/v1/fleet", str(root), str(home / "device"))
         assert sync(cfg).version == "1"
         frames = sorted(next(iter(lake.committed_sessions().values())).glob("frames/*.png"))[:5]
         # The device's own command decides; the platform's onnxruntime build of the same

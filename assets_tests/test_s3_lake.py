@@ -150,7 +150,7 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
     monkeypatch.setenv("AUTOSINK_LAKE", f"s3://{bucket}/lake")
     monkeypatch.setenv("AUTOSINK_STORE", f"s3://{bucket}/store")
     monkeypatch.setenv("AUTOSINK_FLEET", str(tmp_path / "channel"))
-    channel = platform_resources()["fleet"].get()
+    platform_resources()["fleet"].get()  # the channel (and its TUF root) on the configured folder
     (session,) = generate_demo_lake(tmp_path / "device", LATER, progress=False)
     token = DeviceRegistry(Home(home).devices_db).add("pi-001")
     port, log = free_port(), tmp_path / "fleet-api.log"
@@ -170,9 +170,9 @@ def test_the_fleet_api_puts_uploads_in_the_lake_the_pipeline_reads(home, bucket,
         )
         with urllib.request.urlopen(request, timeout=60) as r:
             assert r.status == 201 and json.loads(r.read())["session_id"] == session.name
-        key = f"http://127.0.0.1:{port}/v1/fleet/keys/{channel.key_id}.pem"
-        with urllib.request.urlopen(key, timeout=60) as r:
-            assert r.read() == (tmp_path / "channel" / "keys" / f"{channel.key_id}.pem").read_bytes()
+        root = f"http://127.0.0.1:{port}/v1/fleet/metadata/root.json"
+        with urllib.request.urlopen(root, timeout=60) as r:
+            assert r.read() == (tmp_path / "channel" / "metadata" / "root.json").read_bytes()
     finally:
         stop([api])
     assert set(platform_resources()["lake"].get().committed_sessions()) == {session.name}

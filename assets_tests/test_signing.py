@@ -5,26 +5,19 @@ import stat
 import pytest
 
 from autosink_platform.release.channel import FleetChannel
-from autosink_platform.release.signing import (
-    SignatureError,
-    ensure_keypair,
-    generate_keypair,
-    load_private_key,
-    load_public_key,
-    sign,
-    verify,
-    verify_pointer,
-)
+from autosink_platform.release.signing import ensure_keypair, generate_keypair, load_private_key, load_public_key
+from autosink_platform.release.tuf_repo import WrongKey
 
 
 @pytest.fixture
 def keys(tmp_path):
     private, public = generate_keypair(tmp_path / "k" / "signing.pem")
-    return load_private_key(private), load_public_key(public), private
+    root, _ = generate_keypair(tmp_path / "k" / "root.pem")
+    return load_private_key(private), load_public_key(public), private, load_private_key(root)
 
 
 def test_keygen_protects_the_private_key_and_never_overwrites(keys, tmp_path):
-    _, _, private = keys
+    private = keys[2]
     assert stat.S_IMODE(private.stat().st_mode) == 0o600
     with pytest.raises(FileExistsError):
         generate_keypair(private)
@@ -49,39 +42,87 @@ def test_workers_creating_the_default_key_at_once_all_get_the_same_whole_key(tmp
     assert sorted(p.name for p in path.parent.iterdir()) == ["signing.pem", "signing.pub"]  # no temp files left
 
 
-def test_signatures_verify_and_tampering_is_caught(keys, tmp_path):
-    key, public, _ = keys
-    data = b'{"version": "3"}'
-    signature = sign(key, data)
-    verify(public, data, signature)
-    with pytest.raises(SignatureError):
-        verify(public, data.replace(b"3", b"4"), signature)
-    other, _ = generate_keypair(tmp_path / "other.pem")
-    with pytest.raises(SignatureError):
-        verify(load_public_key(tmp_path / "other.pub"), data, signature)
-    with pytest.raises(SignatureError):
-        verify(public, data, "not base64!")
-
-
-def test_channel_signs_manifests_and_pointers(keys, tmp_path):
-    key, public, _ = keys
-    channel = FleetChannel(tmp_path / "fleet", key)
-    src = tmp_path / "src"
+def _release(channel: FleetChannel, tmp_path, version: str) -> None:
+    src = tmp_path / f"src{version}"
     src.mkdir()
-    (src / "manifest.json").write_text(json.dumps({"v": 1}))
-    (src / "model.onnx").write_bytes(b"onnx")
-    vdir = channel.put_version(
-        "sink", "classifier", "1", {"manifest.json": src / "manifest.json", "model.onnx": src / "model.onnx"}
+    (src / "manifest.json").write_text(
+        json.dumps({"pipeline": "sink", "model": "classifier", "mlflow_version": version})
     )
-    verify(public, (vdir / "manifest.json").read_bytes(), (vdir / "manifest.json.sig").read_text())
-    assert load_public_key(tmp_path / "fleet" / "keys" / f"{channel.key_id}.pem") == public
+    (src / "model.onnx").write_bytes(b"onnx" + version.encode())
+    channel.put_version("sink", "classifier", version, {f.name: f for f in src.iterdir()})
 
+
+def test_the_channel_is_a_tuf_repository_its_root_key_creates(keys, tmp_path):
+    """Root (signed by the root key) names the online key for targets, snapshot and timestamp;
+    every release file and pointer is a target; the root key is read only to create the channel."""
+    from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
+
+    key, _, _, root_key = keys
+    calls = []
+    channel = FleetChannel(tmp_path / "fleet", key, root_key=lambda: calls.append(1) or root_key)
+    _release(channel, tmp_path, "1")
     first = channel.set_pointer("sink", "classifier", "stable", "1")
-    raw = json.loads(channel.pointer_path("sink", "classifier", "stable").read_text())
-    assert verify_pointer(public, raw) == first and first["key_id"] == channel.key_id
-    assert channel.set_pointer("sink", "classifier", "stable", "1") == first  # same version: no-op, same sequence
-    raw["rollout_percent"] = 5  # tampering with any field breaks the signature
-    with pytest.raises(SignatureError):
-        verify_pointer(public, raw)
+    assert channel.set_pointer("sink", "classifier", "stable", "1") == first  # same fields: no-op, same sequence
+    assert FleetChannel(tmp_path / "fleet", key).read_pointer("sink", "classifier", "stable") == first  # no root key
+    assert calls == [1]
+
+    meta = tmp_path / "fleet" / "metadata"
+    root = Metadata[Root].from_bytes((meta / "1.root.json").read_bytes())
+    root.signed.verify_delegate("root", root.signed_bytes, root.signatures)
+    n = channel.tuf.targets().version
+    for role, cls, name in (
+        ("targets", Targets, f"{n}.targets.json"),
+        ("snapshot", Snapshot, f"{n}.snapshot.json"),
+        ("timestamp", Timestamp, "timestamp.json"),
+    ):
+        md = Metadata[cls].from_bytes((meta / name).read_bytes())
+        root.signed.verify_delegate(role, md.signed_bytes, md.signatures)  # the online key signs it
+        assert list(md.signatures) == [channel.key_id]
+    targets = channel.tuf.targets().targets
+    assert sorted(targets) == [
+        "sink/classifier/channels/stable.json",
+        "sink/classifier/versions/1/manifest.json",
+        "sink/classifier/versions/1/model.onnx",
+    ]
+    assert targets["sink/classifier/versions/1/manifest.json"].custom["manifest"]["mlflow_version"] == "1"
+    assert targets["sink/classifier/channels/stable.json"].custom["pointer"] == first
     with pytest.raises(FileNotFoundError, match="publish the version"):
         channel.set_pointer("sink", "classifier", "stable", "2")
+    with pytest.raises(FileExistsError, match="already published"):
+        _release(channel, tmp_path / "again", "1") if (tmp_path / "again").mkdir() is None else None
+    with pytest.raises(FileNotFoundError, match="no TUF root yet"):
+        FleetChannel(tmp_path / "other", key)  # and no root key to create one
+
+
+def test_a_channel_refuses_a_signing_key_root_does_not_name_and_tampered_metadata(keys, tmp_path):
+    key, _, _, root_key = keys
+    channel = FleetChannel(tmp_path / "fleet", key, root_key=lambda: root_key)
+    _release(channel, tmp_path, "1")
+    other, _ = generate_keypair(tmp_path / "other.pem")
+    intruder = FleetChannel(tmp_path / "fleet", load_private_key(other))
+    with pytest.raises(WrongKey, match="is not the channel's targets key"):
+        intruder.set_pointer("sink", "classifier", "stable", "1")
+    newest = tmp_path / "fleet" / "metadata" / f"{channel.tuf.targets().version}.targets.json"
+    newest.write_bytes(newest.read_bytes().replace(b'"stable', b'"stabl3').replace(b"versions/1", b"versions/9"))
+    from tuf.api.exceptions import UnsignedMetadataError
+
+    with pytest.raises(UnsignedMetadataError):
+        channel.read_pointer("sink", "classifier", "stable")
+
+
+def test_rotating_the_online_key_through_root(keys, tmp_path):
+    """The root key signs root v2 naming a new online key; the channel re-signs with it and the
+    old key can no longer publish."""
+    key, _, _, root_key = keys
+    channel = FleetChannel(tmp_path / "fleet", key, root_key=lambda: root_key)
+    _release(channel, tmp_path, "1")
+    new, _ = generate_keypair(tmp_path / "new.pem")
+    with pytest.raises(WrongKey, match="not this channel's root key"):
+        channel.tuf.sign_root(key, load_private_key(new))
+    root = channel.tuf.sign_root(root_key, load_private_key(new))
+    assert root.version == 2 and (tmp_path / "fleet" / "metadata" / "2.root.json").exists()
+    rotated = FleetChannel(tmp_path / "fleet", load_private_key(new))
+    assert rotated.published("sink", "classifier", "1")
+    rotated.set_pointer("sink", "classifier", "stable", "1")
+    with pytest.raises(WrongKey):
+        FleetChannel(tmp_path / "fleet", key).set_pointer("sink", "classifier", "stable", "1", rollout_percent=5)

@@ -301,19 +301,92 @@ def run_pipeline(home, pipeline) -> None:
 @click.argument("model")
 @click.option("--version", required=True, help="The MLflow version to make champion.")
 @click.option("--reason", required=True, help="Why: recorded in the audit log.")
-def promote(home, model, version, reason) -> None:
+@click.option(
+    "--rollout",
+    type=click.IntRange(1, 100),
+    default=100,
+    show_default=True,
+    help="Percent of devices that get it first (a canary by a stable hash of the device id); "
+    "the others stay on the champion before until `autosink rollout advance`.",
+)
+def promote(home, model, version, reason, rollout) -> None:
     """Make a validated version the champion (MLflow alias) and publish it to the fleet."""
     from autosink_platform.registry.promotion import PromotionRefused
     from autosink_platform.registry.promotion import promote as do_promote
 
     _, registry, channel, audit = _registry_and_channel(home)
     try:
-        entry = do_promote(registry, channel, audit, model, version, reason)
+        entry = do_promote(registry, channel, audit, model, version, reason, rollout_percent=rollout)
     except PromotionRefused as e:
         raise click.ClickException(str(e)) from None
     click.echo(
-        f"{model}: champion v{entry['from'] or '-'} -> v{entry['to']}, stable channel sequence {entry['sequence']}"
+        f"{model}: champion v{entry['from'] or '-'} -> v{entry['to']} on {entry['rollout_percent']}% of devices, "
+        f"stable channel sequence {entry['sequence']}"
     )
+
+
+@main.group()
+def rollout() -> None:
+    """A staged rollout: its state and field telemetry, widening it, halting it."""
+
+
+@rollout.command("status")
+@home_option
+@click.argument("model")
+def rollout_status(home, model) -> None:
+    """The pointer (version, canary %, fallback) and the canary against the control group."""
+    from autosink_platform.fleet.telemetry import latest_beats, rollout_health
+
+    h, _, channel, _ = _registry_and_channel(home)
+    pipeline, _, name = model.partition(".")
+    pointer = channel.read_pointer(pipeline, name, "stable")
+    if pointer is None:
+        raise click.ClickException(f"{model}: nothing published")
+    out = {k: pointer.get(k) for k in ("version", "rollout_percent", "fallback", "sequence", "halted")}
+    if pointer["rollout_percent"] < 100 and pointer.get("fallback"):
+        health = rollout_health(pointer, latest_beats(h.heartbeats, pipeline, name))
+        out["health"] = {
+            "state": health.state,
+            "reason": health.reason,
+            "canary": vars(health.canary),
+            "control": vars(health.control),
+        }
+    click.echo(json.dumps(out, indent=1))
+
+
+@rollout.command("advance")
+@home_option
+@click.argument("model")
+@click.option(
+    "--to", "to", type=click.IntRange(1, 100), default=None, help="Percent (default: next of 10, 25, 50, 100)."
+)
+@click.option("--reason", default="canary healthy", show_default=True, help="Recorded in the audit log.")
+def rollout_advance(home, model, to, reason) -> None:
+    """Widen the canary."""
+    from autosink_platform.registry.promotion import PromotionRefused, advance
+
+    _, _, channel, audit = _registry_and_channel(home)
+    try:
+        entry = advance(channel, audit, model, reason, to)
+    except PromotionRefused as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{model}: v{entry['to']} now on {entry['rollout_percent']}% of devices (sequence {entry['sequence']})")
+
+
+@rollout.command("halt")
+@home_option
+@click.argument("model")
+@click.option("--reason", required=True, help="Why: recorded in the audit log, the pointer and the version's tags.")
+def rollout_halt(home, model, reason) -> None:
+    """Stop the rollout: every device back on the version before, which is champion again."""
+    from autosink_platform.registry.promotion import PromotionRefused, halt
+
+    _, registry, channel, audit = _registry_and_channel(home)
+    try:
+        entry = halt(registry, channel, audit, model, reason)
+    except PromotionRefused as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"{model}: v{entry['from']} halted; every device back on v{entry['to']} (sequence {entry['sequence']})")
 
 
 @main.command()
@@ -423,7 +496,8 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb, up
     help="Private key path (default: $AUTOSINK_SIGNING_KEY or ~/.config/autosink/fleet-signing-key.pem).",
 )
 def fleet_keygen(out) -> None:
-    """Write a new Ed25519 release-signing key pair (private key mode 0600; never in the repo)."""
+    """Write a new Ed25519 key pair (private key mode 0600; never in the repo): an online
+    signing key, a new one to rotate to, or a root key."""
     from autosink_platform.release.signing import DEFAULT_KEY, generate_keypair, key_id, load_public_key
 
     try:
@@ -433,8 +507,44 @@ def fleet_keygen(out) -> None:
     except FileExistsError as e:
         raise click.ClickException(str(e)) from None
     click.echo(
-        f"private key {private}\npublic key  {public}  (key id {key_id(load_public_key(public))}: provision devices with it)"
+        f"private key {private}\npublic key  {public}  (key id {key_id(load_public_key(public))})\n"
+        "devices are provisioned with the channel's metadata/root.json, not with a key"
     )
+
+
+@fleet.command("rotate-key")
+@home_option
+@click.option(
+    "--root-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The offline TUF root key."
+)
+@click.option(
+    "--new-key",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The new online key (autosink fleet keygen --out PATH); point AUTOSINK_SIGNING_KEY at it afterwards.",
+)
+def fleet_rotate_key(home, root_key, new_key) -> None:
+    """Replace the online key (after a compromise, or routinely): root N+1, signed with the root
+    key, names the new key; targets, snapshot and timestamp are re-signed with it. Devices follow
+    the root chain on their next sync and refuse anything the old key signs."""
+    from autosink_platform.release.signing import load_private_key
+
+    channel = _resources(home)["fleet"].get()
+    root = channel.tuf.sign_root(load_private_key(root_key), load_private_key(new_key))
+    click.echo(f"root v{root.version}: online key {channel.key_id[:16]} (expires {root.expires.isoformat()})")
+
+
+@fleet.command("renew-root")
+@home_option
+@click.option(
+    "--root-key", required=True, type=click.Path(exists=True, dir_okay=False), help="The offline TUF root key."
+)
+def fleet_renew_root(home, root_key) -> None:
+    """Root N+1 with the same keys and a new year of validity (the refresh job warns 60 days ahead)."""
+    from autosink_platform.release.signing import load_private_key
+
+    root = _resources(home)["fleet"].get().tuf.sign_root(load_private_key(root_key))
+    click.echo(f"root v{root.version} valid until {root.expires.isoformat()}")
 
 
 def _add_token(registry, name: str) -> None:

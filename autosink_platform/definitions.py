@@ -15,7 +15,7 @@ from dagster._core.definitions.executor_definition import (  # what Dagster's ow
 from dagster._core.execution.retries import RetryMode, get_retries_config
 
 from autosink_platform.defs.factory import build_pipeline_defs
-from autosink_platform.defs.sensors import FLEET_REFRESH
+from autosink_platform.defs.sensors import FLEET_REFRESH, fleet_telemetry_sensor, rollout_halt
 from autosink_platform.pipelines.catalog import PIPELINES
 from autosink_platform.settings import Settings
 
@@ -87,8 +87,8 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         resources=SETTINGS.resources(env_vars=True),
         executor=executor,
-        sensors=[AUTOMATION],
-        jobs=[FLEET_REFRESH.job],
+        sensors=[AUTOMATION, fleet_telemetry_sensor(list(MODEL_NAMES))],
+        jobs=[FLEET_REFRESH.job, rollout_halt],
         schedules=[FLEET_REFRESH],
     ),
 )

@@ -116,7 +116,7 @@ class Device:
     beats: list[dict] = field(default_factory=list)  # heartbeats sent: version, sequence, at
 
     @classmethod
-    def provision(cls, home: Home, api: str, device_id: str, public_key: Path, state_dir: Path) -> Device:
+    def provision(cls, home: Home, api: str, device_id: str, trusted_root: Path, state_dir: Path) -> Device:
         """A device's first start registers it and keeps its token in its state folder (as a Pi
         keeps it in its configuration); later starts reuse it."""
         from autosink_pi.client import PiConfig
@@ -131,7 +131,7 @@ class Device:
             kept.parent.mkdir(parents=True, exist_ok=True)
             kept.touch(mode=0o600)
             kept.write_text(token)
-        cfg = PiConfig(device_id, f"{api}/v1/fleet", str(public_key), str(state_dir), retries=1, timeout_s=10)
+        cfg = PiConfig(device_id, f"{api}/v1/fleet", str(trusted_root), str(state_dir), retries=1, timeout_s=10)
         return cls(device_id, api, token, cfg)
 
     def upload(self, folder: Path) -> tuple[int, dict, float]:
@@ -171,14 +171,14 @@ class Device:
 
 def provision_fleet(home: Home, api: str, sessions: list[Path], channel) -> dict[str, Device]:
     """A device per recorder of ``sessions`` (folders named ``<device id>-<start>``), provisioned
-    under ``<home>/devices/<id>`` with the channel's public key, as installation would: the key
-    comes from provisioning, never from the ``channel`` (a ``FleetChannel``) a device then trusts."""
-    public_key = home.root / "devices" / "channel-key.pem"
-    if not public_key.exists():
-        public_key.parent.mkdir(parents=True, exist_ok=True)
-        public_key.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
+    under ``<home>/devices/<id>`` with the channel's TUF root, as installation would: the root
+    comes from provisioning, and the device then trusts only what it (and the roots it signs) sign."""
+    trusted_root = home.root / "devices" / "trusted-root.json"
+    if not trusted_root.exists():
+        trusted_root.parent.mkdir(parents=True, exist_ok=True)
+        trusted_root.write_bytes((channel.root / "metadata" / "root.json").read_bytes())
     ids = sorted({recorder(s) for s in sessions})
-    return {d: Device.provision(home, api, d, public_key, home.root / "devices" / d) for d in ids}
+    return {d: Device.provision(home, api, d, trusted_root, home.root / "devices" / d) for d in ids}
 
 
 def recorder(session: Path) -> str:

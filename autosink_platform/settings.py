@@ -25,7 +25,8 @@ VARIABLES = {
     "AUTOSINK_S3_ENDPOINT": "endpoint of s3:// URLs, for MinIO or another S3-compatible store [AWS]",
     "AUTOSINK_FLEET_S3_ENDPOINT": "the channel's own S3 endpoint [AUTOSINK_S3_ENDPOINT]",
     "AUTOSINK_FLEET_PUBLIC_READ": "1: releases are written with ACL public-read, so devices can GET them [private]",
-    "AUTOSINK_SIGNING_KEY": "the channel's Ed25519 signing key [~/.config/autosink/fleet-signing-key.pem, made on first use]",
+    "AUTOSINK_SIGNING_KEY": "the channel's online Ed25519 key (TUF targets, snapshot, timestamp) [~/.config/autosink/fleet-signing-key.pem, made on first use]",
+    "AUTOSINK_ROOT_KEY": "the channel's offline TUF root key, read only to create the channel [fleet-root-key.pem beside the signing key]",
     "AUTOSINK_DATASETS": "the public datasets the reference pipelines read in place [../shared/datasets]",
     "MLFLOW_TRACKING_URI": "MLflow tracking and registry [SQLite under mlflow/]",
     "AUTOSINK_EXECUTOR": "how a run's steps execute: in_process, multiprocess or celery [in_process]",
@@ -46,6 +47,7 @@ RESOURCE_FIELDS = {
     ("fleet", "channel_s3_endpoint"): "AUTOSINK_FLEET_S3_ENDPOINT",
     ("fleet", "public_read"): "AUTOSINK_FLEET_PUBLIC_READ",
     ("fleet", "signing_key"): "AUTOSINK_SIGNING_KEY",
+    ("fleet", "root_key"): "AUTOSINK_ROOT_KEY",
     ("mlflow", "tracking_uri"): "MLFLOW_TRACKING_URI",
     ("datasets", "root"): "AUTOSINK_DATASETS",
 }

@@ -127,9 +127,9 @@ def main() -> None:
     while not srv.started:
         time.sleep(0.05)
     url = f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}/v1/fleet"
-    public = tmp / "key.pem"
-    public.write_bytes((channel.root / "keys" / f"{channel.key_id}.pem").read_bytes())
-    device = PiConfig("bench-pi", url, str(public), str(tmp / "device"))
+    root = tmp / "trusted-root.json"  # provisioning
+    root.write_bytes((channel.root / "metadata" / "root.json").read_bytes())
+    device = PiConfig("bench-pi", url, str(root), str(tmp / "device"))
     start = sync(device).version  # the device runs the champion; each promotion moves it
     promotions = []
     for i in range(args.promotions):

@@ -25,7 +25,7 @@ from autosink_platform.registry.mlflow_registry import Registry
 from autosink_platform.registry.promotion import AuditLog
 from autosink_platform.registry.releases import Release
 from autosink_platform.release.channel import FleetChannel
-from autosink_platform.release.signing import DEFAULT_KEY, ensure_keypair, load_private_key
+from autosink_platform.release.signing import DEFAULT_KEY, ensure_keypair, load_private_key, root_key_path
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef
 
@@ -66,18 +66,20 @@ class FeatureStoreResource(_Stored):
 
 class FleetChannelResource(_Stored):
     """The release channel the fleet pulls from (``root``: a folder or an S3 URL, default
-    ``<home>/fleet``), the Ed25519 key that signs it (``signing_key``, default
-    ``~/.config/autosink/fleet-signing-key.pem``; made on first use unless ``create_key`` is
-    off), the audit log of
-    promotions and the devices' heartbeats. ``channel_s3_endpoint`` (else ``s3_endpoint``) and
-    ``storage_options`` go to s3fs, ``put_options`` to every write; ``public_read="1"`` adds
-    ``ACL: public-read`` so devices can GET releases."""
+    ``<home>/fleet``), a TUF repository signed with the online key ``signing_key`` (default
+    ``~/.config/autosink/fleet-signing-key.pem``; made on first use unless ``create_key`` is off).
+    The offline ``root_key`` (default: ``fleet-root-key.pem`` beside it) is read only when the
+    channel has no root yet. Also the audit log of promotions and the devices' heartbeats.
+    ``channel_s3_endpoint`` (else ``s3_endpoint``) and ``storage_options`` go to s3fs,
+    ``put_options`` to every write; ``public_read="1"`` adds ``ACL: public-read`` so devices can
+    GET releases."""
 
     channel_s3_endpoint: str = ""
     public_read: str = ""
     storage_options: dict[str, str] = {}
     put_options: dict[str, str] = {}
     signing_key: str = ""
+    root_key: str = ""
     create_key: bool = True  # a deployment that mounts its key sets False: a missing secret is then an error
     audit_log: str = ""  # promotions and rollbacks (default: <home>/audit/promotions.jsonl)
 
@@ -88,18 +90,24 @@ class FleetChannelResource(_Stored):
         """The fleet API's log of what each device runs."""
         return resolve_home(self.home).heartbeats
 
-    def get(self) -> FleetChannel:
-        path = Path(self.signing_key or DEFAULT_KEY).expanduser()
+    def _key(self, path: Path) -> Path:
         if not path.exists():
             if not self.create_key:  # never a new key where the deployment's was expected
-                raise FileNotFoundError(f"signing key {path} does not exist (autosink fleet keygen --out {path})")
+                raise FileNotFoundError(f"key {path} does not exist (autosink fleet keygen --out {path})")
             ensure_keypair(path)
+        return path
+
+    def get(self) -> FleetChannel:
+        path = self._key(Path(self.signing_key or DEFAULT_KEY).expanduser())
         storage, put = dict(self.storage_options), dict(self.put_options)
         if endpoint := self.channel_s3_endpoint or self.s3_endpoint:
             storage.setdefault("endpoint_url", endpoint)
         if self.public_read == "1":
             put.setdefault("ACL", "public-read")
-        return FleetChannel(self._root("fleet"), load_private_key(path), storage, put)
+        root_key = root_key_path(path, self.root_key)
+        return FleetChannel(
+            self._root("fleet"), load_private_key(path), storage, put, lambda: load_private_key(self._key(root_key))
+        )
 
 
 class MlflowResource(dg.ConfigurableResource):

@@ -148,27 +148,36 @@ def champion_sensor(pipeline: str, names: list[str], job) -> dg.SensorDefinition
     return sensor
 
 
-@dg.op(description="Re-signs every fleet channel pointer that expires within 20 days (same version, next sequence).")
+@dg.op(
+    description="Re-signs the fleet channel's TUF metadata near expiry: the timestamp (7 days) daily, "
+    "targets and snapshot when 20 days or fewer are left; warns when root nears its expiry."
+)
 def refresh_fleet_channel(context: dg.OpExecutionContext, fleet: FleetChannelResource) -> None:
-    for pointer in fleet.get().refresh_all():
-        key = f"{pointer['pipeline']}.{pointer['model']}/{pointer['channel']}"
-        context.log.info(f"{key}: v{pointer['version']} re-signed until {pointer['expires_at']}")
-        context.log_event(
-            dg.AssetObservation(
-                asset_key=dg.AssetKey([pointer["pipeline"], "fleet_channel"]),
-                metadata={
-                    "pointer": key,
-                    "version": pointer["version"],
-                    "sequence": pointer["sequence"],
-                    "expires_at": pointer["expires_at"],
-                },
+    channel = fleet.get()
+    pipelines = sorted({pipeline for pipeline, _, _ in channel.pointers()})
+    for renewal in channel.refresh_all():
+        context.log.info(f"TUF {renewal.role} v{renewal.version} re-signed until {renewal.expires.isoformat()}")
+        for pipeline in pipelines:  # every pipeline's channel is served under this metadata
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=dg.AssetKey([pipeline, "fleet_channel"]),
+                    metadata={
+                        "role": renewal.role,
+                        "version": renewal.version,
+                        "expires_at": renewal.expires.isoformat(),
+                    },
+                )
             )
+    if expires := channel.tuf.root_expires_soon():
+        context.log.warning(
+            f"the channel's TUF root expires at {expires.isoformat()}: renew it with the offline root key "
+            "(autosink fleet renew-root --root-key PATH)"
         )
 
 
 @dg.job(
     name="fleet_channel_refresh",
-    description="Keeps the fleet channel's signed pointers from lapsing when no promotion happens.",
+    description="Keeps the fleet channel's TUF metadata from lapsing when no promotion happens.",
 )
 def fleet_channel_refresh() -> None:
     refresh_fleet_channel()
@@ -183,3 +192,90 @@ FLEET_REFRESH = dg.ScheduleDefinition(
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,
 )
+
+
+class HaltConfig(dg.Config):
+    model: str  # <pipeline>.<model>
+    reason: str
+
+
+@dg.op(
+    description="Halts a staged rollout whose canary diverged from its control group: every device back on the fallback."
+)
+def halt_rollout(
+    context: dg.OpExecutionContext, config: HaltConfig, mlflow: MlflowResource, fleet: FleetChannelResource
+) -> None:
+    from autosink_platform.registry.promotion import PromotionRefused, halt
+
+    try:
+        entry = halt(mlflow.get(), fleet.get(), fleet.audit(), config.model, config.reason, who="telemetry guard")
+    except PromotionRefused as e:  # halted or widened by an operator since the sensor looked
+        context.log.info(f"{config.model}: nothing to halt ({e})")
+        return
+    context.log.warning(f"{config.model}: v{entry['from']} halted, devices back on v{entry['to']}: {config.reason}")
+    context.log_event(
+        dg.AssetObservation(
+            asset_key=dg.AssetKey([config.model.split(".", 1)[0], "fleet_channel"]),
+            metadata={"halted": f"{config.model} v{entry['from']}", "back_on": entry["to"], "reason": config.reason},
+        )
+    )
+
+
+@dg.job(name="rollout_halt", description="Halts a staged rollout (requested by the fleet_telemetry sensor).")
+def rollout_halt() -> None:
+    halt_rollout()
+
+
+def fleet_telemetry_sensor(names: list[str]) -> dg.SensorDefinition:
+    @dg.sensor(
+        name="fleet_telemetry",
+        job=rollout_halt,
+        minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Records device heartbeats as observations of each pipeline's fleet_channel (health per "
+        "version) and halts a staged rollout whose canary diverges from its control group.",
+    )
+    def sensor(context: dg.SensorEvaluationContext, fleet: FleetChannelResource) -> dg.SensorResult:
+        from autosink_platform.files import read_jsonl_from
+        from autosink_platform.fleet.telemetry import RolloutBounds, figures, latest_beats, rollout_health
+
+        path = fleet.heartbeats()
+        new, cursor = read_jsonl_from(path, int(context.cursor or 0))
+        events = []
+        for pipeline, model in sorted({(b["pipeline"], b["model"]) for b in new}):
+            beats = latest_beats(path, pipeline, model)
+            for version in sorted({str(b["version"]) for b in beats.values() if b.get("version")}):
+                f = figures(beats, version)
+                events.append(
+                    dg.AssetObservation(
+                        asset_key=dg.AssetKey([pipeline, "fleet_channel"]),
+                        metadata={
+                            "model": f"{pipeline}.{model}",
+                            "version": version,
+                            "devices": f.devices,
+                            "decisions": f.decisions,
+                            "positive_rate": dg.MetadataValue.float(f.positive_rate or 0.0),
+                        },
+                    )
+                )
+        channel, runs = fleet.get(), []
+        for name in names:
+            pipeline, model = name.split(".", 1)
+            pointer = channel.read_pointer(pipeline, model, "stable")
+            if pointer is None or pointer["rollout_percent"] >= 100 or not pointer.get("fallback"):
+                continue
+            health = rollout_health(pointer, latest_beats(path, pipeline, model), RolloutBounds())
+            context.log.info(
+                f"{name} v{pointer['version']} at {pointer['rollout_percent']}%: {health.state}: {health.reason}"
+            )
+            if health.state == "diverged":
+                runs.append(
+                    dg.RunRequest(
+                        run_key=f"halt:{name}:{pointer['sequence']}",
+                        run_config={"ops": {"halt_rollout": {"config": {"model": name, "reason": health.reason}}}},
+                        tags={"autosink/halt": name},
+                    )
+                )
+        return dg.SensorResult(run_requests=runs, asset_events=events, cursor=str(cursor))
+
+    return sensor

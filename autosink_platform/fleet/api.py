@@ -32,6 +32,25 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
+def _count(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
+def _telemetry_problem(telemetry) -> str | None:
+    """What is wrong with a heartbeat's telemetry (per version: decisions, positive, hist), if anything."""
+    if not isinstance(telemetry, dict) or len(telemetry) > 16:
+        return "telemetry must be an object of at most 16 versions"
+    for version, t in telemetry.items():
+        if not isinstance(t, dict) or not all(_count(t.get(k)) for k in ("decisions", "positive")):
+            return f"telemetry[{version!r}] needs whole counts 'decisions' and 'positive'"
+        hist = t.get("hist")
+        if not isinstance(hist, list) or not 0 < len(hist) <= 64 or not all(map(_count, hist)):
+            return f"telemetry[{version!r}].hist must be 1..64 whole counts"
+        if t["positive"] > t["decisions"] or sum(hist) != t["decisions"]:
+            return f"telemetry[{version!r}]: positive and hist must add up to at most / exactly 'decisions'"
+    return None
+
+
 def create_app(
     home: Home,
     limits: UploadLimits | None = None,
@@ -94,12 +113,15 @@ def create_app(
             return _error(400, "missing_field", f"heartbeat needs {missing}")
         if beat.get("device_id", device_id) != device_id:
             return _error(403, "device_mismatch", f"heartbeat for {beat['device_id']!r} with {device_id!r}'s token")
+        if (problem := _telemetry_problem(beat.get("telemetry", {}))) is not None:
+            return _error(400, "invalid_telemetry", problem)
         record = {
             "device_id": device_id,
             "pipeline": str(beat["pipeline"]),
             "model": str(beat["model"]),
             "version": None if beat["version"] is None else str(beat["version"]),
             "sequence": beat.get("sequence"),
+            "telemetry": beat.get("telemetry", {}),
             "received_at": datetime.now(UTC).isoformat(),
         }
         await run_in_threadpool(append_jsonl, heartbeats, record)

@@ -85,8 +85,11 @@ def promote(
     who: str | None = None,
     action: str = "promote",
     previous: str | None = ...,
+    rollout_percent: int = 100,
 ) -> dict:
-    """Make a validated, released version the champion and point the fleet at it.
+    """Make a validated, released version the champion and point the fleet at it: every device,
+    or a canary of ``rollout_percent`` of them while the others stay on the champion before
+    (``advance`` widens it, ``halt`` takes it back).
 
     ``previous`` is what the audit records as "from" (default: the champion before this call)."""
     pipeline, model = _split(name)
@@ -101,13 +104,16 @@ def promote(
         raise PromotionRefused(
             f"{name} v{version} has not passed release validation (status {mv.tags.get('validation_status')!r})"
         )
-    if not (channel.version_dir(pipeline, model, version) / "manifest.json").exists():
+    if not channel.published(pipeline, model, version):
         raise PromotionRefused(f"{name} v{version} has no release in the fleet channel")
     if previous is ...:
         current = registry.alias_version(name, CHAMPION)
         previous = str(current.version) if current else None
+    if rollout_percent < 100 and (previous is None or previous == version):
+        raise PromotionRefused(f"{name}: a staged rollout needs a champion before it for the other devices")
     registry.set_alias(name, CHAMPION, version)
-    pointer = channel.set_pointer(pipeline, model, STABLE, version)
+    fallback = ... if rollout_percent < 100 else None
+    pointer = channel.set_pointer(pipeline, model, STABLE, version, rollout_percent, fallback=fallback)
     return audit.append(
         action=action,
         model=name,
@@ -115,7 +121,62 @@ def promote(
         reason=reason,
         **{"from": previous, "to": version},
         sequence=pointer["sequence"],
+        rollout_percent=pointer["rollout_percent"],
         evidence=_evidence(registry, name, version),
+    )
+
+
+ROLLOUT_STEPS = (10, 25, 50, 100)
+
+
+def _rollout(channel: FleetChannel, name: str) -> tuple[str, str, dict]:
+    pipeline, model = _split(name)
+    pointer = channel.read_pointer(pipeline, model, STABLE)
+    if pointer is None or pointer["rollout_percent"] >= 100 or not pointer.get("fallback"):
+        raise PromotionRefused(f"{name}: no staged rollout in progress")
+    return pipeline, model, pointer
+
+
+def advance(
+    channel: FleetChannel, audit: AuditLog, name: str, reason: str, to: int | None = None, who: str | None = None
+) -> dict:
+    """Widen the rollout in progress to ``to`` percent (default: the next of 10, 25, 50, 100)."""
+    pipeline, model, pointer = _rollout(channel, name)
+    now = pointer["rollout_percent"]
+    to = to if to is not None else next(p for p in ROLLOUT_STEPS if p > now)
+    if not now < to <= 100:
+        raise PromotionRefused(f"{name}: the rollout is at {now}%; advance it to more than that, at most 100")
+    moved = channel.set_pointer(pipeline, model, STABLE, pointer["version"], to)
+    return audit.append(
+        action="advance",
+        model=name,
+        who=who or getpass.getuser(),
+        reason=reason,
+        **{"from": pointer["version"], "to": pointer["version"]},
+        sequence=moved["sequence"],
+        rollout_percent=to,
+    )
+
+
+def halt(
+    registry: Registry, channel: FleetChannel, audit: AuditLog, name: str, reason: str, who: str | None = None
+) -> dict:
+    """Stop the rollout in progress: every device goes back to the fallback, which is champion
+    again; the halted version and why are kept in the pointer and the version's tags."""
+    pipeline, model, pointer = _rollout(channel, name)
+    halted, fallback = pointer["version"], pointer["fallback"]
+    registry.set_alias(name, CHAMPION, fallback)
+    registry.set_tags(name, halted, {"rollout_halted": reason})
+    record = {"version": halted, "at_percent": pointer["rollout_percent"], "reason": reason}
+    moved = channel.set_pointer(pipeline, model, STABLE, fallback, 100, fallback=None, halted=record)
+    return audit.append(
+        action="halt",
+        model=name,
+        who=who or getpass.getuser(),
+        reason=reason,
+        **{"from": halted, "to": fallback},
+        sequence=moved["sequence"],
+        rollout_percent=100,
     )
 
 
@@ -141,8 +202,8 @@ def publish_champions(
         if champion is None:
             continue
         pointer = channel.read_pointer(pipeline, model, STABLE)
-        if pointer is not None and pointer["version"] == str(champion.version):
-            continue
+        if pointer is not None and str(champion.version) in (pointer["version"], pointer.get("fallback")):
+            continue  # the fallback: a halt moved the alias back and the pointer is following
         changes.append(
             promote(
                 registry,

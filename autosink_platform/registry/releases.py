@@ -64,9 +64,9 @@ def published_release(
 ) -> Release | None:
     """The release already published for this version, or None. A published version is never
     rewritten: publishing it again with another operating point is refused."""
-    existing = channel.version_dir(pipeline, model, version) / "manifest.json"
-    if not existing.exists():
+    if not channel.published(pipeline, model, version):
         return None
+    existing = channel.version_dir(pipeline, model, version) / "manifest.json"
     manifest = json.loads(existing.read_text())
     name = registered_name(pipeline, model)
     if manifest["threshold"] != asdict(op):

@@ -1,43 +1,52 @@
-"""Ed25519 signatures for fleet releases (``cryptography``).
+"""Ed25519 keys for the fleet channel (``cryptography``).
 
-The private key lives outside the repository, the lake and MLflow: by default in
-``~/.config/autosink/fleet-signing-key.pem`` (mode 0600), or wherever ``AUTOSINK_SIGNING_KEY``
-points. Devices hold the public key from provisioning; they never take it from the channel.
+Two keys, both outside the repository, the lake and MLflow:
 
-What is signed:
-  - ``manifest.json``: its exact bytes, signature in ``manifest.json.sig`` (base64);
-  - a channel pointer: the canonical JSON of its fields, signature inside the pointer file.
+- the **online key** signs the channel's TUF targets, snapshot and timestamp on every publish:
+  ``~/.config/autosink/fleet-signing-key.pem`` (mode 0600), or wherever ``AUTOSINK_SIGNING_KEY``
+  points;
+- the **root key** signs TUF root: which keys devices trust. It is needed to create the channel,
+  rotate the online key and renew root, nothing else, so it belongs offline:
+  ``fleet-root-key.pem`` beside the online key, or ``AUTOSINK_ROOT_KEY``.
+
+Devices are provisioned with the channel's ``metadata/root.json``; they never take keys from the
+channel, only roots that the root they trust has signed.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import secrets
 from pathlib import Path
 
-from autosink_pi.verify import SignatureError, canonical, load_public_key, verify, verify_pointer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-__all__ = [  # verification is the device package's, so the platform checks exactly what devices check
-    "SignatureError",
-    "canonical",
+__all__ = [
     "DEFAULT_KEY",
+    "KeyFileError",
     "ensure_keypair",
     "generate_keypair",
     "key_id",
     "load_private_key",
     "load_public_key",
     "public_pem",
-    "sign",
-    "sign_pointer",
-    "verify",
-    "verify_pointer",
+    "root_key_path",
 ]
 
+
+class KeyFileError(ValueError):
+    """A key file holds something other than the Ed25519 key expected."""
+
+
 DEFAULT_KEY = Path("~/.config/autosink/fleet-signing-key.pem")
+ROOT_KEY_NAME = "fleet-root-key.pem"
+
+
+def root_key_path(signing_key: str | Path, root_key: str | Path | None = None) -> Path:
+    """The root key: ``root_key`` when given, else ``fleet-root-key.pem`` beside the online key."""
+    return Path(root_key).expanduser() if root_key else Path(signing_key).expanduser().with_name(ROOT_KEY_NAME)
 
 
 def generate_keypair(private_path: str | Path, public_path: str | Path | None = None) -> tuple[Path, Path]:
@@ -96,7 +105,7 @@ def public_pem(key: Ed25519PublicKey) -> bytes:
 def load_private_key(path: str | Path) -> Ed25519PrivateKey:
     key = serialization.load_pem_private_key(Path(path).expanduser().read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise SignatureError(f"{path} is not an Ed25519 private key")
+        raise KeyFileError(f"{path} is not an Ed25519 private key")
     return key
 
 
@@ -107,10 +116,10 @@ def key_id(public: Ed25519PublicKey) -> str:
     ]
 
 
-def sign(key: Ed25519PrivateKey, data: bytes) -> str:
-    return base64.b64encode(key.sign(data)).decode()
-
-
-def sign_pointer(key: Ed25519PrivateKey, pointer: dict) -> dict:
-    body = {k: v for k, v in pointer.items() if k != "signature"}
-    return body | {"signature": sign(key, canonical(body))}
+def load_public_key(data) -> Ed25519PublicKey:
+    """From PEM bytes or a PEM file path."""
+    raw = data if isinstance(data, bytes) else Path(data).expanduser().read_bytes()
+    key = serialization.load_pem_public_key(raw)
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError("not an Ed25519 public key")
+    return key

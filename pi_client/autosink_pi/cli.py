@@ -7,7 +7,8 @@ autosink-pi --config ... infer --csv rows.csv           score CSV rows (--csv - 
                                                         reads one session, calibrates on its start-up
                                                         rows and decides as each window completes
 autosink-pi --config ... status                         active / previous version, last sync
-autosink-pi --config ... rollback                       back to the previous model
+autosink-pi --config ... rollback                       back to the previous model (pinned: the version left
+                                                        is not taken again, only a newer one)
 autosink-pi --config ... heartbeat --api URL --token T  report the active version to the fleet API
 """
 
@@ -18,7 +19,7 @@ import json
 import sys
 import urllib.request
 
-from autosink_pi.client import PiConfig, SyncRefused, active, decide, read_state, rollback, sync
+from autosink_pi.client import PiConfig, SyncRefused, active, decide, read_state, record, rollback, sync, telemetry
 from autosink_pi.manifest import ManifestError, WindowsInput
 from autosink_pi.runtime import InputError, SeriesSession, read_rows
 
@@ -32,6 +33,7 @@ def heartbeat(cfg: PiConfig, api: str, token: str, timeout: float = 10.0) -> dic
             "model": cfg.model,
             "version": state["current"],
             "sequence": state["sequence"],
+            "telemetry": telemetry(cfg),  # decisions per version since each was activated
         }
     ).encode()
     request = urllib.request.Request(
@@ -49,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="autosink-pi", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--config", required=True, help="JSON file with device_id, channel_url, public_key, state_dir, ..."
+        "--config", required=True, help="JSON file with device_id, channel_url, trusted_root, state_dir, ..."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync")
@@ -100,6 +102,7 @@ def _infer(cfg: PiConfig, runtime, args) -> None:
             series = SeriesSession(runtime)
             for reading in read_rows(runtime.input, lines):
                 if (d := series.push(reading)) is not None:
+                    record(cfg, [d])
                     print(json.dumps({"input": f"row {d.pop('row') + 1}", **d}), flush=True)
             spec = runtime.input
             if series.rows < spec.startup_rows + spec.window:

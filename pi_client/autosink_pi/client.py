@@ -2,15 +2,22 @@
 
 State directory layout (``state_dir``):
 
+    tuf/                                           the device's trusted TUF metadata (python-tuf's ngclient)
     models/<version>/model.onnx, manifest.json     every accepted release
-    state.json                                     current / previous version, channel sequence, last sync
-    staging/                                       downloads in progress (resumable ``.part`` files)
+    state.json                                     current / previous version, pinning, last sync
+    telemetry.json                                 decisions per active version (for heartbeats)
+    staging/                                       a release being installed
 
-``sync`` accepts a release only if the pointer's signature verifies with the provisioned public
-key, it is signed for this device's pipeline, model and channel, the pointer is not expired, its sequence does not go backwards, the manifest's signature
-and sha256 match, the model's size and sha256 match the manifest, and a smoke inference
-reproduces the manifest's expected output. On any failure the current model stays active.
-The manifest is read with its type (``manifest.parse``); ``runtime`` runs the release.
+``sync`` updates the trusted metadata through ``tuf.ngclient.Updater`` (root chain, timestamp,
+snapshot, targets: signatures, versions that never go back, expiry), reads the channel pointer
+from its target's signed ``custom``, checks it is for this device's pipeline, model and channel,
+and picks the version for this device (the canary's or the fallback, by a stable hash). The
+release's files are downloaded as targets (length and sha256 from the signed metadata, never
+more bytes than declared), the manifest must be this model's at that version and match the
+pointer, and a smoke inference must reproduce the manifest's outputs. Only then is the release
+installed, by renaming a whole folder and then the state file. On any failure the current model
+stays active, and a device that rolled back stays pinned until a version newer than the one it
+left is offered.
 """
 
 from __future__ import annotations
@@ -20,18 +27,19 @@ import io
 import json
 import os
 import shutil
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import TargetFile
+from tuf.ngclient import Updater, UpdaterConfig
 
 from autosink_pi.manifest import Manifest, ManifestError, parse
 from autosink_pi.runtime import InputError, Runtime
-from autosink_pi.verify import SignatureError, load_public_key, sha256_file, verify, verify_pointer
+from autosink_pi.transport import Fetcher
+from autosink_pi.verify import sha256_file
 
 
 class SyncRefused(RuntimeError):
@@ -46,13 +54,14 @@ class SyncRefused(RuntimeError):
 class PiConfig:
     device_id: str
     channel_url: str  # the fleet root: http(s)://host/v1/fleet or a local folder
-    public_key: str  # PEM path, from provisioning (never taken from the channel)
+    trusted_root: str  # root.json from provisioning (never taken from the channel); later roots follow from it
     state_dir: str
     pipeline: str = "sink"
     model: str = "classifier"
     channel: str = "stable"
     retries: int = 4
     timeout_s: float = 30.0
+    min_bytes_per_s: float = 4096.0  # slower than this on average (after timeout_s) is cut: slow retrieval
     guard: str | None = None  # a guard model of the same pipeline (the sink's "frame_guard"), synced beside
 
     def guard_config(self) -> PiConfig | None:
@@ -68,92 +77,10 @@ class PiConfig:
 
 @dataclass
 class SyncResult:
-    status: str  # "updated", "up_to_date", "not_in_rollout"
+    status: str  # "updated", "up_to_date", "not_in_rollout", "pinned"
     version: str | None
     previous: str | None = None
     detail: dict = field(default_factory=dict)
-
-
-# -- transport --------------------------------------------------------------------------------
-
-
-def _url(cfg: PiConfig, rel: str) -> str:
-    return cfg.channel_url.rstrip("/") + "/" + rel
-
-
-def _is_http(cfg: PiConfig) -> bool:
-    return cfg.channel_url.startswith(("http://", "https://"))
-
-
-def fetch(cfg: PiConfig, rel: str, max_bytes: int = 4 * 2**20) -> bytes:
-    """A small file (pointer, manifest, signature) from the channel."""
-    if not _is_http(cfg):
-        path = Path(cfg.channel_url) / rel
-        if not path.exists():
-            raise SyncRefused("not_published", f"{path} does not exist")
-        return path.read_bytes()
-    try:
-        with urllib.request.urlopen(_url(cfg, rel), timeout=cfg.timeout_s) as r:
-            data = r.read(max_bytes + 1)
-    except urllib.error.HTTPError as e:
-        raise SyncRefused("not_published" if e.code == 404 else "http_error", f"{rel}: HTTP {e.code}") from None
-    except (urllib.error.URLError, OSError) as e:
-        raise SyncRefused("unreachable", f"{rel}: {e}") from None
-    if len(data) > max_bytes:
-        raise SyncRefused("too_large", f"{rel} is larger than {max_bytes} bytes")
-    return data
-
-
-def download(cfg: PiConfig, rel: str, dest: Path, size: int, sha256: str) -> Path:
-    """Download with retries, resuming a partial file (HTTP Range); check size and sha256. No
-    more than ``size`` bytes are ever written: a server that sends more is refused at once."""
-    part = dest.with_name(dest.name + ".part")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    last_error = ""
-    for attempt in range(cfg.retries + 1):
-        try:
-            have = part.stat().st_size if part.exists() else 0
-            if have > size:  # cannot be a prefix of the right file
-                part.unlink()
-                have = 0
-            if have < size:
-                if _is_http(cfg):
-                    request = urllib.request.Request(
-                        _url(cfg, rel), headers={"Range": f"bytes={have}-"} if have else {}
-                    )
-                    with (
-                        urllib.request.urlopen(request, timeout=cfg.timeout_s) as r,
-                        open(part, "ab" if have else "wb") as out,
-                    ):
-                        if have and r.status != 206:  # the server ignored the range: start over
-                            out.truncate(0)
-                            have = 0
-                        remaining = size - have  # never more than the manifest declares
-                        while remaining > 0 and (chunk := r.read(min(1 << 16, remaining))):
-                            out.write(chunk)
-                            remaining -= len(chunk)
-                        if remaining == 0 and r.read(1):
-                            out.close()
-                            part.unlink()
-                            raise SyncRefused(
-                                "too_large", f"{rel}: the server sent more than the declared {size} bytes"
-                            )
-                else:
-                    shutil.copyfile(Path(cfg.channel_url) / rel, part)
-            got = part.stat().st_size
-            if got != size:
-                last_error = f"{rel}: got {got} of {size} bytes"
-                continue  # resume on the next attempt
-            digest = sha256_file(part)
-            if digest != sha256:
-                part.unlink()
-                raise SyncRefused("checksum_mismatch", f"{rel}: sha256 {digest[:12]}... != manifest {sha256[:12]}...")
-            os.replace(part, dest)
-            return dest
-        except (urllib.error.URLError, OSError) as e:
-            last_error = f"{rel}: {e}"
-        time.sleep(min(2.0, 0.1 * 2**attempt))
-    raise SyncRefused("download_failed", f"{last_error} after {cfg.retries + 1} attempts")
 
 
 # -- state ------------------------------------------------------------------------------------
@@ -178,13 +105,18 @@ def in_rollout(device_id: str, cfg: PiConfig, percent: int) -> bool:
     return bucket < percent
 
 
+def _newer(a: str, b: str) -> bool:
+    """Whether version ``a`` is newer than ``b`` (MLflow versions are integers)."""
+    return (int(a), a) > (int(b), b) if a.isdigit() and b.isdigit() else a > b
+
+
 # -- sync -------------------------------------------------------------------------------------
 
 
 def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
-    """Fetch the channel pointer and, if it offers a newer release for this device, activate it;
-    then the guard's, when the device has one (its outcome in ``detail["guard"]``; a refused
-    guard release leaves the guard it has, as a refused model release leaves the model)."""
+    """Update the trusted metadata and, if the channel offers this device another release,
+    activate it; then the guard's, when the device has one (its outcome in ``detail["guard"]``;
+    a refused guard release leaves the guard it has, as a refused model release leaves the model)."""
     result = _sync_one(cfg, now)
     if guard := cfg.guard_config():
         try:
@@ -197,10 +129,9 @@ def sync(cfg: PiConfig, now: datetime | None = None) -> SyncResult:
 
 def _sync_one(cfg: PiConfig, now: datetime | None) -> SyncResult:
     now = now or datetime.now(timezone.utc)
-    public = load_public_key(cfg.public_key)
     state = read_state(cfg)
     try:
-        result = _sync(cfg, public, state, now)
+        result = _sync(cfg, state, now)
         state["last_error"] = None
         return result
     except SyncRefused as e:
@@ -211,41 +142,100 @@ def _sync_one(cfg: PiConfig, now: datetime | None) -> SyncResult:
         _write_state(cfg, state)
 
 
-def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
+_REFUSALS = (  # python-tuf's errors as the device reports them, most specific first
+    (tuf_errors.ExpiredMetadataError, "expired"),
+    (tuf_errors.EqualVersionNumberError, "rollback"),
+    (tuf_errors.BadVersionNumberError, "rollback"),
+    (tuf_errors.UnsignedMetadataError, "bad_signature"),
+    (tuf_errors.LengthOrHashMismatchError, "checksum_mismatch"),
+    (tuf_errors.DownloadLengthMismatchError, "too_large"),
+    (tuf_errors.SlowRetrievalError, "slow_retrieval"),
+    (tuf_errors.DownloadHTTPError, "not_published"),
+    (tuf_errors.DownloadError, "download_failed"),
+    (tuf_errors.RepositoryError, "bad_metadata"),
+)
+
+
+def _refusal(e: Exception, what: str) -> SyncRefused:
+    for kind, reason in _REFUSALS:
+        if isinstance(e, kind):
+            if reason == "not_published" and getattr(e, "status_code", 404) not in (403, 404):
+                reason = "http_error"
+            return SyncRefused(reason, f"{what}: {e}")
+    raise e
+
+
+class _Channel:
+    """The device's view of the channel: python-tuf's Updater over this device's trusted metadata."""
+
+    def __init__(self, cfg: PiConfig, now: datetime):
+        trusted = Path(cfg.state_dir) / "tuf"
+        trusted.mkdir(parents=True, exist_ok=True)
+        bootstrap = None if (trusted / "root.json").exists() else Path(cfg.trusted_root).expanduser().read_bytes()
+        base = cfg.channel_url.rstrip("/")
+        self.updater = Updater(
+            str(trusted),
+            f"{base}/metadata/",
+            target_base_url=f"{base}/",
+            fetcher=Fetcher(cfg.timeout_s, cfg.retries, cfg.min_bytes_per_s, grace_s=cfg.timeout_s),
+            config=UpdaterConfig(prefix_targets_with_hash=False),
+            bootstrap=bootstrap,
+        )
+        # python-tuf reads the clock once per Updater; expiry is judged at the device's ``now``.
+        self.updater._trusted_set.reference_time = now
+        try:
+            self.updater.refresh()
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            raise _refusal(e, "channel metadata") from None
+
+    def target(self, path: str) -> TargetFile:
+        try:
+            info = self.updater.get_targetinfo(path)
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            raise _refusal(e, path) from None
+        if info is None:
+            raise SyncRefused("not_published", f"{path} is not in the channel's signed targets")
+        return info
+
+    def download(self, info: TargetFile, dest: Path) -> Path:
+        """The target, never more than its declared length, checked against its sha256."""
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return Path(self.updater.download_target(info, str(dest)))
+        except (tuf_errors.RepositoryError, tuf_errors.DownloadError) as e:
+            dest.unlink(missing_ok=True)
+            raise _refusal(e, info.path) from None
+
+
+def _sync(cfg: PiConfig, state: dict, now: datetime) -> SyncResult:
     base = f"{cfg.pipeline}/{cfg.model}"
-    try:
-        pointer = verify_pointer(public, json.loads(fetch(cfg, f"{base}/channels/{cfg.channel}.json")))
-    except SignatureError as e:
-        raise SyncRefused("bad_signature", f"channel pointer: {e}") from None
-    except json.JSONDecodeError as e:
-        raise SyncRefused("bad_pointer", f"channel pointer is not JSON: {e}") from None
+    channel = _Channel(cfg, now)
+    pointer = channel.target(f"{base}/channels/{cfg.channel}.json").custom.get("pointer") or {}
     target = (pointer.get("pipeline"), pointer.get("model"), pointer.get("channel"))
     if target != (cfg.pipeline, cfg.model, cfg.channel):
         raise SyncRefused(
-            "wrong_target", f"the pointer at {base}/channels/{cfg.channel} is signed for {'/'.join(map(str, target))}"
+            "wrong_target", f"the pointer at {base}/channels/{cfg.channel} is for {'/'.join(map(str, target))}"
         )
-    if datetime.fromisoformat(pointer["expires_at"]) <= now:
-        raise SyncRefused("expired", f"pointer expired at {pointer['expires_at']}")
-    if pointer["sequence"] < state["sequence"]:
-        raise SyncRefused("replayed_pointer", f"sequence {pointer['sequence']} < {state['sequence']} already seen")
-    version = str(pointer["version"])
-    if version == state["current"] and pointer["sequence"] == state["sequence"]:
-        return SyncResult("up_to_date", version, state["previous"])
-    if not in_rollout(cfg.device_id, cfg, int(pointer["rollout_percent"])):
+    canary = in_rollout(cfg.device_id, cfg, int(pointer["rollout_percent"]))
+    version = str(pointer["version"]) if canary else pointer.get("fallback")
+    if (
+        version is None
+        or version == state["current"]
+        or ((left := state.get("pinned_from")) and not _newer(version, left))
+    ):
         state["sequence"] = pointer["sequence"]
-        return SyncResult("not_in_rollout", state["current"], state["previous"], {"offered": version})
-    if version == state["current"]:  # re-pointed at what we run (e.g. a rollout change)
-        state["sequence"] = pointer["sequence"]
-        return SyncResult("up_to_date", version, state["previous"])
+        if version is None:  # outside a first rollout: nothing to run yet, keep what it has
+            return SyncResult("not_in_rollout", state["current"], state["previous"], {"offered": pointer["version"]})
+        if version == state["current"]:
+            return SyncResult("up_to_date", version, state["previous"])
+        return SyncResult("pinned", state["current"], state["previous"], {"offered": version, "rolled_back_from": left})
 
     vbase = f"{base}/versions/{version}"
-    manifest_bytes = fetch(cfg, f"{vbase}/manifest.json")
-    try:
-        verify(public, manifest_bytes, fetch(cfg, f"{vbase}/manifest.json.sig").decode().strip())
-    except SignatureError as e:
-        raise SyncRefused("bad_signature", f"manifest of v{version}: {e}") from None
-    if hashlib.sha256(manifest_bytes).hexdigest() != pointer["manifest_sha256"]:
-        raise SyncRefused("checksum_mismatch", f"manifest of v{version} does not match the pointer's sha256")
+    staging = Path(cfg.state_dir) / "staging" / version
+    manifest_info = channel.target(f"{vbase}/manifest.json")
+    if canary and manifest_info.hashes.get("sha256") != pointer["manifest_sha256"]:
+        raise SyncRefused("checksum_mismatch", f"the manifest of v{version} is not the one the pointer names")
+    manifest_bytes = channel.download(manifest_info, staging / "manifest.json").read_bytes()
     try:
         manifest = parse(manifest_bytes)
     except ManifestError as e:
@@ -255,25 +245,39 @@ def _sync(cfg: PiConfig, public, state: dict, now: datetime) -> SyncResult:
             "wrong_target",
             f"the manifest at {vbase} is {manifest.pipeline}.{manifest.model} v{manifest.mlflow_version}",
         )
-
-    staging = Path(cfg.state_dir) / "staging" / version
     onnx = manifest.onnx
-    model = download(cfg, f"{vbase}/{onnx.file}", staging / "model.onnx", onnx.size, onnx.sha256)
-    smoke_spec = manifest.smoke_test
-    smoke_data = fetch(cfg, f"{vbase}/{smoke_spec.file}", max_bytes=64 * 2**20)
-    if hashlib.sha256(smoke_data).hexdigest() != smoke_spec.sha256:
+    model_info = channel.target(f"{vbase}/{onnx.file}")
+    if (model_info.length, model_info.hashes.get("sha256")) != (onnx.size, onnx.sha256):
+        raise SyncRefused("checksum_mismatch", f"v{version}: the signed targets and the manifest disagree on the model")
+    final = Path(cfg.state_dir) / "models" / version
+    if (final / "model.onnx").exists() and sha256_file(final / "model.onnx") == onnx.sha256:
+        model = final / "model.onnx"  # a release this device had before (after a rollback): reuse it
+    else:
+        model = channel.download(model_info, staging / "model.onnx")
+    smoke_info = channel.target(f"{vbase}/{manifest.smoke_test.file}")
+    smoke_data = channel.download(smoke_info, staging / manifest.smoke_test.file).read_bytes()
+    if hashlib.sha256(smoke_data).hexdigest() != manifest.smoke_test.sha256:
         raise SyncRefused("checksum_mismatch", "smoke inputs do not match the manifest")
     smoke_test(model, manifest, np.load(io.BytesIO(smoke_data)))
-
-    final = Path(cfg.state_dir) / "models" / version
-    shutil.rmtree(final, ignore_errors=True)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    (staging / "manifest.json").write_bytes(manifest_bytes)
-    os.replace(staging, final)
-    shutil.rmtree(staging.parent, ignore_errors=True)  # partial downloads of other versions are stale now
+    _install(cfg, staging, final, model)
     previous = state["current"]
-    state.update(current=version, previous=previous, sequence=pointer["sequence"], activated_at=now.isoformat())
+    state.update(
+        current=version, previous=previous, sequence=pointer["sequence"], activated_at=now.isoformat(), pinned_from=None
+    )
     return SyncResult("updated", version, previous)
+
+
+def _install(cfg: PiConfig, staging: Path, final: Path, model: Path) -> None:
+    """Make ``final`` the whole release (model and manifest). The active model's folder is never
+    touched, and the state file names ``final`` only after this returns: a device killed at any
+    step boots the model it had."""
+    if model.parent == final:  # reused: only the manifest is new
+        os.replace(staging / "manifest.json", final / "manifest.json")
+    else:
+        shutil.rmtree(final, ignore_errors=True)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging, final)
+    shutil.rmtree(staging.parent, ignore_errors=True)  # downloads of other versions are stale now
 
 
 def smoke_test(model: Path, manifest: Manifest, raw: np.ndarray) -> None:
@@ -301,13 +305,25 @@ def smoke_test(model: Path, manifest: Manifest, raw: np.ndarray) -> None:
 
 
 def rollback(cfg: PiConfig) -> str:
-    """Activate the previous model again."""
+    """Activate the previous model again, if its folder is whole; the device then stays pinned:
+    it does not take the version it left again, only a newer one."""
     state = read_state(cfg)
-    if not state.get("previous"):
-        raise SyncRefused("no_previous", "there is no previous model to roll back to")
-    state["current"], state["previous"] = state["previous"], state["current"]
+    previous = state.get("previous")
+    folder = Path(cfg.state_dir) / "models" / str(previous)
+    if not previous or not _whole(folder):
+        raise SyncRefused("no_previous", "there is no whole previous model to roll back to")
+    state["current"], state["previous"] = previous, state["current"]
+    state["pinned_from"] = state["previous"]
     _write_state(cfg, state)
     return state["current"]
+
+
+def _whole(folder: Path) -> bool:
+    try:
+        onnx = parse((folder / "manifest.json").read_bytes()).onnx
+        return sha256_file(folder / onnx.file) == onnx.sha256
+    except (OSError, ManifestError):
+        return False
 
 
 # -- inference --------------------------------------------------------------------------------
@@ -330,6 +346,7 @@ def decide(cfg: PiConfig, runtime: Runtime, raw: np.ndarray, session: str | None
     decisions = runtime.decide(raw, session)
     guard_cfg = cfg.guard_config()
     if guard_cfg is None:
+        record(cfg, decisions)
         return decisions
     guard = active(guard_cfg)
     path = Path(cfg.state_dir) / "valve.json"
@@ -348,4 +365,39 @@ def decide(cfg: PiConfig, runtime: Runtime, raw: np.ndarray, session: str | None
     tmp = path.with_name(".valve.json.tmp")
     tmp.write_text(json.dumps({"open": held}))
     os.replace(tmp, path)
+    record(cfg, [d for d in decisions if not d.get("held")])
     return decisions
+
+
+# -- telemetry --------------------------------------------------------------------------------
+
+HIST_EDGES = [i / 10 for i in range(21)]  # score / threshold in [0, 2] by 0.1, and one bin above
+
+
+def record(cfg: PiConfig, decisions: list[dict]) -> None:
+    """Count the model's own decisions per version, for the heartbeat: how many, how many
+    positive, and a histogram of score / threshold. The platform compares a canary's figures
+    with the control group's to halt a release that behaves unlike the one before it."""
+    if not decisions:
+        return
+    path = Path(cfg.state_dir) / "telemetry.json"
+    counts = json.loads(path.read_text()) if path.exists() else {}
+    for d in decisions:
+        entry = counts.setdefault(str(d["version"]), {"decisions": 0, "positive": 0, "hist": [0] * len(HIST_EDGES)})
+        ratio = d["score"] / d["threshold"] if d["threshold"] else 0.0
+        bin_ = (
+            len(HIST_EDGES) - 1
+            if ratio >= HIST_EDGES[-1]
+            else max(0, int(np.searchsorted(HIST_EDGES, ratio, "right")) - 1)
+        )
+        entry["decisions"] += 1
+        entry["positive"] += int(bool(d["decision"]))
+        entry["hist"][bin_] += 1
+    tmp = path.with_name(".telemetry.json.tmp")
+    tmp.write_text(json.dumps(counts))
+    os.replace(tmp, path)
+
+
+def telemetry(cfg: PiConfig) -> dict:
+    path = Path(cfg.state_dir) / "telemetry.json"
+    return json.loads(path.read_text()) if path.exists() else {}
