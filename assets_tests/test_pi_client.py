@@ -228,10 +228,10 @@ def test_tampered_model_is_refused_and_the_device_keeps_its_model(world):
     assert read_state(cfg)["current"] == "1" and read_state(cfg)["last_error"]["reason"] == "checksum_mismatch"
 
 
-def _forge(channel: FleetChannel, key, *, version: str | None = None) -> None:
+def _forge(channel: FleetChannel, key, *, version: str | None = None, jump: int = 1) -> None:
     """What an attacker who can write to the channel but holds only ``key`` can publish: targets
     that point the classifier at ``version`` (or a flipped byte, when None), a snapshot and a
-    timestamp, each signed with ``key``."""
+    timestamp, each signed with ``key``, ``jump`` versions ahead."""
     from securesystemslib.signer import CryptoSigner
     from tuf.api.metadata import Metadata, MetaFile, Snapshot, Targets, Timestamp
 
@@ -245,16 +245,16 @@ def _forge(channel: FleetChannel, key, *, version: str | None = None) -> None:
     targets = Metadata[Targets].from_bytes((meta / f"{n}.targets.json").read_bytes())
     path = "sink/classifier/channels/stable.json"
     targets.signed.targets[path].unrecognized_fields["custom"]["pointer"]["version"] = version
-    targets.signed.version = n + 1
+    targets.signed.version = n + jump
     signer = CryptoSigner(key)
     targets.sign(signer)
-    (meta / f"{n + 1}.targets.json").write_bytes(targets.to_bytes())
-    snapshot = Metadata(Snapshot(version=n + 1, meta={"targets.json": MetaFile(version=n + 1)}))
+    (meta / f"{n + jump}.targets.json").write_bytes(targets.to_bytes())
+    snapshot = Metadata(Snapshot(version=n + jump, meta={"targets.json": MetaFile(version=n + jump)}))
     snapshot.signed.expires = targets.signed.expires
     snapshot.sign(signer)
-    (meta / f"{n + 1}.snapshot.json").write_bytes(snapshot.to_bytes())
+    (meta / f"{n + jump}.snapshot.json").write_bytes(snapshot.to_bytes())
     old = Metadata[Timestamp].from_bytes((meta / "timestamp.json").read_bytes()).signed
-    timestamp = Metadata(Timestamp(old.version + 1, expires=old.expires, snapshot_meta=MetaFile(version=n + 1)))
+    timestamp = Metadata(Timestamp(old.version + jump, expires=old.expires, snapshot_meta=MetaFile(version=n + jump)))
     timestamp.sign(signer)
     (meta / "timestamp.json").write_bytes(timestamp.to_bytes())
 
@@ -738,3 +738,132 @@ def test_a_validly_signed_release_of_another_model_is_refused(world, onnx_model)
     refused = _refused(cfg, "wrong_target")
     assert "is sink.frame_guard v7" in refused.detail
     assert (read_state(cfg)["current"], read_state(cfg)["sequence"]) == ("1", 1)
+
+
+def test_mixed_metadata_or_files_of_two_releases_are_refused(world):
+    """Mix-and-match: targets metadata of an earlier snapshot served under the current one, and
+    version 1's model served inside release 2, are both refused; the device stays on v1."""
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    before = trusted(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    other = world["tmp"] / "other.onnx"  # another model: its bytes differ from v1's
+    torch.manual_seed(1)
+    export_onnx(ValveClassifier(ClassifierConfig()).eval(), torch.rand(2, 3, 64, 64), other, OUTPUTS)
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    meta = channel.root / "metadata"
+    n = channel.tuf.targets().version
+    current = (meta / f"{n}.targets.json").read_bytes()
+    (meta / f"{n}.targets.json").write_bytes((meta / f"{n - 1}.targets.json").read_bytes())
+    refused = _refused(cfg, "mix_and_match")
+    assert f"Expected targets v{n}, got v{n - 1}" in refused.detail
+    assert read_state(cfg)["current"] == "1" and trusted(cfg)["targets.json"] == before["targets.json"]
+    (meta / f"{n}.targets.json").write_bytes(current)
+    shutil.copyfile(other, channel.version_dir("sink", "classifier", "2") / "model.onnx")
+    _refused(cfg, "checksum_mismatch")
+    assert read_state(cfg)["current"] == "1"
+
+
+def test_after_the_online_key_is_rotated_devices_follow_root_and_refuse_the_old_key(world):
+    """Key compromise recovery: the operator signs root v2 with the offline root key, naming a
+    new online key; devices follow the root chain on their next sync, install what the new key
+    signs, and refuse metadata the old (compromised) key signs from then on."""
+    cfg, channel = world["cfg"], world["channel"]
+    assert sync(cfg).version == "1"
+    keys = world["tmp"] / "keys"
+    old = load_private_key(keys / "signing.pem")
+    new, _ = generate_keypair(keys / "signing-2.pem")
+    channel.tuf.sign_root(load_private_key(keys / "root.pem"), load_private_key(new))
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    assert sync(cfg).version == "2"
+    assert json.loads(trusted(cfg)["root.json"])["signed"]["version"] == 2
+    before = trusted(cfg)
+    _forge(channel, old, version="1")  # the thief of the old key tries to roll the fleet back
+    refused = _refused(cfg, "bad_signature")
+    assert "timestamp" in refused.detail
+    assert read_state(cfg)["current"] == "2" and trusted(cfg) == before
+
+
+_KILLED_AT = """
+import json, os, shutil, sys
+from autosink_pi.client import PiConfig, sync
+
+cfg, kill_at, calls = PiConfig(**json.loads(sys.argv[1])), int(sys.argv[2]), [0]
+
+
+def step(module, name):
+    real = getattr(module, name)
+
+    def killed_before(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == kill_at:
+            os._exit(9)  # like the power going: no cleanup, no finally
+        return real(*args, **kwargs)
+
+    setattr(module, name, killed_before)
+
+
+for module, name in ((os, "replace"), (os, "rename"), (shutil, "rmtree"), (shutil, "copyfileobj"), (shutil, "copyfile")):
+    step(module, name)
+sync(cfg)
+print(calls[0])
+"""
+
+
+def test_a_device_killed_at_any_step_of_an_update_always_boots_a_whole_model(world):
+    """Partial install: the client is killed (``os._exit``) before each file write, rename and
+    removal of an update in turn. After every kill the device's state names a whole model that
+    runs; the next sync completes the update."""
+    from autosink_pi.client import _whole
+
+    cfg, channel = world["cfg"], world["channel"]
+    sync(cfg)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    frames = (np.random.default_rng(0).random((2, 64, 64, 3)) * 255).astype(np.uint8)
+    kills = 0
+    for kill_at in range(1, 60):
+        done = subprocess.run(
+            [sys.executable, "-c", _KILLED_AT, json.dumps(dataclasses.asdict(cfg)), str(kill_at)],
+            capture_output=True,
+            text=True,
+        )
+        state = read_state(cfg)
+        assert state["current"] in ("1", "2") and _whole(Path(cfg.state_dir) / "models" / state["current"])
+        assert len(active(cfg).decide(frames)) == 2  # boots and decides
+        if done.returncode == 0:
+            break
+        assert done.returncode == 9, done.stderr
+        kills += 1
+        if state["current"] == "2":
+            break  # installed before the kill: every later step is clean-up
+    assert kills >= 5  # every write and rename of the update was a kill point
+    sync(cfg)
+    assert read_state(cfg)["current"] == "2"
+
+
+def test_a_fast_forward_by_a_stolen_key_is_undone_by_rotating_it(world):
+    """Fast-forward: a thief of the online key makes the device trust metadata versions far
+    ahead of the channel's (so it would refuse every genuine update as a rollback). Rotating
+    the key through root recovers: the device drops metadata the new root no longer vouches for
+    and installs the next genuine release."""
+    cfg, channel = world["cfg"], world["channel"]
+    assert sync(cfg).version == "1"
+    keys, meta = world["tmp"] / "keys", channel.root / "metadata"
+    genuine = {p.name: p.read_bytes() for p in meta.glob("*.json")}
+    _forge(channel, load_private_key(keys / "signing.pem"), version="1", jump=1000)
+    assert sync(cfg).status == "up_to_date"  # the stolen key is still valid: the device follows it
+    assert json.loads(trusted(cfg)["timestamp.json"])["signed"]["version"] > 1000
+    for p in meta.glob("*.json"):  # the operator restores the channel ...
+        if p.name not in genuine:
+            p.unlink()
+    for name, data in genuine.items():
+        (meta / name).write_bytes(data)
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    _refused(cfg, "rollback")  # ... but the device now trusts versions the channel cannot reach
+    new, _ = generate_keypair(keys / "signing-2.pem")  # ... so rotates the stolen key through root
+    channel.tuf.sign_root(load_private_key(keys / "root.pem"), load_private_key(new))
+    assert sync(cfg).version == "2"
+    assert json.loads(trusted(cfg)["timestamp.json"])["signed"]["version"] < 1000

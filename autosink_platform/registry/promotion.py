@@ -243,6 +243,7 @@ def status(registry: Registry, channel: FleetChannel, names: list[str], heartbea
                 "stable": pointer["version"] if pointer else None,
                 "sequence": pointer["sequence"] if pointer else None,
                 "rollout_percent": pointer["rollout_percent"] if pointer else None,
+                "fallback": pointer.get("fallback") if pointer else None,  # what the rest of the fleet runs
                 "adoption": adoption,
             }
         )
@@ -257,5 +258,6 @@ def format_status(rows: list[dict]) -> str:
         lines.append(
             f"{r['model']:22} {r['champion'] or '-':>8} {r['challenger'] or '-':>10} {r['stable'] or '-':>6} "
             f"{r['sequence'] or '-':>4} {str(r['rollout_percent'] or '-') + '%':>7}  {adoption}"
+            + (f"  (the rest on v{r['fallback']})" if r.get("fallback") else "")
         )
     return "\n".join(lines)

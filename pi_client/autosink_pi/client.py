@@ -145,7 +145,7 @@ def _sync_one(cfg: PiConfig, now: datetime | None) -> SyncResult:
 _REFUSALS = (  # python-tuf's errors as the device reports them, most specific first
     (tuf_errors.ExpiredMetadataError, "expired"),
     (tuf_errors.EqualVersionNumberError, "rollback"),
-    (tuf_errors.BadVersionNumberError, "rollback"),
+    (tuf_errors.BadVersionNumberError, "rollback"),  # or "mix_and_match": see _refusal
     (tuf_errors.UnsignedMetadataError, "bad_signature"),
     (tuf_errors.LengthOrHashMismatchError, "checksum_mismatch"),
     (tuf_errors.DownloadLengthMismatchError, "too_large"),
@@ -161,6 +161,8 @@ def _refusal(e: Exception, what: str) -> SyncRefused:
         if isinstance(e, kind):
             if reason == "not_published" and getattr(e, "status_code", 404) not in (403, 404):
                 reason = "http_error"
+            if reason == "rollback" and str(e).startswith("Expected"):  # python-tuf: "Expected targets
+                reason = "mix_and_match"  # version N, got M": metadata of another snapshot, not an older one
             return SyncRefused(reason, f"{what}: {e}")
     raise e
 
