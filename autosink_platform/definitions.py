@@ -87,7 +87,12 @@ defs = dg.Definitions.merge(
     dg.Definitions(
         resources=SETTINGS.resources(env_vars=True),
         executor=executor,
-        sensors=[AUTOMATION, fleet_telemetry_sensor(list(MODEL_NAMES))],
+        sensors=[
+            AUTOMATION,
+            fleet_telemetry_sensor(
+                {f"{p.name}.{m.name}": p.promotion.rollout for p in PIPELINES.values() for m in p.models}
+            ),
+        ],
         jobs=[FLEET_REFRESH.job, rollout_halt],
         schedules=[FLEET_REFRESH],
     ),

@@ -226,7 +226,9 @@ def rollout_halt() -> None:
     halt_rollout()
 
 
-def fleet_telemetry_sensor(names: list[str]) -> dg.SensorDefinition:
+def fleet_telemetry_sensor(bounds: dict) -> dg.SensorDefinition:
+    """``bounds``: each registered model's ``RolloutBounds`` (its pipeline's promotion policy)."""
+
     @dg.sensor(
         name="fleet_telemetry",
         job=rollout_halt,
@@ -237,7 +239,7 @@ def fleet_telemetry_sensor(names: list[str]) -> dg.SensorDefinition:
     )
     def sensor(context: dg.SensorEvaluationContext, fleet: FleetChannelResource) -> dg.SensorResult:
         from autosink_platform.files import read_jsonl_from
-        from autosink_platform.fleet.telemetry import RolloutBounds, figures, latest_beats, rollout_health
+        from autosink_platform.fleet.telemetry import figures, latest_beats, rollout_health
 
         path = fleet.heartbeats()
         new, cursor = read_jsonl_from(path, int(context.cursor or 0))
@@ -259,12 +261,12 @@ def fleet_telemetry_sensor(names: list[str]) -> dg.SensorDefinition:
                     )
                 )
         channel, runs = fleet.get(), []
-        for name in names:
+        for name, limits in bounds.items():
             pipeline, model = name.split(".", 1)
             pointer = channel.read_pointer(pipeline, model, "stable")
             if pointer is None or pointer["rollout_percent"] >= 100 or not pointer.get("fallback"):
                 continue
-            health = rollout_health(pointer, latest_beats(path, pipeline, model), RolloutBounds())
+            health = rollout_health(pointer, latest_beats(path, pipeline, model), limits)
             context.log.info(
                 f"{name} v{pointer['version']} at {pointer['rollout_percent']}%: {health.state}: {health.reason}"
             )

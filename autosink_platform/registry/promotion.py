@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autosink_platform.files import append_jsonl, read_jsonl_from
+from autosink_platform.fleet.telemetry import RolloutBounds
 from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from autosink_platform.release.channel import FleetChannel
 
@@ -28,6 +29,7 @@ class PromotionPolicy:
     metric: str = "f1"  # compared on the same test split, champion vs candidate
     margin: float = 0.01  # "auto" promotes only a candidate at least this much better, and only
     # when no case slice regresses (see validation.cases.CaseFloors.max_regression)
+    rollout: RolloutBounds = RolloutBounds()  # how far a canary may drift from control before it is halted
 
     def __post_init__(self):
         if self.mode not in ("manual", "auto"):
