@@ -126,3 +126,26 @@ def test_rotating_the_online_key_through_root(keys, tmp_path):
     rotated.set_pointer("sink", "classifier", "stable", "1")
     with pytest.raises(WrongKey):
         FleetChannel(tmp_path / "fleet", key).set_pointer("sink", "classifier", "stable", "1", rollout_percent=5)
+
+
+def test_a_channel_from_before_tuf_keeps_what_it_published(keys, tmp_path):
+    """A stored home's channel in the earlier layout (a signature file beside each manifest, a
+    pointer signed inside its file): opened with the root key, its versions become targets as
+    they are and its pointer names the same version and rollout."""
+    key, _, _, root_key = keys
+    version = tmp_path / "fleet" / "sink" / "classifier" / "versions" / "3"
+    version.mkdir(parents=True)
+    (version / "manifest.json").write_text(json.dumps({"pipeline": "sink", "model": "classifier", "mlflow_version": "3"}))
+    (version / "manifest.json.sig").write_text("c2lnbmF0dXJl")
+    (version / "model.onnx").write_bytes(b"onnx3")
+    pointer = tmp_path / "fleet" / "sink" / "classifier" / "channels" / "stable.json"
+    pointer.parent.mkdir(parents=True)
+    pointer.write_text(json.dumps({"version": "3", "sequence": 7, "rollout_percent": 40, "signature": "c2ln"}))
+    channel = FleetChannel(tmp_path / "fleet", key, root_key=lambda: root_key)
+    assert channel.published("sink", "classifier", "3")
+    assert sorted(p for p in channel.tuf.targets().targets if "/versions/" in p) == [
+        "sink/classifier/versions/3/manifest.json",
+        "sink/classifier/versions/3/model.onnx",
+    ]
+    moved = channel.read_pointer("sink", "classifier", "stable")
+    assert (moved["version"], moved["rollout_percent"]) == ("3", 40)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -71,11 +72,34 @@ class FleetChannel:
                     f"{self.root}: the channel has no TUF root yet; initialise it with the root key"
                 )
             self.tuf.initialise(root_key())
+            self._adopt_unsigned()
 
     @property
     def key_id(self) -> str:
         """The TUF key id of the online key that signs this channel's metadata."""
         return self.tuf.online_key.keyid
+
+    def _adopt_unsigned(self) -> None:
+        """A channel written before it was a TUF repository (versions with ``manifest.json.sig``,
+        pointers signed inside the file): its versions become targets as they are and each
+        pointer is set again at the version it named, so a stored home keeps what it published.
+        Devices are then provisioned with ``metadata/root.json`` instead of the old public key."""
+        for manifest in sorted(self.root.glob("*/*/versions/*/manifest.json"), key=str):
+            folder = manifest.parent
+            pipeline, model, _, version = folder.relative_to(self.root).parts
+            files = {p.name: p for p in folder.iterdir() if p.is_file() and p.name != "manifest.json.sig"}
+            with tempfile.TemporaryDirectory() as tmp:  # TUF hashes local files; the store may be remote
+                local = {name: Path(tmp) / name for name in files}
+                for name, src in files.items():
+                    local[name].write_bytes(src.read_bytes())
+                self._add_targets(pipeline, model, version, local)
+        for pointer_file in self.root.glob("*/*/channels/*.json"):
+            old = json.loads(pointer_file.read_text())
+            pipeline, model, _, name = pointer_file.relative_to(self.root).parts
+            if self.published(pipeline, model, old.get("version", "")):
+                self.set_pointer(
+                    pipeline, model, name.removesuffix(".json"), old["version"], old.get("rollout_percent", 100)
+                )
 
     def version_dir(self, pipeline: str, model: str, version: str | int) -> UPath:
         return self.root / pipeline / model / "versions" / str(version)
@@ -112,6 +136,12 @@ class FleetChannel:
         else:
             for name in sorted(files):
                 final.fs.put_file(str(files[name]), (final / name).path, **self.put_options)
+        self._add_targets(pipeline, model, version, files)
+        return final
+
+    def _add_targets(self, pipeline: str, model: str, version: str | int, files: dict[str, Path]) -> None:
+        final = self.version_dir(pipeline, model, version)
+        base = self.target_path(pipeline, model, "versions", version)
         entries = {}
         for name, src in files.items():
             entry = TargetFile.from_file(f"{base}/{name}", str(src), ["sha256"])
@@ -127,7 +157,6 @@ class FleetChannel:
             return True
 
         self.tuf.update(add)
-        return final
 
     def publish_schema(self) -> None:
         """The JSON Schema of the manifests, at the channel's root, as the device client defines it."""
