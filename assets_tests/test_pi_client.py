@@ -867,3 +867,31 @@ def test_a_fast_forward_by_a_stolen_key_is_undone_by_rotating_it(world):
     channel.tuf.sign_root(load_private_key(keys / "root.pem"), load_private_key(new))
     assert sync(cfg).version == "2"
     assert json.loads(trusted(cfg)["timestamp.json"])["signed"]["version"] < 1000
+
+
+def test_devices_follow_a_rotated_root_key(world):
+    """The root key itself rotates: root v2 names a new root key and is signed by the old and
+    the new; root v3, signed by the new key alone, renews it. Devices walk the chain, and a
+    root signed by the retired root key alone is refused."""
+    from securesystemslib.signer import CryptoSigner
+    from tuf.api.metadata import Metadata, Root
+
+    cfg, channel = world["cfg"], world["channel"]
+    assert sync(cfg).version == "1"
+    keys = world["tmp"] / "keys"
+    old_root = load_private_key(keys / "root.pem")
+    new_root, _ = generate_keypair(keys / "root-2.pem")
+    channel.tuf.sign_root(old_root, new_root_key=load_private_key(new_root))
+    channel.tuf.sign_root(load_private_key(new_root))
+    publish(channel, "2", world["onnx"], world["tmp"])
+    channel.set_pointer("sink", "classifier", "stable", "2")
+    assert sync(cfg).version == "2"
+    assert json.loads(trusted(cfg)["root.json"])["signed"]["version"] == 3
+    before = trusted(cfg)
+    forged = Metadata[Root].from_bytes((channel.root / "metadata" / "3.root.json").read_bytes())
+    forged.signed.version = 4
+    forged.sign(CryptoSigner(old_root))  # the retired root key alone
+    (channel.root / "metadata" / "4.root.json").write_bytes(forged.to_bytes())
+    refused = _refused(cfg, "bad_signature")
+    assert "root" in refused.detail
+    assert read_state(cfg)["current"] == "2" and trusted(cfg) == before

@@ -135,7 +135,9 @@ def test_a_channel_from_before_tuf_keeps_what_it_published(keys, tmp_path):
     key, _, _, root_key = keys
     version = tmp_path / "fleet" / "sink" / "classifier" / "versions" / "3"
     version.mkdir(parents=True)
-    (version / "manifest.json").write_text(json.dumps({"pipeline": "sink", "model": "classifier", "mlflow_version": "3"}))
+    (version / "manifest.json").write_text(
+        json.dumps({"pipeline": "sink", "model": "classifier", "mlflow_version": "3"})
+    )
     (version / "manifest.json.sig").write_text("c2lnbmF0dXJl")
     (version / "model.onnx").write_bytes(b"onnx3")
     pointer = tmp_path / "fleet" / "sink" / "classifier" / "channels" / "stable.json"

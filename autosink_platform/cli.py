@@ -519,18 +519,30 @@ def fleet_keygen(out) -> None:
 )
 @click.option(
     "--new-key",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False),
-    help="The new online key (autosink fleet keygen --out PATH); point AUTOSINK_SIGNING_KEY at it afterwards.",
+    help="A new online key (autosink fleet keygen --out PATH); point AUTOSINK_SIGNING_KEY at it afterwards.",
 )
-def fleet_rotate_key(home, root_key, new_key) -> None:
-    """Replace the online key (after a compromise, or routinely): root N+1, signed with the root
-    key, names the new key; targets, snapshot and timestamp are re-signed with it. Devices follow
-    the root chain on their next sync and refuse anything the old key signs."""
+@click.option(
+    "--new-root-key",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="A new root key: root N+1 is signed by the old and the new one; keep the new one offline.",
+)
+def fleet_rotate_key(home, root_key, new_key, new_root_key) -> None:
+    """Replace the online key (after a compromise, or routinely) and/or the root key: root N+1,
+    signed with the root key, names the new keys; targets, snapshot and timestamp are re-signed.
+    Devices follow the root chain on their next sync and refuse anything an old key signs."""
     from autosink_platform.release.signing import load_private_key
 
+    if not (new_key or new_root_key):
+        raise click.UsageError("give --new-key, --new-root-key or both")
     channel = _resources(home)["fleet"].get()
-    root = channel.tuf.sign_root(load_private_key(root_key), load_private_key(new_key))
+    root = channel.tuf.sign_root(
+        load_private_key(root_key),
+        load_private_key(new_key) if new_key else None,
+        new_root_key=load_private_key(new_root_key) if new_root_key else None,
+    )
     click.echo(f"root v{root.version}: online key {channel.key_id[:16]} (expires {root.expires.isoformat()})")
 
 

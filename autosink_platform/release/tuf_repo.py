@@ -262,12 +262,18 @@ class TufRepository:
         return expires if expires - (now or datetime.now(UTC)) <= ROOT_WARN_WITHIN else None
 
     def sign_root(
-        self, root_key: Ed25519PrivateKey, new_online: Ed25519PrivateKey | None = None, now: datetime | None = None
+        self,
+        root_key: Ed25519PrivateKey,
+        new_online: Ed25519PrivateKey | None = None,
+        now: datetime | None = None,
+        new_root_key: Ed25519PrivateKey | None = None,
     ) -> Root:
-        """Root version N+1, signed with ``root_key``: renewed, and with ``new_online`` as the key
-        of targets, snapshot and timestamp when given (the old one is revoked). Targets, snapshot
-        and timestamp are then re-signed with the key root names, so devices that follow the
-        root chain accept them and refuse anything the old key signs."""
+        """Root version N+1, signed with ``root_key``: renewed, with ``new_online`` as the key of
+        targets, snapshot and timestamp when given (the old one is revoked), and with
+        ``new_root_key`` as the root key when given (N+1 is then signed by both, as TUF requires:
+        the old threshold vouches for the new root, the new one for itself). Targets, snapshot
+        and timestamp are re-signed with the key root names, so devices that follow the root
+        chain accept them and refuse anything the old key signs."""
         now = now or datetime.now(UTC)
         with self.lock():
             md = self.root()
@@ -280,9 +286,15 @@ class TufRepository:
                     for keyid in list(root.roles[role].keyids):
                         root.revoke_key(keyid, role)
                     root.add_key(tuf_key(new_online), role)
+            if new_root_key is not None:
+                for keyid in list(root.roles["root"].keyids):
+                    root.revoke_key(keyid, "root")
+                root.add_key(tuf_key(new_root_key), "root")
             root.version += 1
             root.expires = now + VALID["root"]
             md.sign(CryptoSigner(root_key))
+            if new_root_key is not None:
+                md.sign(CryptoSigner(new_root_key), append=True)
             data = md.to_bytes(SERIALIZER)
             if not self._write(f"{root.version}.root.json", data, IfNoneMatch="*"):
                 raise MetadataConflict(f"root version {root.version} was written by someone else")
