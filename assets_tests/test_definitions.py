@@ -70,6 +70,7 @@ def test_jobs_and_sensors_exist():
         "sink_retrain",
         "sink_reviews",
         "autosink_automation",
+        "fleet_telemetry",  # heartbeats as observations; halts a canary that diverges
     } | {f"{name}_champion_moved" for name in ("sink", *REFERENCE_PIPELINES)}
     # Nothing in the loop waits for someone to switch it on in the UI.
     assert all(s.default_status == dg.DefaultSensorStatus.RUNNING for s in defs.sensors)
