@@ -42,6 +42,34 @@ def test_best_f1_is_exact_with_ties(pairs):
     assert (at["precision"], at["recall"], at["f1"]) == pytest.approx((op.precision, op.recall, op.f1))
 
 
+@pytest.mark.parametrize("kind", ["skewed_ties", "normal", "integers", "outliers", "huge", "narrow"])
+def test_best_f1_at_scale_is_the_exact_cut_a_full_sort_gives(kind):
+    """Above 2^15 scores best_f1 sorts only the buckets that can hold the optimum; the cut it
+    returns is the one sorting every score gives (highest threshold among equal F1s), also with
+    heavy ties, far outliers, values beyond float32 and a range narrower than float32 resolves."""
+    from autosink_platform.thresholds.policies import _best_f1_cut, _sorted_cut
+
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        n = int(rng.integers(1 << 15, 1 << 17))
+        labels = (rng.random(n) < rng.uniform(0.02, 0.6)).astype(np.int64)
+        scores = {
+            "skewed_ties": lambda: np.round(rng.lognormal(labels * 0.8, 0.6), 3),
+            "normal": lambda: rng.normal(labels * rng.uniform(0, 3), 1),
+            "integers": lambda: rng.integers(0, 40, n) + labels * rng.integers(0, 4),
+            "outliers": lambda: np.where(rng.random(n) < 0.01, 1e9, rng.random(n)) + labels * 0.2,
+            "huge": lambda: rng.normal(labels, 1) * 1e300,
+            "narrow": lambda: 1 + rng.normal(labels, 1) * 1e-12,
+        }[kind]().astype(float)
+        assert _best_f1_cut(scores, labels) == _sorted_cut(scores, labels, int(labels.sum()))
+
+
+@pytest.mark.parametrize("labels", [[0, -1], [1, 2], [0.0, 0.5]])
+def test_labels_other_than_0_and_1_are_named(labels):
+    with pytest.raises(ValueError, match="0 or 1"):
+        best_f1([0.1, 0.2], np.asarray(labels))
+
+
 def test_best_f1_known_case():
     op = best_f1([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
     assert op.threshold == 0.35 and op.f1 == pytest.approx(0.8) and op.recall == 1.0

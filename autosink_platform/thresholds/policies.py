@@ -37,14 +37,14 @@ def _check(scores, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
     labels = np.asarray(labels).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"{labels.size} labels for {scores.size} scores")
-    if labels.dtype.kind in "iu":  # negative values wrap to huge ones: one comparison finds both
-        wrong = np.any(labels.astype(np.uint64, copy=False) > 1)
+    if labels.dtype.kind in "iu":  # as unsigned, negative values are huge: one comparison finds both
+        wrong = np.any(labels.view(labels.dtype.str.replace("i", "u")) > 1)
     else:
         wrong = labels.dtype != bool and np.any((labels != 0) & (labels != 1))
     if wrong:
         raise ValueError("labels must be 0 or 1")
     labels = labels.astype(np.int64, copy=False)
-    if labels.min() == labels.max():
+    if np.count_nonzero(labels) in (0, labels.size):
         raise ValueError(f"labels are all {int(labels[0])}: an operating point needs both classes")
     return scores, labels
 
@@ -71,6 +71,12 @@ BUCKETS = 1 << 16  # the first pass of the exact best-F1 search at scale (see _b
 SORT_BELOW = 1 << 15  # fewer scores than this: one sort is as quick
 
 
+def _sorted_cut(scores: np.ndarray, labels: np.ndarray, n_pos: int) -> tuple[float, int, int]:
+    thr, tp, fp = _cut_points(scores, labels)
+    i = int(np.argmax(2 * tp / (2 * tp + fp + (n_pos - tp))))  # first maximum: highest threshold among equals
+    return float(thr[i]), int(tp[i]), int(fp[i])
+
+
 def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
     """The highest-F1 cut point (threshold, TP, FP), the highest threshold among equals; exactly
     what sorting every score gives, without sorting them all.
@@ -82,16 +88,19 @@ def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, in
     that is reached. Only buckets whose bound reaches the best reached value can hold the
     optimum: their scores (a small share) are sorted and every cut point among them counted
     with the totals above their bucket."""
-    n_pos = int(labels.sum())
+    n_pos = int(np.count_nonzero(labels))
     if len(scores) < SORT_BELOW:
-        thr, tp, fp = _cut_points(scores, labels)
-        i = int(np.argmax(2 * tp / (2 * tp + fp + (n_pos - tp))))
-        return float(thr[i]), int(tp[i]), int(fp[i])
+        return _sorted_cut(scores, labels, n_pos)
     lo, hi = scores.min(), scores.max()
     if lo == hi:
         return float(hi), n_pos, len(scores) - n_pos
-    x = scores - lo
-    x *= (BUCKETS - 1) / (hi - lo)  # any assignment that never decreases with the score will do
+    if max(abs(lo), abs(hi)) > 1e38:  # beyond float32: sort them all
+        return _sorted_cut(scores, labels, n_pos)
+    # Any bucket assignment that never decreases with the score will do, so it is computed in
+    # float32 (rounding is monotone too; equal scores share a bucket): half the memory traffic.
+    x = scores.astype(np.float32)
+    x -= np.float32(lo)
+    x *= np.float32((BUCKETS - 1) / (hi - lo) * (1 - 1e-6))
     key = x.astype(np.intp)
     key <<= 1
     key += labels  # bucket and class in one key: one counting pass
