@@ -42,6 +42,21 @@ def test_best_f1_is_exact_with_ties(pairs):
     assert (at["precision"], at["recall"], at["f1"]) == pytest.approx((op.precision, op.recall, op.f1))
 
 
+def _scores_of_kind(kind: str, rng, labels: np.ndarray) -> np.ndarray:
+    n = len(labels)
+    if kind == "skewed_ties":
+        return np.round(rng.lognormal(labels * 0.8, 0.6), 3)
+    if kind == "normal":
+        return rng.normal(labels * rng.uniform(0, 3), 1)
+    if kind == "integers":
+        return (rng.integers(0, 40, n) + labels * rng.integers(0, 4)).astype(float)
+    if kind == "outliers":
+        return np.where(rng.random(n) < 0.01, 1e9, rng.random(n)) + labels * 0.2
+    if kind == "huge":
+        return rng.normal(labels, 1) * 1e300
+    return 1 + rng.normal(labels, 1) * 1e-12  # narrow
+
+
 @pytest.mark.parametrize("kind", ["skewed_ties", "normal", "integers", "outliers", "huge", "narrow"])
 def test_best_f1_at_scale_is_the_exact_cut_a_full_sort_gives(kind):
     """Above 2^15 scores best_f1 sorts only the buckets that can hold the optimum; the cut it
@@ -51,16 +66,8 @@ def test_best_f1_at_scale_is_the_exact_cut_a_full_sort_gives(kind):
 
     for seed in range(8):
         rng = np.random.default_rng(seed)
-        n = int(rng.integers(1 << 15, 1 << 17))
-        labels = (rng.random(n) < rng.uniform(0.02, 0.6)).astype(np.int64)
-        scores = {
-            "skewed_ties": lambda: np.round(rng.lognormal(labels * 0.8, 0.6), 3),
-            "normal": lambda: rng.normal(labels * rng.uniform(0, 3), 1),
-            "integers": lambda: rng.integers(0, 40, n) + labels * rng.integers(0, 4),
-            "outliers": lambda: np.where(rng.random(n) < 0.01, 1e9, rng.random(n)) + labels * 0.2,
-            "huge": lambda: rng.normal(labels, 1) * 1e300,
-            "narrow": lambda: 1 + rng.normal(labels, 1) * 1e-12,
-        }[kind]().astype(float)
+        labels = (rng.random(int(rng.integers(1 << 15, 1 << 17))) < rng.uniform(0.02, 0.6)).astype(np.int64)
+        scores = _scores_of_kind(kind, rng, labels)
         assert _best_f1_cut(scores, labels) == _sorted_cut(scores, labels, int(labels.sum()))
 
 
