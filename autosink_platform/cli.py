@@ -257,6 +257,16 @@ def lake_reindex(home) -> None:
     click.echo(f"indexed {len(added)} sessions" + (": " + ", ".join(added) if added else ""))
 
 
+def _or_refused(action, *args, **kwargs):
+    """``action(*args, **kwargs)``; a refused promotion, rollout or rollback is said as a command error."""
+    from autosink_platform.registry.promotion import PromotionRefused
+
+    try:
+        return action(*args, **kwargs)
+    except PromotionRefused as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _registry_and_channel(home):
     settings = _configure(home)
     resources = settings.resources()
@@ -311,14 +321,10 @@ def run_pipeline(home, pipeline) -> None:
 )
 def promote(home, model, version, reason, rollout) -> None:
     """Make a validated version the champion (MLflow alias) and publish it to the fleet."""
-    from autosink_platform.registry.promotion import PromotionRefused
     from autosink_platform.registry.promotion import promote as do_promote
 
     _, registry, channel, audit = _registry_and_channel(home)
-    try:
-        entry = do_promote(registry, channel, audit, model, version, reason, rollout_percent=rollout)
-    except PromotionRefused as e:
-        raise click.ClickException(str(e)) from None
+    entry = _or_refused(do_promote, registry, channel, audit, model, version, reason, rollout_percent=rollout)
     click.echo(
         f"{model}: champion v{entry['from'] or '-'} -> v{entry['to']} on {entry['rollout_percent']}% of devices, "
         f"stable channel sequence {entry['sequence']}"
@@ -335,7 +341,7 @@ def rollout() -> None:
 @click.argument("model")
 def rollout_status(home, model) -> None:
     """The pointer (version, canary %, fallback) and the canary against the control group."""
-    from autosink_platform.fleet.telemetry import latest_beats, rollout_health
+    from autosink_platform.fleet.telemetry import latest_beats, rolling_out, rollout_health
 
     h, _, channel, _ = _registry_and_channel(home)
     pipeline, _, name = model.partition(".")
@@ -343,8 +349,8 @@ def rollout_status(home, model) -> None:
     if pointer is None:
         raise click.ClickException(f"{model}: nothing published")
     out = {k: pointer.get(k) for k in ("version", "rollout_percent", "fallback", "sequence", "halted")}
-    if pointer["rollout_percent"] < 100 and pointer.get("fallback"):
-        health = rollout_health(pointer, latest_beats(h.heartbeats, pipeline, name))
+    if rolling_out(pointer):
+        health = rollout_health(pointer, latest_beats(h.heartbeats).get((pipeline, name), {}))
         out["health"] = {
             "state": health.state,
             "reason": health.reason,
@@ -363,13 +369,10 @@ def rollout_status(home, model) -> None:
 @click.option("--reason", default="canary healthy", show_default=True, help="Recorded in the audit log.")
 def rollout_advance(home, model, to, reason) -> None:
     """Widen the canary."""
-    from autosink_platform.registry.promotion import PromotionRefused, advance
+    from autosink_platform.registry.promotion import advance
 
     _, _, channel, audit = _registry_and_channel(home)
-    try:
-        entry = advance(channel, audit, model, reason, to)
-    except PromotionRefused as e:
-        raise click.ClickException(str(e)) from None
+    entry = _or_refused(advance, channel, audit, model, reason, to)
     click.echo(f"{model}: v{entry['to']} now on {entry['rollout_percent']}% of devices (sequence {entry['sequence']})")
 
 
@@ -379,13 +382,10 @@ def rollout_advance(home, model, to, reason) -> None:
 @click.option("--reason", required=True, help="Why: recorded in the audit log, the pointer and the version's tags.")
 def rollout_halt(home, model, reason) -> None:
     """Stop the rollout: every device back on the version before, which is champion again."""
-    from autosink_platform.registry.promotion import PromotionRefused, halt
+    from autosink_platform.registry.promotion import halt
 
     _, registry, channel, audit = _registry_and_channel(home)
-    try:
-        entry = halt(registry, channel, audit, model, reason)
-    except PromotionRefused as e:
-        raise click.ClickException(str(e)) from None
+    entry = _or_refused(halt, registry, channel, audit, model, reason)
     click.echo(f"{model}: v{entry['from']} halted; every device back on v{entry['to']} (sequence {entry['sequence']})")
 
 
@@ -395,14 +395,10 @@ def rollout_halt(home, model, reason) -> None:
 @click.option("--reason", required=True, help="Why: recorded in the audit log.")
 def rollback(home, model, reason) -> None:
     """Back to the previous champion, and publish it."""
-    from autosink_platform.registry.promotion import PromotionRefused
     from autosink_platform.registry.promotion import rollback as do_rollback
 
     _, registry, channel, audit = _registry_and_channel(home)
-    try:
-        entry = do_rollback(registry, channel, audit, model, reason)
-    except PromotionRefused as e:
-        raise click.ClickException(str(e)) from None
+    entry = _or_refused(do_rollback, registry, channel, audit, model, reason)
     click.echo(f"{model}: rolled back v{entry['from']} -> v{entry['to']}, stable channel sequence {entry['sequence']}")
 
 

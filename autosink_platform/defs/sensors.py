@@ -239,13 +239,14 @@ def fleet_telemetry_sensor(bounds: dict) -> dg.SensorDefinition:
     )
     def sensor(context: dg.SensorEvaluationContext, fleet: FleetChannelResource) -> dg.SensorResult:
         from autosink_platform.files import read_jsonl_from
-        from autosink_platform.fleet.telemetry import figures, latest_beats, rollout_health
+        from autosink_platform.fleet.telemetry import figures, latest_beats, rolling_out, rollout_health
 
         path = fleet.heartbeats()
         new, cursor = read_jsonl_from(path, int(context.cursor or 0))
+        latest = latest_beats(path)  # one read of the log serves the observations and every rollout
         events = []
         for pipeline, model in sorted({(b["pipeline"], b["model"]) for b in new}):
-            beats = latest_beats(path, pipeline, model)
+            beats = latest[(pipeline, model)]
             for version in sorted({str(b["version"]) for b in beats.values() if b.get("version")}):
                 f = figures(beats, version)
                 events.append(
@@ -264,9 +265,9 @@ def fleet_telemetry_sensor(bounds: dict) -> dg.SensorDefinition:
         for name, limits in bounds.items():
             pipeline, model = name.split(".", 1)
             pointer = channel.read_pointer(pipeline, model, "stable")
-            if pointer is None or pointer["rollout_percent"] >= 100 or not pointer.get("fallback"):
+            if not rolling_out(pointer):
                 continue
-            health = rollout_health(pointer, latest_beats(path, pipeline, model), limits)
+            health = rollout_health(pointer, latest.get((pipeline, model), {}), limits)
             context.log.info(
                 f"{name} v{pointer['version']} at {pointer['rollout_percent']}%: {health.state}: {health.reason}"
             )

@@ -44,13 +44,17 @@ class Health:
     reason: str
 
 
-def latest_beats(path, pipeline: str, model: str) -> dict[str, dict]:
-    """The newest heartbeat of each device for ``pipeline.model``."""
-    latest: dict[str, dict] = {}
+def latest_beats(path) -> dict[tuple[str, str], dict[str, dict]]:
+    """The newest heartbeat of each device, per (pipeline, model), from one read of the log."""
+    latest: dict[tuple[str, str], dict[str, dict]] = {}
     for beat in read_jsonl_from(path)[0] if path is not None else []:
-        if (beat["pipeline"], beat["model"]) == (pipeline, model):
-            latest[beat["device_id"]] = beat
+        latest.setdefault((beat["pipeline"], beat["model"]), {})[beat["device_id"]] = beat
     return latest
+
+
+def rolling_out(pointer: dict | None) -> bool:
+    """Whether a pointer is a staged rollout in progress: a canary below 100% with a fallback."""
+    return pointer is not None and pointer["rollout_percent"] < 100 and bool(pointer.get("fallback"))
 
 
 def figures(beats: dict[str, dict], version: str) -> GroupFigures:

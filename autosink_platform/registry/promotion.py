@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from autosink_platform.files import append_jsonl, read_jsonl_from
-from autosink_platform.fleet.telemetry import RolloutBounds
+from autosink_platform.fleet.telemetry import RolloutBounds, latest_beats, rolling_out
 from autosink_platform.registry.mlflow_registry import CHALLENGER, CHAMPION, Registry
 from autosink_platform.release.channel import FleetChannel
 
@@ -134,7 +134,7 @@ ROLLOUT_STEPS = (10, 25, 50, 100)
 def _rollout(channel: FleetChannel, name: str) -> tuple[str, str, dict]:
     pipeline, model = _split(name)
     pointer = channel.read_pointer(pipeline, model, STABLE)
-    if pointer is None or pointer["rollout_percent"] >= 100 or not pointer.get("fallback"):
+    if not rolling_out(pointer):
         raise PromotionRefused(f"{name}: no staged rollout in progress")
     return pipeline, model, pointer
 
@@ -224,19 +224,15 @@ def publish_champions(
 
 def status(registry: Registry, channel: FleetChannel, names: list[str], heartbeats: Path | None = None) -> list[dict]:
     """Per model: champion, challenger, the stable channel's version, and fleet adoption."""
-    latest: dict[tuple, dict] = {}
-    if heartbeats is not None:
-        for beat in read_jsonl_from(heartbeats)[0]:
-            latest[(beat["pipeline"], beat["model"], beat["device_id"])] = beat
+    latest = latest_beats(heartbeats)
     rows = []
     for name in names:
         pipeline, model = _split(name)
         champion, challenger = registry.alias_version(name, CHAMPION), registry.alias_version(name, CHALLENGER)
         pointer = channel.read_pointer(pipeline, model, STABLE)
         adoption: dict[str, int] = {}
-        for (p, m, _), beat in latest.items():
-            if (p, m) == (pipeline, model):
-                adoption[str(beat["version"])] = adoption.get(str(beat["version"]), 0) + 1
+        for beat in latest.get((pipeline, model), {}).values():
+            adoption[str(beat["version"])] = adoption.get(str(beat["version"]), 0) + 1
         rows.append(
             {
                 "model": name,
