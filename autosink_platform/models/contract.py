@@ -31,7 +31,7 @@ from mlflow.models import infer_signature
 from torch import nn
 
 import mlflow
-from autosink_platform.models.detectors import build_detector
+from autosink_platform.models.detectors import FAMILIES, TorchDetector, build_detector
 from autosink_platform.models.training import FitResult, to_float_tensor, torch_scorer
 from autosink_platform.release.onnx_export import OnnxModel, OnnxScorer, Tolerance, export_onnx
 from autosink_platform.thresholds import BestF1, ThresholdPolicy, metrics_at
@@ -302,7 +302,7 @@ class DetectorModel:
         return {"family": self.family, "config": self.config_json()}
 
     def fit(self, data, warm, on_epoch):
-        epochs = {} if self.family == "pca" else {"on_epoch": on_epoch}
+        epochs = {"on_epoch": on_epoch} if issubclass(FAMILIES[self.family], TorchDetector) else {}
         detector = build_detector(self.family, **self.params, **epochs)
         detector.fit(self.prepare(np.asarray(data.inputs[data.mask("train")])))
         if hasattr(detector, "on_epoch"):

@@ -8,10 +8,15 @@ Input conventions: tabular ``(N, D)``, windows ``(N, T, D)``, images ``(N, C, H,
 [0, 1]. With ``y``, only the normal samples (``y == 0``) are fitted. Every family scores with one
 ``torch.nn.Module`` (normalisation included), so ONNX reproduces ``decision_function`` exactly.
 
-Families: ``pca`` (the robot-arm reference), ``dense_ae``, ``conv_ae`` (the digits reference),
-``rnn_ae`` (RNN/GRU/LSTM, step-by-step decoding; the valve-rig reference), ``vae`` (negative
-ELBO), ``anogan`` (f-AnoGAN, izi_f: DCGAN, then an encoder that inverts the generator; the
-bearing reference). Training is seeded, deterministic on CPU, shows a progress bar on a
+Families: ``pca`` (the robot-arm reference), ``window_pca`` (subsequence PCA over flattened
+windows), ``knn`` (mean distance to the k nearest samples of a stored, subsampled training bank;
+any input kind), ``dense_ae``, ``conv_ae`` (the digits reference), ``rnn_ae`` (RNN/GRU/LSTM,
+step-by-step decoding; the valve-rig reference), ``vae`` (negative ELBO), ``anogan`` (f-AnoGAN,
+izi_f: DCGAN, then an encoder that inverts the generator; the bearing reference).
+
+A windows detector owns how its window scores become per-row scores of a series
+(``Detector.score_series``, ``rows_from_windows``): offline, a row takes the mean score of the
+windows that cover it; causally, as a device streams, the score of the window that ends at it. Training is seeded, deterministic on CPU, shows a progress bar on a
 terminal, reports each epoch to ``on_epoch`` (MLflow logging lives outside) and stops early on
 the validation loss of a held-out tenth of the normal data.
 """
@@ -83,12 +88,58 @@ class Detector:
         ]
         return torch.cat(out).double().numpy()
 
+    def score_series(self, series, rule: str = "cover") -> np.ndarray:
+        """Per-row scores of one standardised series ``(n, D)``: every window of the fitted length
+        (stride 1) is scored, then mapped to rows by ``rows_from_windows`` with ``rule``."""
+        if self.kind != "windows":
+            raise ValueError(f"{type(self).__name__} takes {self.kind}, not a series of windows")
+        series = np.asarray(series, dtype=np.float32)
+        if series.ndim == 1:
+            series = series[:, None]
+        window = self.window_
+        if len(series) < window:
+            raise ValueError(f"a series of {len(series)} rows is shorter than one window of {window}")
+        windows = np.ascontiguousarray(
+            np.lib.stride_tricks.sliding_window_view(series, window, axis=0).transpose(0, 2, 1)
+        )
+        return rows_from_windows(self.decision_function(windows), len(series), window, rule)
+
+    @property
+    def window_(self) -> int:
+        if self.scorer is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted")
+        return int(self._example.shape[1])
+
     def export_onnx(self, path: str | Path, example: np.ndarray | None = None) -> Path:
         """One ONNX graph with a dynamic batch: float32 input, output ``score``."""
         if self.scorer is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted")
         example = torch.from_numpy(np.asarray(example if example is not None else self._example, dtype=np.float32)[:2])
         return onnx_export.export_onnx(self.scorer, example, path, ["score"])
+
+
+def rows_from_windows(window_scores, n_rows: int, window: int, rule: str = "cover") -> np.ndarray:
+    """Per-row scores of a series from the scores of its windows (stride 1; window k covers rows
+    k..k+window-1, so there are ``n_rows - window + 1`` of them).
+
+    ``cover`` (offline): a row's score is the mean over the windows that cover it; rows at the
+    start and end are covered by fewer windows and take the mean of those. An event of one row
+    lies in every window that covers it, so the mean peaks at the event itself rather than a
+    window's length after it.
+    ``last`` (causal, what a streaming device reports): a row's score is that of the window that
+    ends at it; the first ``window - 1`` rows, before any window is complete, take the first
+    window's score."""
+    scores = np.asarray(window_scores, dtype=np.float64).ravel()
+    if len(scores) != n_rows - window + 1:
+        raise ValueError(f"{len(scores)} window scores for {n_rows} rows of windows of {window}")
+    if rule == "last":
+        return np.concatenate([np.full(window - 1, scores[0]), scores])
+    if rule != "cover":
+        raise ValueError(f"rule must be 'cover' or 'last', got {rule!r}")
+    total = np.concatenate([[0.0], np.cumsum(scores)])
+    rows = np.arange(n_rows)
+    first, last = np.maximum(rows - window + 1, 0), np.minimum(rows, len(scores) - 1)  # covering windows
+    return (total[last + 1] - total[first]) / (last - first + 1)
 
 
 class OnnxDetector(onnx_export.OnnxModel):
@@ -118,20 +169,123 @@ class PCADetector(Detector):
     """Standardise, project onto the first ``n_components`` principal axes, score = mean squared
     reconstruction error."""
 
-    def __init__(self, n_components: int = 2, **kw):
+    def __init__(self, n_components: int | float = 2, **kw):
         super().__init__(**kw)
         self.n_components = n_components
 
     def fit(self, X, y=None) -> PCADetector:
         X = self._normal(X, y).astype(np.float64)
-        if not 0 < self.n_components <= X.shape[1]:
-            raise ValueError(f"n_components must be in 1..{X.shape[1]}, got {self.n_components}")
-        mean, std = X.mean(axis=0), X.std(axis=0)
-        std[std < 1e-12] = 1.0
-        _, _, vt = np.linalg.svd((X - mean) / std, full_matrices=False)
-        vt *= np.sign(vt[:, :1] + 1e-30)  # a fixed sign per axis: reproducible components
-        self.components_ = vt[: self.n_components]
+        mean, std, self.components_ = _components(X, self.n_components)
         self.scorer, self._example = _PCAScorer(mean, std, self.components_), X[:2]
+        return self
+
+
+def _components(X: np.ndarray, n_components: int | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Standardisation and the first principal axes of ``X`` (float64, (N, D)): ``n_components``
+    axes, or with a fraction in (0, 1) the fewest axes that explain that share of the variance."""
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    std[std < 1e-12] = 1.0
+    _, sv, vt = np.linalg.svd((X - mean) / std, full_matrices=False)
+    vt *= np.sign(vt[:, :1] + 1e-30)  # a fixed sign per axis: reproducible components
+    if isinstance(n_components, float) and 0 < n_components < 1:
+        share = np.cumsum(sv**2) / max(float(np.sum(sv**2)), 1e-300)
+        k = int(np.searchsorted(share, n_components) + 1)
+    elif isinstance(n_components, int) and 0 < n_components <= X.shape[1]:
+        k = n_components
+    else:
+        raise ValueError(f"n_components must be in 1..{X.shape[1]} or a fraction in (0, 1), got {n_components!r}")
+    return mean, std, vt[: min(k, len(vt))]
+
+
+class _Flatten(nn.Module):
+    def __init__(self, inner: nn.Module):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
+        return self.inner(x.flatten(1))
+
+
+class WindowPCADetector(Detector):
+    """Subsequence PCA: each window ``(T, D)`` flattened to one vector, then standardised,
+    projected onto the principal axes of the normal windows and scored by its mean squared
+    reconstruction error. ``n_components`` is a count or a share of variance to keep."""
+
+    kind = "windows"
+
+    def __init__(self, n_components: int | float = 0.95, **kw):
+        super().__init__(**kw)
+        self.n_components = n_components
+
+    def fit(self, X, y=None) -> WindowPCADetector:
+        windows = self._normal(X, y)
+        mean, std, self.components_ = _components(
+            windows.reshape(len(windows), -1).astype(np.float64), self.n_components
+        )
+        self.scorer, self._example = _Flatten(_PCAScorer(mean, std, self.components_)), windows[:2]
+        return self
+
+
+# -- nearest neighbours -----------------------------------------------------------------------
+
+
+class _KNNScorer(nn.Module):
+    """Mean Euclidean distance to the ``k`` nearest bank rows, as matrix products and one TopK."""
+
+    def __init__(self, mean, std, bank, k: int):
+        super().__init__()
+        self.k = k
+        self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32))
+        self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32))
+        self.register_buffer("bank_t", torch.as_tensor(bank, dtype=torch.float32).T.contiguous())  # (D, M)
+        self.register_buffer("bank_sq", torch.as_tensor((bank.astype(np.float64) ** 2).sum(1), dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> DetectorOutput:
+        z = (x.flatten(1) - self.mean) / self.std
+        z_sq = (z * z).sum(dim=1, keepdim=True)
+        d2 = z_sq - 2.0 * (z @ self.bank_t) + self.bank_sq
+        nearest = torch.topk(d2, self.k + 1, dim=1, largest=False).values.clamp_min(0.0)  # ascending
+        # A sample found in the bank (up to float32 rounding of the expansion above) is scored by
+        # its k other neighbours: leave-one-out, so training samples score like unseen ones.
+        itself = nearest[:, :1] <= 1e-5 * (2.0 * z_sq + 1.0)
+        dist = nearest.sqrt()
+        return DetectorOutput(torch.where(itself, dist[:, 1:], dist[:, :-1]).mean(dim=1))
+
+
+class KNNDetector(Detector):
+    """Distance to the ``k`` nearest normal training samples (flattened, any input kind).
+
+    The training bank is stored in the model; above ``bank`` samples it is a seeded uniform
+    subsample. ``scale``: ``feature`` standardises each input feature on the training samples
+    (tabular default), ``none`` compares raw inputs (windows of a standardised series, images).
+    A sample that is in the bank is scored by its ``k`` other neighbours (leave-one-out), so the
+    training samples' scores are comparable with unseen samples' (a per-session UCL fitted on
+    start-up windows needs that)."""
+
+    def __init__(self, k: int = 5, bank: int = 4096, kind: str = "tabular", scale: str | None = None, **kw):
+        super().__init__(**kw)
+        if kind not in self.ndim:
+            raise ValueError(f"kind must be one of {sorted(self.ndim)}, got {kind!r}")
+        scale = scale or ("feature" if kind == "tabular" else "none")
+        if scale not in ("feature", "none"):
+            raise ValueError(f"scale must be 'feature' or 'none', got {scale!r}")
+        if k < 1 or bank < k:
+            raise ValueError(f"need 1 <= k <= bank, got k={k}, bank={bank}")
+        self.kind, self.k, self.bank, self.scale = kind, k, bank, scale
+
+    def fit(self, X, y=None) -> KNNDetector:
+        normal = self._normal(X, y)
+        flat = normal.reshape(len(normal), -1).astype(np.float64)
+        if len(flat) > self.bank:
+            keep = np.sort(np.random.default_rng(self.seed).choice(len(flat), self.bank, replace=False))
+            flat = flat[keep]
+        mean, std = np.zeros(flat.shape[1]), np.ones(flat.shape[1])
+        if self.scale == "feature":
+            mean, std = flat.mean(axis=0), flat.std(axis=0)
+            std[std < 1e-12] = 1.0
+        k = min(self.k, len(flat) - 1)
+        self.bank_ = ((flat - mean) / std).astype(np.float32)
+        self.scorer, self._example = _KNNScorer(mean, std, self.bank_, k), normal[:2]
         return self
 
 
@@ -609,6 +763,8 @@ class _EncoderOnly(nn.Module):
 
 FAMILIES: dict[str, type[Detector]] = {
     "pca": PCADetector,
+    "window_pca": WindowPCADetector,
+    "knn": KNNDetector,
     "dense_ae": DenseAEDetector,
     "conv_ae": ConvAEDetector,
     "rnn_ae": RNNAEDetector,
