@@ -108,7 +108,9 @@ def test_schema_failure_stops_the_dataset_asset_with_its_cases_in_dagster(tiny_l
         (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
         assert failure.step_key == "sink__validated_dataset"
         # A failure raised as anything but the schema's dg.Failure carries no user data: show its error.
-        assert failure.event_specific_data.user_failure_data is not None, failure.event_specific_data.error_display_string
+        assert failure.event_specific_data.user_failure_data is not None, (
+            failure.event_specific_data.error_display_string
+        )
         info = failure.event_specific_data.error_display_string + str(
             failure.event_specific_data.user_failure_data.metadata
         )

@@ -45,6 +45,7 @@ class PlantedSeries:
     kind: str
     base: str
     period: float  # samples per cycle
+    seed: int
 
     def labels(self) -> np.ndarray:
         out = np.zeros(len(self.values), dtype=np.int8)
@@ -114,7 +115,7 @@ def planted_series(
         values[inside] += rng.choice([-1, 1]) * rng.uniform(1.0, 1.5)
     elif kind == "flat_line":
         values[inside] = values[start - 1]
-    return PlantedSeries(values[:, None], train_rows, (start, start + span), kind, base, period)
+    return PlantedSeries(values[:, None], train_rows, (start, start + span), kind, base, period, seed)
 
 
 def suite(seeds: range | list[int] = range(10), **kw) -> list[PlantedSeries]:
