@@ -305,21 +305,20 @@ def test_the_synthetic_suite_is_seeded_and_plants_one_event_after_the_training_r
         planted_series("earthquake", 0)
 
 
-def _series_hits(kind: str, seeds=range(10)) -> list[tuple[int, tuple[int, int], int]]:
-    """The valve pipeline's shipped family and parameters on one planted kind: (seed, event, top row)."""
+def _series_hits(kind: str, seeds=range(10)):
+    """The valve pipeline's shipped family and parameters on one planted kind, a seed at a time:
+    (seed, event, top row)."""
     from autosink_pi.runtime import sliding, standardised
 
     from autosink_platform.lake.synthetic import planted_series
     from autosink_platform.pipelines.valve import VALVE, ValveConfig
 
     model, window = VALVE.models[0], ValveConfig().window
-    out = []
     for seed in seeds:
         s = planted_series(kind, seed)
         z = standardised(s.values, s.train_rows)
         det = build_detector(model.family, **model.params).fit(sliding(z[: s.train_rows], window))
-        out.append((seed, s.event, s.train_rows + int(np.argmax(det.score_series(z)[s.train_rows :]))))
-    return out
+        yield seed, s.event, s.train_rows + int(np.argmax(det.score_series(z)[s.train_rows :]))
 
 
 # Kinds the valve's shipped rnn_ae falls short on (benchmarks/detectors.py has the counts and the
@@ -353,9 +352,15 @@ def test_the_default_series_detector_finds_every_planted_kind(kind):
     assert VALVE.models[0].family == "rnn_ae", "the shortfalls above are rnn_ae's: measure the new default's"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small recurrent models fit fastest on one thread
+    found, missed = 0, []
     try:
-        hits = _series_hits(kind)
+        for seed, event, top in _series_hits(kind):
+            if event[0] <= top < event[1]:
+                found += 1
+            else:
+                missed.append((seed, event, top))
+            if found >= 8 or len(missed) > 2:  # the outcome over 10 seeds is decided
+                break
     finally:
         torch.set_num_threads(threads)
-    missed = [(seed, event, top) for seed, event, top in hits if not event[0] <= top < event[1]]
-    assert len(hits) - len(missed) >= 8, f"{kind}: top row outside the event for (seed, event, top) {missed}"
+    assert found >= 8, f"{kind}: top row outside the event for (seed, event, top) {missed}"
