@@ -54,14 +54,24 @@ def _scores_of_kind(kind: str, rng, labels: np.ndarray) -> np.ndarray:
         return np.where(rng.random(n) < 0.01, 1e9, rng.random(n)) + labels * 0.2
     if kind == "huge":
         return rng.normal(labels, 1) * 1e300
+    if kind == "signed_zeros":  # equal scores, different bits: they must share a bucket
+        return np.where(rng.random(n) < 0.5, -0.0, 0.0) + labels * np.round(rng.random(n), 2)
+    if kind == "tiny":  # zeros and scores from 1e-30 up: a log scale over 100 binades
+        return np.where(rng.random(n) < 0.2, 0.0, rng.lognormal(labels * 3, 10) * 1e-30)
+    if kind == "negative_skewed":
+        return -rng.exponential(1, n) + labels * rng.exponential(1, n)
     return 1 + rng.normal(labels, 1) * 1e-12  # narrow
 
 
-@pytest.mark.parametrize("kind", ["skewed_ties", "normal", "integers", "outliers", "huge", "narrow"])
+@pytest.mark.parametrize(
+    "kind",
+    ["skewed_ties", "normal", "integers", "outliers", "huge", "narrow", "signed_zeros", "tiny", "negative_skewed"],
+)
 def test_best_f1_at_scale_is_the_exact_cut_a_full_sort_gives(kind):
     """Above 2^15 scores best_f1 sorts only the buckets that can hold the optimum; the cut it
     returns is the one sorting every score gives (highest threshold among equal F1s), also with
-    heavy ties, far outliers, values beyond float32 and a range narrower than float32 resolves."""
+    heavy ties, far outliers, values beyond float32, a range narrower than float32 resolves,
+    -0.0 beside 0.0, and non-negative scores spanning many binades (bucketed on a log scale)."""
     from autosink_platform.thresholds.policies import _best_f1_cut, _sorted_cut
 
     for seed in range(8):

@@ -67,7 +67,7 @@ def _point(policy, thr, tp, fp, n_pos, n_neg, params) -> OperatingPoint:
     )
 
 
-BUCKETS = 1 << 16  # the first pass of the exact best-F1 search at scale (see _best_f1_cut)
+BUCKET_BITS = 16  # at most 2**16 buckets in the first pass at scale (see _best_f1_cut)
 SORT_BELOW = 1 << 15  # fewer scores than this: one sort is as quick
 
 
@@ -75,6 +75,13 @@ def _sorted_cut(scores: np.ndarray, labels: np.ndarray, n_pos: int) -> tuple[flo
     thr, tp, fp = _cut_points(scores, labels)
     i = int(np.argmax(2 * tp / (2 * tp + fp + (n_pos - tp))))  # first maximum: highest threshold among equals
     return float(thr[i]), int(tp[i]), int(fp[i])
+
+
+def _float_bits(scores: np.ndarray) -> np.ndarray:
+    """Non-negative scores as integers in the same order: their float32 bits (int32)."""
+    x = scores.astype(np.float32)
+    x += np.float32(0.0)  # -0.0 becomes +0.0: equal scores get equal bits
+    return x.view(np.int32)
 
 
 def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
@@ -96,15 +103,29 @@ def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, in
         return float(hi), n_pos, len(scores) - n_pos
     if max(abs(lo), abs(hi)) > 1e38:  # beyond float32: sort them all
         return _sorted_cut(scores, labels, n_pos)
-    # Any bucket assignment that never decreases with the score will do, so it is computed in
-    # float32 (rounding is monotone too; equal scores share a bucket): half the memory traffic.
-    x = scores.astype(np.float32)
-    x -= np.float32(lo)
-    x *= np.float32((BUCKETS - 1) / (hi - lo) * (1 - 1e-6))
-    key = x.astype(np.intp)
-    key <<= 1
+    # Any bucket assignment that never decreases with the score will do, as long as equal scores
+    # share a bucket. Scores that are never negative (errors, distances: the usual anomaly
+    # scores) are skewed, so they are bucketed on a log scale: the leading bits of their float32
+    # value, read as an integer, which increase with the value. Other scores get even buckets.
+    # Both are computed in float32 (rounding is monotone; half the memory traffic).
+    bucket_bits = min(BUCKET_BITS, max(10, (len(scores) // 16).bit_length()))  # ~16 scores a bucket
+    if lo >= 0:
+        bits = _float_bits(scores)  # int32
+        first, last = (int(b) for b in _float_bits(np.array([lo, hi])))
+        shift = max(0, (last - first).bit_length() - bucket_bits)
+        bits -= np.int32(first)
+        bits >>= shift
+        n_buckets = ((last - first) >> shift) + 1
+    else:
+        n_buckets = 1 << bucket_bits
+        x = scores.astype(np.float32)
+        x -= np.float32(lo)
+        x *= np.float32((n_buckets - 1) / (hi - lo) * (1 - 1e-6))
+        bits = x.astype(np.int32)
+    bits <<= 1
+    key = bits.astype(np.intp)
     key += labels  # bucket and class in one key: one counting pass
-    counts = np.bincount(key, minlength=2 * BUCKETS).reshape(BUCKETS, 2)
+    counts = np.bincount(key, minlength=2 * n_buckets).reshape(n_buckets, 2)
     f, p = counts[:, 0], counts[:, 1]
     p_above = np.r_[np.cumsum(p[::-1])[::-1][1:], 0]  # positives in buckets above b
     f_above = np.r_[np.cumsum(f[::-1])[::-1][1:], 0]
