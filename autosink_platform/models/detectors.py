@@ -82,6 +82,8 @@ class Detector:
         if self.scorer is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted")
         X, _ = self._check(X)
+        if not X.flags.writeable:  # a memory-mapped snapshot: torch only wraps writable arrays
+            X = X.copy()
         self.scorer.eval()
         out = [
             self.scorer(torch.from_numpy(X[i : i + self.batch_size])).score for i in range(0, len(X), self.batch_size)
