@@ -214,71 +214,6 @@ def run_pipeline(name: str, store: Path, bar) -> list[dict]:
     return out
 
 
-def valve_planted_validation(seed: int = 0) -> dict:
-    """A validation part of the valve's training rows with planted anomalies (it has no labelled
-    ones): per SKAB file, the standardised first 400 rows; windows ending before row 300 fit,
-    and the windows wholly inside rows 300-399 are validated after one event of 20-40 rows is
-    planted at a random place in them (a spike, level shift, amplitude change, noise burst or
-    flat line on a random half of the sensors). A window's label is its last row's, as the
-    pipeline labels windows. The test rows are never read."""
-    from autosink_pi.runtime import sliding, standardised
-
-    from autosink_platform.lake.public import default_datasets_root, require
-    from autosink_platform.pipelines import skab
-    from autosink_platform.pipelines.valve import SKAB_FILES, ValveConfig
-
-    cfg, rng = ValveConfig(), np.random.default_rng(seed)
-    held_out, kinds = 300, ("spike", "level_shift", "amplitude_change", "noise_burst", "flat_line")
-    fit, val, labels = [], [], []
-    for path in require(default_datasets_root(), *SKAB_FILES):
-        frame = skab.read_file(path)
-        z = standardised(frame[list(skab.SENSORS)].to_numpy(np.float64), cfg.train_rows)[: cfg.train_rows].copy()
-        fit.append(sliding(z[:held_out], cfg.window))
-        part = z[held_out:]
-        span = int(rng.integers(20, 41))
-        start = int(rng.integers(cfg.window - 1 - span // 2, len(part) - span))  # inside the scored windows
-        sensors = rng.choice(z.shape[1], z.shape[1] // 2, replace=False)
-        event = part[start : start + span, sensors]
-        kind = kinds[int(rng.integers(len(kinds)))]
-        if kind == "spike":
-            event[span // 2] += rng.choice([-1, 1]) * rng.uniform(4, 6)
-        elif kind == "level_shift":
-            event += rng.choice([-1, 1]) * rng.uniform(1.5, 2.5)
-        elif kind == "amplitude_change":
-            event *= rng.uniform(2.0, 3.0)
-        elif kind == "noise_burst":
-            event += rng.normal(0, rng.uniform(1.0, 1.5), event.shape)
-        else:
-            event[:] = part[start - 1, sensors]
-        part[start : start + span, sensors] = event
-        row_label = np.zeros(len(part), dtype=np.int8)
-        row_label[start : start + span] = 1
-        val.append(sliding(part, cfg.window))
-        labels.append(row_label[cfg.window - 1 :])
-    return {"fit": np.concatenate(fit), "validation": np.concatenate(val), "labels": np.concatenate(labels)}
-
-
-def run_valve_validation(families: dict[str, Callable], bar) -> list[dict]:
-    """Every series family fitted on the valve's carved fit rows, scored on the planted validation."""
-    data = valve_planted_validation()
-    out = []
-    for family, make in families.items():
-        t0 = time.perf_counter()
-        score, _ = make(np.ascontiguousarray(data["fit"]))
-        t1 = time.perf_counter()
-        out.append(
-            {
-                "dataset": "valve (planted validation)",
-                "family": family,
-                "fit_s": t1 - t0,
-                "validation": metrics(score(np.ascontiguousarray(data["validation"])), data["labels"]),
-                "score_s": time.perf_counter() - t1,
-            }
-        )
-        bar.update()
-    return out
-
-
 # -- the table ---------------------------------------------------------------------------------
 
 
@@ -366,8 +301,6 @@ def main() -> None:
             continue
         try:
             rows += run_pipeline(dataset, store, bar)
-            if dataset == "valve":  # its validation split has no labelled anomalies: planted ones
-                rows += run_valve_validation(series_families, bar)
         except DatasetMissing as err:
             skipped[dataset] = str(err)
     bar.close()
