@@ -125,7 +125,7 @@ def run_synthetic(seeds: int, families: dict[str, Callable], bar) -> list[dict]:
     the planted event. Validation: even seeds; test: odd seeds (choices use validation only)."""
     from autosink_pi.runtime import sliding, standardised
 
-    from autosink_platform.lake.synthetic import suite
+    from autosink_platform.lake.synthetic import KINDS, suite
     from autosink_platform.models.detectors import rows_from_windows
 
     per = {name: {"validation": [], "test": [], "fit_s": 0.0, "score_s": 0.0} for name in families}
@@ -164,16 +164,10 @@ def run_synthetic(seeds: int, families: dict[str, Callable], bar) -> list[dict]:
                 "auprc": float(np.mean([c["auprc"] for c in cases])),
                 "best_f1": float(np.mean([c["best_f1"] for c in cases])),
                 "top_in_event": float(np.mean([c["hit"] for c in cases])),
-                "by_kind": {k: float(np.mean([c["hit"] for c in cases if c["kind"] == k])) for k in _kinds()},
+                "by_kind": {k: float(np.mean([c["hit"] for c in cases if c["kind"] == k])) for k in KINDS},
             }
         out.append(row)
     return out
-
-
-def _kinds():
-    from autosink_platform.lake.synthetic import KINDS
-
-    return KINDS
 
 
 # -- the reference pipelines' datasets ---------------------------------------------------------
@@ -182,7 +176,7 @@ def _kinds():
 def run_pipeline(name: str, store: Path, bar) -> list[dict]:
     from autosink_platform.labeling.protocol import snapshot_dataset
     from autosink_platform.lake.public import default_datasets_root
-    from autosink_platform.models.detectors import FAMILIES
+    from autosink_platform.models.detectors import build_detector
     from autosink_platform.pipelines.catalog import REFERENCE_PIPELINES
 
     spec = REFERENCE_PIPELINES[name]
@@ -191,7 +185,7 @@ def run_pipeline(name: str, store: Path, bar) -> list[dict]:
     labels = ds.table["label"].to_numpy()
     train = ds.mask("train") & (labels == 0)
     X_train = model.prepare(np.asarray(ds.inputs[train]))
-    kind = FAMILIES[model.family].kind if model.family != "vae" else model.params.get("kind", "tabular")
+    kind = build_detector(model.family, **model.params).kind  # some families take their kind as a parameter
     out = []
     for family, make in families_for(kind, {model.family: model.params}).items():
         t0 = time.perf_counter()

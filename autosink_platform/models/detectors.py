@@ -16,9 +16,11 @@ izi_f: DCGAN, then an encoder that inverts the generator; the bearing reference)
 
 A windows detector owns how its window scores become per-row scores of a series
 (``Detector.score_series``, ``rows_from_windows``): offline, a row takes the mean score of the
-windows that cover it; causally, as a device streams, the score of the window that ends at it. Training is seeded, deterministic on CPU, shows a progress bar on a
-terminal, reports each epoch to ``on_epoch`` (MLflow logging lives outside) and stops early on
-the validation loss of a held-out tenth of the normal data.
+windows that cover it; causally, as a device streams, the score of the window that ends at it.
+
+Training is seeded, deterministic on CPU, shows a progress bar on a terminal, reports each epoch
+to ``on_epoch`` (MLflow logging lives outside) and stops early on the validation loss of a
+held-out tenth of the normal data.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from autosink_pi.runtime import sliding
 from torch import nn
 from tqdm import tqdm
 
@@ -101,10 +104,7 @@ class Detector:
         window = self.window_
         if len(series) < window:
             raise ValueError(f"a series of {len(series)} rows is shorter than one window of {window}")
-        windows = np.ascontiguousarray(
-            np.lib.stride_tricks.sliding_window_view(series, window, axis=0).transpose(0, 2, 1)
-        )
-        return rows_from_windows(self.decision_function(windows), len(series), window, rule)
+        return rows_from_windows(self.decision_function(sliding(series, window)), len(series), window, rule)
 
     @property
     def window_(self) -> int:
@@ -182,11 +182,17 @@ class PCADetector(Detector):
         return self
 
 
+def _feature_scale(X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation of ``X`` (N, D); a constant feature keeps scale 1."""
+    mean, std = X.mean(axis=0), X.std(axis=0)
+    std[std < 1e-12] = 1.0
+    return mean, std
+
+
 def _components(X: np.ndarray, n_components: int | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standardisation and the first principal axes of ``X`` (float64, (N, D)): ``n_components``
     axes, or with a fraction in (0, 1) the fewest axes that explain that share of the variance."""
-    mean, std = X.mean(axis=0), X.std(axis=0)
-    std[std < 1e-12] = 1.0
+    mean, std = _feature_scale(X)
     _, sv, vt = np.linalg.svd((X - mean) / std, full_matrices=False)
     vt *= np.sign(vt[:, :1] + 1e-30)  # a fixed sign per axis: reproducible components
     if isinstance(n_components, float) and 0 < n_components < 1:
@@ -281,10 +287,10 @@ class KNNDetector(Detector):
         if len(flat) > self.bank:
             keep = np.sort(np.random.default_rng(self.seed).choice(len(flat), self.bank, replace=False))
             flat = flat[keep]
-        mean, std = np.zeros(flat.shape[1]), np.ones(flat.shape[1])
         if self.scale == "feature":
-            mean, std = flat.mean(axis=0), flat.std(axis=0)
-            std[std < 1e-12] = 1.0
+            mean, std = _feature_scale(flat)
+        else:
+            mean, std = np.zeros(flat.shape[1]), np.ones(flat.shape[1])
         k = min(self.k, len(flat) - 1)
         self.bank_ = ((flat - mean) / std).astype(np.float32)
         self.scorer, self._example = _KNNScorer(mean, std, self.bank_, k), normal[:2]
@@ -355,10 +361,7 @@ class TorchDetector(Detector):
     def _norm(self, X: np.ndarray) -> _Standardise:
         if self.kind == "images":
             return _Standardise()
-        flat = X.reshape(-1, X.shape[-1]).astype(np.float64)
-        std = flat.std(axis=0)
-        std[std < 1e-12] = 1.0
-        return _Standardise(flat.mean(axis=0), std)
+        return _Standardise(*_feature_scale(X.reshape(-1, X.shape[-1]).astype(np.float64)))
 
     def _batches(self, X: torch.Tensor, shuffle: bool, gen: torch.Generator):
         def it():
