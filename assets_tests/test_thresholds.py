@@ -72,13 +72,14 @@ def test_best_f1_at_scale_is_the_exact_cut_a_full_sort_gives(kind):
     returns is the one sorting every score gives (highest threshold among equal F1s), also with
     heavy ties, far outliers, values beyond float32, a range narrower than float32 resolves,
     -0.0 beside 0.0, and non-negative scores spanning many binades (bucketed on a log scale)."""
-    from autosink_platform.thresholds.policies import _best_f1_cut, _sorted_cut
+    from autosink_platform.thresholds.policies import _best_f1_cut, _checked, _sorted_cut
 
     for seed in range(8):
         rng = np.random.default_rng(seed)
         labels = (rng.random(int(rng.integers(1 << 15, 1 << 17))) < rng.uniform(0.02, 0.6)).astype(np.int64)
         scores = _scores_of_kind(kind, rng, labels)
-        assert _best_f1_cut(scores, labels) == _sorted_cut(scores, labels, int(labels.sum()))
+        _, _, lo, hi, n_pos = _checked(scores, labels)
+        assert _best_f1_cut(scores, labels, n_pos, lo, hi) == _sorted_cut(scores, labels, int(labels.sum()))
 
 
 @pytest.mark.parametrize("labels", [[0, -1], [1, 2], [0.0, 0.5]])

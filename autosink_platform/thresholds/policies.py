@@ -27,26 +27,35 @@ class OperatingPoint:
 
 
 def _check(scores, labels=None) -> tuple[np.ndarray, np.ndarray | None]:
+    scores, labels, *_ = _checked(scores, labels)
+    return scores, labels
+
+
+def _checked(scores, labels=None) -> tuple[np.ndarray, np.ndarray | None, float, float, int]:
+    """Scores as float64 and labels as int64 (0/1), with the lowest and highest score and the
+    positives' count that the checks computed anyway (best_f1 at scale needs them)."""
     scores = np.asarray(scores, dtype=np.float64).ravel()
     if scores.size == 0:
         raise ValueError("no scores")
-    if not (np.isfinite(scores.min()) and np.isfinite(scores.max())):  # NaN propagates through min/max
+    lo, hi = scores.min(), scores.max()
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # NaN propagates through min/max
         raise ValueError(f"scores contain {np.sum(~np.isfinite(scores))} NaN/inf values")
     if labels is None:
-        return scores, None
+        return scores, None, float(lo), float(hi), 0
     labels = np.asarray(labels).ravel()
     if labels.shape != scores.shape:
         raise ValueError(f"{labels.size} labels for {scores.size} scores")
     if labels.dtype.kind in "iu":  # as unsigned, negative values are huge: one comparison finds both
-        wrong = np.any(labels.view(labels.dtype.str.replace("i", "u")) > 1)
+        wrong = labels.view(labels.dtype.str.replace("i", "u")).max() > 1
     else:
         wrong = labels.dtype != bool and np.any((labels != 0) & (labels != 1))
     if wrong:
         raise ValueError("labels must be 0 or 1")
     labels = labels.astype(np.int64, copy=False)
-    if np.count_nonzero(labels) in (0, labels.size):
+    n_pos = int(np.count_nonzero(labels))
+    if n_pos in (0, labels.size):
         raise ValueError(f"labels are all {int(labels[0])}: an operating point needs both classes")
-    return scores, labels
+    return scores, labels, float(lo), float(hi), n_pos
 
 
 def _cut_points(scores: np.ndarray, labels: np.ndarray):
@@ -84,9 +93,10 @@ def _float_bits(scores: np.ndarray) -> np.ndarray:
     return x.view(np.int32)
 
 
-def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, int]:
+def _best_f1_cut(scores: np.ndarray, labels: np.ndarray, n_pos: int, lo: float, hi: float) -> tuple[float, int, int]:
     """The highest-F1 cut point (threshold, TP, FP), the highest threshold among equals; exactly
-    what sorting every score gives, without sorting them all.
+    what sorting every score gives, without sorting them all. ``n_pos``, ``lo`` and ``hi`` are
+    the positives' count and the score range (``_checked`` has them).
 
     Scores are bucketed by value in one O(n) pass. For any threshold inside bucket b, TP lies
     between the positives above b and those plus b's own (FP likewise), and F1 = 2 TP / (TP +
@@ -95,10 +105,8 @@ def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, in
     that is reached. Only buckets whose bound reaches the best reached value can hold the
     optimum: their scores (a small share) are sorted and every cut point among them counted
     with the totals above their bucket."""
-    n_pos = int(np.count_nonzero(labels))
     if len(scores) < SORT_BELOW:
         return _sorted_cut(scores, labels, n_pos)
-    lo, hi = scores.min(), scores.max()
     if lo == hi:
         return float(hi), n_pos, len(scores) - n_pos
     if max(abs(lo), abs(hi)) > 1e38:  # beyond float32: sort them all
@@ -107,25 +115,25 @@ def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, in
     # share a bucket. Scores that are never negative (errors, distances: the usual anomaly
     # scores) are skewed, so they are bucketed on a log scale: the leading bits of their float32
     # value, read as an integer, which increase with the value. Other scores get even buckets.
-    # Both are computed in float32 (rounding is monotone; half the memory traffic).
+    # The passes over all scores run on int32 (rounding to float32 is monotone), in place, up to
+    # the last, which makes the index that bincount and the gather below take.
     bucket_bits = min(BUCKET_BITS, max(10, (len(scores) // 16).bit_length()))  # ~16 scores a bucket
     if lo >= 0:
-        bits = _float_bits(scores)  # int32
+        key = _float_bits(scores)  # int32
         first, last = (int(b) for b in _float_bits(np.array([lo, hi])))
         shift = max(0, (last - first).bit_length() - bucket_bits)
-        bits -= np.int32(first)
-        bits >>= shift
+        key -= np.int32(first)
+        key >>= shift
         n_buckets = ((last - first) >> shift) + 1
     else:
         n_buckets = 1 << bucket_bits
         x = scores.astype(np.float32)
         x -= np.float32(lo)
         x *= np.float32((n_buckets - 1) / (hi - lo) * (1 - 1e-6))
-        bits = x.astype(np.int32)
-    bits <<= 1
-    key = bits.astype(np.intp)
-    key += labels  # bucket and class in one key: one counting pass
-    counts = np.bincount(key, minlength=2 * n_buckets).reshape(n_buckets, 2)
+        key = x.astype(np.int32)
+    key <<= 1
+    index = np.add(key, labels, dtype=np.intp)  # bucket and class in one index: one counting pass
+    counts = np.bincount(index, minlength=2 * n_buckets).reshape(n_buckets, 2)
     f, p = counts[:, 0], counts[:, 1]
     p_above = np.r_[np.cumsum(p[::-1])[::-1][1:], 0]  # positives in buckets above b
     f_above = np.r_[np.cumsum(f[::-1])[::-1][1:], 0]
@@ -133,8 +141,12 @@ def _best_f1_cut(scores: np.ndarray, labels: np.ndarray) -> tuple[float, int, in
     reached = 2 * (p_above + p) / (p_above + p + f_above + f + n_pos)  # the cut at b's lowest score
     bound = 2 * (p_above + p) / (p_above + p + f_above + n_pos)
     candidate = occupied & (bound >= reached[occupied].max() * (1 - 1e-12))
-    keep = np.flatnonzero(np.repeat(candidate, 2)[key])
-    s, k = scores[keep], key[keep]
+    chosen = np.flatnonzero(candidate)
+    if chosen[-1] - chosen[0] + 1 == len(chosen):  # one run of buckets, the usual case: a range test
+        keep = np.flatnonzero((key - np.int32(2 * chosen[0])).view(np.uint32) <= 2 * (chosen[-1] - chosen[0]))
+    else:
+        keep = np.flatnonzero(np.repeat(candidate, 2)[index])
+    s, k = scores[keep], index[keep]
     order = np.argsort(-s, kind="stable")
     s, k = s[order], k[order]
     y, b = k & 1, k >> 1
@@ -158,10 +170,10 @@ def best_f1(scores, labels, plateau: bool = False) -> OperatingPoint:
     argmax lands anywhere on that range from one dataset (or one training run) to the next. Take
     instead the middle of the range of thresholds whose F1 is within one standard error of the
     best, sqrt(F1 (1 - F1) / positives) (the one-standard-error rule of model selection)."""
-    scores, labels = _check(scores, labels)
-    n_pos, n_neg = int(labels.sum()), len(labels) - int(labels.sum())
+    scores, labels, lo, hi, n_pos = _checked(scores, labels)
+    n_neg = len(labels) - n_pos
     if not plateau:
-        return _point("best_f1", *_best_f1_cut(scores, labels), n_pos, n_neg, {})
+        return _point("best_f1", *_best_f1_cut(scores, labels, n_pos, lo, hi), n_pos, n_neg, {})
     thr, tp, fp = _cut_points(scores, labels)
     f1 = 2 * tp / (2 * tp + fp + (n_pos - tp))
     i = int(np.argmax(f1))  # first maximum = highest threshold among equals
