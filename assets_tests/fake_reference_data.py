@@ -127,7 +127,7 @@ SMALL = {
         ValveConfig(train_rows=100, window=10),
         dataclasses.replace(
             VALVE.models[0],
-            params={"cell": "gru", "hidden": 8, "epochs": 3, "batch_size": 64},
+            params={"kind": "windows", "hidden": 8, "epochs": 3, "batch_size": 64},
             cases=CaseFloors(metric="f1", floor=0.0, min_examples=10),
         ),
     ),

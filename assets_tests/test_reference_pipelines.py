@@ -256,6 +256,8 @@ def test_valve_beats_the_skab_leaderboard(real_world, tmp_path):
     # One shared model with per-session calibration beats the leaderboard's best row on F1 and FAR
     # (benchmarks/skab_protocol.py fits one model per file instead).
     assert protocol["pooled"]["f1"] > conv_ae_f1 and protocol["pooled"]["far_percent"] < conv_ae_far, protocol["pooled"]
+    # The shipped family was chosen on a validation part carved from the training rows (#17).
+    assert protocol["pooled"]["f1"] >= 0.80, protocol["pooled"]
     assert sum(protocol["pooled"][k] for k in ("tp", "fp", "fn", "tn")) == 23_801  # every test row of the 34 files
 
 

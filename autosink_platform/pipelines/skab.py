@@ -164,3 +164,112 @@ def evaluate(
         "by_group": {g: pooled(pred[group == g], true[group == g]) for g in sorted(set(group))},
         "files": [{"file": r["file"], "ucl": r["ucl"], **pooled(r["pred"], r["true"])} for r in results],
     }
+
+
+# -- a validation part carved from the training rows ---------------------------------------------
+
+PLANTED = ("level_shift", "drift", "amplitude_change", "noise_burst", "flat_line")
+
+
+@dataclass(frozen=True)
+class Carve:
+    """SKAB labels no validation part, so one is carved from each file's training rows (the test
+    rows are never read): the first ``fit_rows`` are the start-up (scaler, detector and the
+    session's UCL, as on the protocol's test files), and a fault is planted in the rest, from
+    an onset ``onset`` rows after the start-up to the end of the training rows, as SKAB's faults
+    run on once they begin. ``copies`` faults per file, each of one of ``PLANTED`` kinds on
+    ``sensors`` of the 8 sensors, ``size`` standard deviations (of the start-up rows) large."""
+
+    fit_rows: int = 200
+    copies: int = 4
+    seed: int = 0
+    onset: tuple[int, int] = (30, 130)
+    sensors: tuple[int, int] = (2, 5)
+    size: tuple[float, float] = (2.0, 4.0)
+
+
+def plant(z: np.ndarray, kind: str, start: int, sensors: np.ndarray, size: np.ndarray, rng, fit_rows: int):
+    """``z`` (standardised rows) with a fault of ``kind`` on ``sensors`` from row ``start`` on:
+    a level shift, a linear drift reaching ``size``, the deviation from the start-up mean scaled
+    by ``size`` (amplitude change), added noise of that scale, or the sensors frozen (flat line).
+    Returns a copy; ``size`` and signs are per sensor."""
+    if kind not in PLANTED:
+        raise ValueError(f"unknown planted kind {kind!r}; one of {PLANTED}")
+    z = z.copy()
+    seg = z[start:, sensors]
+    sign = rng.choice([-1.0, 1.0], len(sensors))
+    if kind == "level_shift":
+        seg += sign * size
+    elif kind == "drift":
+        seg += np.linspace(0.0, 1.0, len(seg))[:, None] * sign * size
+    elif kind == "amplitude_change":
+        mean = z[:fit_rows, sensors].mean(axis=0)
+        seg[:] = mean + (seg - mean) * size
+    elif kind == "noise_burst":
+        seg += rng.normal(0.0, 1.0, seg.shape) * size / 2
+    else:
+        seg[:] = z[start - 1, sensors]
+    z[start:, sensors] = seg
+    return z
+
+
+def carved_validation(root: Path, protocol: SkabProtocol = SkabProtocol(), carve: Carve = Carve()) -> dict:
+    """Per labelled file, from its first ``train_rows`` rows only: the start-up windows (every
+    window of the first ``fit_rows`` rows, standardised on them), the ones a detector may fit
+    (those touching no labelled anomaly), and ``copies`` validation parts: the windows ending
+    in rows ``fit_rows..train_rows-1`` after a fault is planted, each labelled by its last row
+    (planted or labelled anomalous)."""
+    if not 0 < carve.onset[0] <= carve.onset[1] < protocol.train_rows - carve.fit_rows:
+        raise ValueError(f"onset {carve.onset} must lie inside the {protocol.train_rows - carve.fit_rows} carved rows")
+    if carve.fit_rows < protocol.window:
+        raise ValueError(f"fit_rows {carve.fit_rows} < window {protocol.window}")
+    rng = np.random.default_rng(carve.seed)
+    w, files = protocol.window, []
+    for i, path in enumerate(labelled_files(root)):
+        frame = read_file(path).iloc[: protocol.train_rows]
+        z = standardised(frame[list(SENSORS)].to_numpy(np.float64), carve.fit_rows)
+        anomaly = frame["anomaly"].to_numpy().astype(np.int8)
+        startup = sliding(z[: carve.fit_rows], w)
+        touched = np.lib.stride_tricks.sliding_window_view(anomaly[: carve.fit_rows], w).max(axis=1) > 0
+        parts = []
+        for c in range(carve.copies):
+            kind = PLANTED[(i + c) % len(PLANTED)]
+            start = carve.fit_rows + int(rng.integers(carve.onset[0], carve.onset[1] + 1))
+            k = int(rng.integers(carve.sensors[0], carve.sensors[1] + 1))
+            sensors = np.sort(rng.choice(len(SENSORS), k, replace=False))
+            size = rng.uniform(*carve.size, k)
+            label = anomaly.copy()
+            label[start:] = 1
+            planted = plant(z, kind, start, sensors, size, rng, carve.fit_rows)
+            windows = sliding(planted, w, start=carve.fit_rows - w + 1)  # ending at fit_rows..train_rows-1
+            parts.append({"kind": kind, "windows": windows, "labels": label[carve.fit_rows :]})
+        files.append(
+            {"file": f"{path.parent.name}/{path.name}", "startup": startup, "fit": startup[~touched], "parts": parts}
+        )
+    return {"protocol": protocol, "carve": carve, "files": files}
+
+
+def evaluate_carved(carved: dict, make_detector: Callable[[], object]) -> dict:
+    """One detector for every session, as the valve pipeline ships it, fitted on the carved
+    start-up windows of all files; each session's UCL from its own start-up windows (the
+    protocol's quantile and factor); each validation window flagged when its score passes its
+    session's UCL, at its last row, as a running device reports it. (The notebooks' row rule
+    needs the 59 windows after a row, which a 200-row part mostly lacks.) Pooled F1, FAR and
+    MAR overall and per planted kind, with the calibrated scores (score / UCL) and labels."""
+    protocol, files = carved["protocol"], carved["files"]
+    detector = make_detector().fit(np.ascontiguousarray(np.concatenate([f["fit"] for f in files])))
+    scores, labels, kinds = [], [], []
+    for f in files:
+        ucl = np.quantile(detector.decision_function(f["startup"]), protocol.ucl_quantile) * protocol.ucl_factor
+        for part in f["parts"]:
+            scores.append(detector.decision_function(part["windows"]) / ucl)
+            labels.append(part["labels"])
+            kinds.append(np.full(len(part["labels"]), part["kind"]))
+    score, true, kind = np.concatenate(scores), np.concatenate(labels), np.concatenate(kinds)
+    pred = (score > 1.0).astype(np.int8)
+    return {
+        "pooled": pooled(pred, true),
+        "by_kind": {k: pooled(pred[kind == k], true[kind == k]) for k in PLANTED},
+        "scores": score,
+        "labels": true,
+    }
