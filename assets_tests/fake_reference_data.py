@@ -116,9 +116,9 @@ SMALL = {
         BEARING,
         BearingConfig(),
         DetectorModel(
-            "anogan",
-            "anogan",
-            {"epochs": 4, "gan_epochs": 4, "batch_size": 16, "width": 8, "latent": 8},
+            "knn",
+            "knn",
+            {"kind": "images", "bank": 256},
             cases=CaseFloors(metric="accuracy", floor=0.0, min_examples=10),
         ),
     ),
