@@ -87,6 +87,11 @@ def rows_flagged(window_flags: np.ndarray, n_rows: int, window: int) -> np.ndarr
     return out
 
 
+def touching(anomaly: np.ndarray, window: int) -> np.ndarray:
+    """Per stride-1 window of ``anomaly`` (0/1 per row): whether it holds a labelled anomaly."""
+    return np.lib.stride_tricks.sliding_window_view(anomaly, window).max(axis=1) > 0
+
+
 def pooled(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
     tp = int(np.sum((pred == 1) & (true == 1)))
     fp = int(np.sum((pred == 1) & (true == 0)))
@@ -230,7 +235,7 @@ def carved_validation(root: Path, protocol: SkabProtocol = SkabProtocol(), carve
         z = standardised(frame[list(SENSORS)].to_numpy(np.float64), carve.fit_rows)
         anomaly = frame["anomaly"].to_numpy().astype(np.int8)
         startup = sliding(z[: carve.fit_rows], w)
-        touched = np.lib.stride_tricks.sliding_window_view(anomaly[: carve.fit_rows], w).max(axis=1) > 0
+        touched = touching(anomaly[: carve.fit_rows], w)
         parts = []
         for c in range(carve.copies):
             kind = PLANTED[(i + c) % len(PLANTED)]

@@ -58,7 +58,7 @@ def extract_valve(root: Path, cfg: ValveConfig) -> tuple[pd.DataFrame, np.ndarra
             label = anomaly[starts + cfg.window - 1]
             split = np.full(len(starts), part, dtype=object)
             if part == "train":
-                touched = np.lib.stride_tricks.sliding_window_view(anomaly[lo:hi], cfg.window).max(axis=1) > 0
+                touched = skab.touching(anomaly[lo:hi], cfg.window)
                 split[touched] = "validation"
             tables.append(samples_table(key, starts, label, split, path.parent.name))
             inputs.append(sliding(z[:hi], cfg.window, start=lo))
