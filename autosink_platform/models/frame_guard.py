@@ -56,8 +56,8 @@ class FrameGuardConfig:
     # Codes of one session are strongly correlated, so the code covariance is estimated from
     # few independent scenes; shrinking it towards its diagonal keeps unseen sessions ordinary.
     covariance_shrinkage: float = 0.5
-    fit: FitConfig = FitConfig(epochs=15, lr=2e-3, patience=3)
-    finetune: FitConfig = FitConfig(epochs=5, lr=5e-4, patience=2)  # from the champion's weights
+    fit: FitConfig = FitConfig(epochs=15, lr=2e-3, patience=3, channels_last=True)
+    finetune: FitConfig = FitConfig(epochs=5, lr=5e-4, patience=2, channels_last=True)  # from the champion's weights
 
 
 class FrameGuardOutput(NamedTuple):  # field names become the ONNX output names
