@@ -11,7 +11,14 @@ from autosink_platform.home import Home
 from autosink_platform.settings import Settings
 
 DAGSTER_YAML = """\
-# Embedded default: SQLite storage under this folder (Dagster's default), no telemetry.
+# Embedded default: SQLite storage under this folder (Dagster's default), no telemetry. The daemon
+# looks for queued runs every second instead of every 5: a sensor's run starts sooner, and the
+# query is one read of the local run storage.
+run_coordinator:
+  module: dagster.core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
 telemetry:
   enabled: false
 """

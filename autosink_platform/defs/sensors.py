@@ -26,8 +26,9 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
         name=f"{spec.name}_new_sessions",
         job=job,
         # A tick reads only the commits since its cursor, so it can look often: its interval is
-        # part of the time from a device's upload to a model on the fleet.
-        minimum_interval_seconds=10,
+        # part of the time from a device's upload to a model on the fleet. (The daemon evaluates
+        # sensors at most every 5 s, so a shorter interval would change nothing.)
+        minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a partition per newly committed session and requests ingest runs for them.",
     )
@@ -75,7 +76,7 @@ def retrain_sensor(spec: PipelineSpec, job) -> dg.SensorDefinition:
         job=job,
         # Cheap (it reads only materializations since the last dataset build), so it can look
         # often: its interval is part of the time from feedback to a device.
-        minimum_interval_seconds=10,
+        minimum_interval_seconds=5,
         default_status=dg.DefaultSensorStatus.RUNNING if threshold else dg.DefaultSensorStatus.STOPPED,
         description=f"Rebuilds the dataset and retrains once {threshold} new labeled frames have accumulated.",
     )
