@@ -9,8 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
-from autosink_platform.settings import Settings
+# `make test` runs the test files on two pytest-xdist workers (pyproject's addopts). Each worker,
+# and every process it starts (the demo's CLI, the daemon's runs), gets one torch thread, so two
+# trainings at once share the two cores instead of four threads contending for them. Set before
+# anything imports torch; a run without xdist keeps torch's default.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake  # noqa: E402
+from autosink_platform.settings import Settings  # noqa: E402
 
 # 9 sessions x 120 frames: the smallest lake whose session-level splits are all non-empty
 # (6 train / 2 validation / 1 test under the default SplitConfig).
@@ -73,8 +80,24 @@ def fleet_api(home: Path):
         thread.join(timeout=10)
 
 
+def pytest_collection_modifyitems(config, items):
+    """The longest work first, so neither xdist worker is left with it at the end: the demo's
+    file (its module fixture runs the whole demo), then the files with other slow tests or with
+    services to start, then the rest. The sort is stable, so tests keep their order within a file; the workers take the
+    files in this order (``--no-loadscope-reorder`` in pyproject's addopts)."""
+
+    def rank(item) -> int:
+        if item.path.name == "test_demo.py":
+            return 0
+        return 1 if item.get_closest_marker("slow") or item.get_closest_marker("services") else 2
+
+    items.sort(key=rank)
+
+
 def pytest_report_header(config):
-    return f"torch threads: {os.cpu_count()} cpus"
+    workers = getattr(config.option, "numprocesses", None)
+    threads = "1 (xdist worker)" if workers else os.environ.get("OMP_NUM_THREADS", "torch's default")
+    return f"{os.cpu_count()} cpus; xdist workers: {workers or 'none'}; torch threads per process: {threads}"
 
 
 @pytest.fixture
