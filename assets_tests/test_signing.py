@@ -34,8 +34,15 @@ def test_workers_creating_the_default_key_at_once_all_get_the_same_whole_key(tmp
     path = tmp_path / "cfg" / "signing.pem"
     with multiprocessing.Manager() as manager:
         barrier = manager.Barrier(8)
-        with multiprocessing.get_context("spawn").Pool(8) as pool:
+        # close + join, not the context manager's terminate: a terminated worker can be left
+        # waiting on the task queue's lock, and the test then hung in Pool.__exit__ (seen under
+        # pytest-xdist).
+        pool = multiprocessing.get_context("spawn").Pool(8)
+        try:
             keys = pool.map(_ensure_and_read, [(path, barrier)] * 8)
+        finally:
+            pool.close()
+            pool.join()
     assert len(set(keys)) == 1 and keys[0] == path.read_bytes()
     assert load_private_key(path).public_key() == load_public_key(path.with_suffix(".pub"))
     assert stat.S_IMODE(path.stat().st_mode) == 0o600

@@ -211,11 +211,20 @@ def test_the_dagster_ui_clicked_as_a_person_does(dagster_ui, browser):
     assert status() == "RUNNING"  # on from the start
     browser.get(f"{ui.url}/locations/{LOCATION}/sensors/{sensor}")
     _shows(browser, "Adds a partition per newly committed session")
+
+    def switch_showing(on: bool):
+        # The page's switch, once it shows the sensor's current state and takes a click: it is
+        # disabled while a change is in flight, and a click before the page re-renders is lost.
+        def find(d):
+            found = d.find_elements(By.CSS_SELECTOR, "input[type=checkbox]")
+            return found[0] if found and found[0].is_enabled() and found[0].is_selected() == on else None
+
+        return find
+
     for expected in ("STOPPED", "RUNNING"):
-        switch = _wait(
-            browser, "the sensor's switch", lambda d: d.find_elements(By.CSS_SELECTOR, "input[type=checkbox]")
-        )
-        browser.execute_script("arguments[0].click();", switch[0])
+        showing = expected == "STOPPED"  # switched off from on, then on from off
+        switch = _wait(browser, f"the sensor's switch showing {'on' if showing else 'off'}", switch_showing(showing))
+        browser.execute_script("arguments[0].click();", switch)
         _wait(browser, f"the sensor {expected}", lambda d, e=expected: status() == e, 60, 1)
     _screenshot(browser, "dagster-sensor.png")
 
