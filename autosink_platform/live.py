@@ -1,8 +1,11 @@
 """The platform running unattended, as a deployment runs it, on one home:
 
-- the Dagster daemon (``dagster-daemon run -w workspace.yaml``, what ``make dev`` starts beside
-  the webserver): the new-session, retrain, review and champion sensors and declarative
-  automation, each launching runs in their own processes;
+- the code location as a gRPC server (``dagster code-server start``, as ``make dev`` and the
+  compose file serve it), loaded once: a daemon given ``workspace.yaml`` itself would start its
+  own and replace it every minute, loading the code location again each time;
+- the Dagster daemon (``dagster-daemon run`` on a workspace pointing at that server): the
+  new-session, retrain, review and champion sensors and declarative automation, each launching
+  runs in their own processes;
 - the fleet API (``autosink fleet serve``): uploads, heartbeats and the release channel;
 - devices: a token each (``autosink fleet add-device``), sessions uploaded over HTTP, and the
   device client (``autosink_pi``) syncing from the channel and reporting its version.
@@ -27,6 +30,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from autosink_platform.fleet.uploads import pack_session
 from autosink_platform.home import PROJECT_ROOT, Home
 
@@ -48,12 +53,13 @@ class ServiceFailed(RuntimeError):
 
 
 class Services:
-    """The daemon and the fleet API as subprocesses on ``home`` (environment: this process's,
-    which must already point at the home, its Dagster instance and its MLflow registry)."""
+    """The code server, the daemon and the fleet API as subprocesses on ``home`` (environment:
+    this process's, which must already point at the home, its Dagster instance and its MLflow
+    registry)."""
 
     def __init__(self, home: Home, log_dir: Path):
         self.home, self.log_dir = home, Path(log_dir)
-        self.port = free_port()
+        self.port, self.code_port = free_port(), free_port()
         self.api = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
 
@@ -69,24 +75,43 @@ class Services:
 
     def __enter__(self) -> Services:
         bin_dir = Path(sys.executable).parent
-        self._start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(WORKSPACE)])
+        location = yaml.safe_load(WORKSPACE.read_text())["load_from"][0]["python_module"]
+        self._start(
+            "code-server",
+            [str(bin_dir / "dagster"), "code-server", "start", "-m", location["module_name"]]
+            + ["--location-name", location["location_name"], "-h", "127.0.0.1", "-p", str(self.code_port)],
+        )
         self._start(
             "fleet-api",
             [str(bin_dir / "autosink"), "fleet", "serve", "--home", str(self.home.root), "--port", str(self.port)],
         )
-        deadline = time.monotonic() + 120
+        # The server listens once the code is loaded; a daemon started before would find the
+        # location in error until its next workspace refresh, a minute later.
+        self._wait("code-server", lambda: socket.create_connection(("127.0.0.1", self.code_port), timeout=2).close())
+        workspace = self.log_dir / "workspace.yaml"
+        server = {"host": "127.0.0.1", "port": self.code_port, "location_name": location["location_name"]}
+        workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": server}]}))
+        self._start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)])
+
+        def health():
+            with urllib.request.urlopen(f"{self.api}/v1/health", timeout=2) as r:
+                if r.status != 200:
+                    raise ConnectionError(r.status)
+
+        self._wait("fleet-api", health)
+        return self
+
+    def _wait(self, name: str, answers, seconds: float = 120) -> None:
+        deadline = time.monotonic() + seconds
         while True:
             try:
-                with urllib.request.urlopen(f"{self.api}/v1/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError):
+                return answers()
+            except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             self.check()
             if time.monotonic() > deadline:
-                raise ServiceFailed(f"the fleet API did not answer in 120 s:\n{self.log('fleet-api')}")
+                raise ServiceFailed(f"{name} did not answer in {seconds:.0f} s:\n{self.log(name)}")
             time.sleep(0.3)
-        return self
 
     def check(self) -> None:
         """Raise if a service has exited."""
