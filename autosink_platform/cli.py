@@ -1,5 +1,6 @@
 """The ``autosink`` command."""
 
+import contextlib
 import json
 import os
 import time
@@ -104,6 +105,18 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
     day of feedback through the running platform to a device."""
     started = time.perf_counter()
     settings = _configure(home)
+    with contextlib.ExitStack() as stack:
+        services = None
+        if second_act:  # its code server loads on the other core while the first act starts
+            from autosink_platform.live import Services
+
+            services = Services(settings.home, settings.home.root / "logs").serve_code()
+            stack.callback(services.stop)
+        _demo_acts(settings, _lake_config(devices, sessions, frames, seed), services, started)
+
+
+def _demo_acts(settings, lake_cfg, services, started) -> None:
+    """``services``: the second act's, code server loading; None: no second act."""
     h, resources = settings.home, settings.resources()
     import dagster as dg
 
@@ -114,8 +127,11 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
     from autosink_platform.pipelines.sink import SINK, truth_report
     from autosink_platform.validation.cases import weakest
 
-    lake, lake_cfg = resources["lake"].get(), _lake_config(devices, sessions, frames, seed)
+    lake = resources["lake"].get()
     fresh = not lake.committed_sessions()
+    second_act = services is not None
+    if second_act and not fresh:
+        services.stop()
     if fresh:
         generate_demo_lake(lake.root, lake_cfg)
     with dg.DagsterInstance.get() as instance:
@@ -183,7 +199,7 @@ def demo(home, devices, sessions, frames, seed, second_act) -> None:
 
         click.echo(f"\nfirst act           {time.perf_counter() - started:.1f} s\n")
         with dg.DagsterInstance.get() as instance:
-            report, device = demo_day.run_day(settings, lake_cfg, instance)
+            report, device = demo_day.run_day(settings, lake_cfg, instance, services=services)
         click.echo(demo_day.summary(settings, report, device))
     click.echo(f"\nMLflow              {registry.tracking_uri}")
     click.echo(f"Dagster             DAGSTER_HOME={os.environ['DAGSTER_HOME']}  (make dev shows these runs)")

@@ -43,8 +43,11 @@ def day_config(first: DemoLakeConfig) -> DemoLakeConfig:
     )
 
 
-def run_day(settings: Settings, first: DemoLakeConfig, instance, progress: bool = True) -> tuple[LoopReport, Device]:
-    """Generate the day on the devices (outside the lake), then run the live loop on it."""
+def run_day(
+    settings: Settings, first: DemoLakeConfig, instance, progress: bool = True, services: Services | None = None
+) -> tuple[LoopReport, Device]:
+    """Generate the day on the devices (outside the lake), then run the live loop on it;
+    ``services``: started here unless given (its code server may already be loading)."""
     home, resources = settings.home, settings.resources()
     lake = resources["lake"].get().root
     outbox = home.root / "demo_outbox"  # what the Pis recorded and have not uploaded yet
@@ -55,7 +58,7 @@ def run_day(settings: Settings, first: DemoLakeConfig, instance, progress: bool 
     for f in (outbox / TRUTH_DIR).glob("*.csv"):
         (lake / TRUTH_DIR / f.name).write_bytes(f.read_bytes())
 
-    with Services(home, home.root / "logs") as services:
+    with services or Services(home, home.root / "logs") as services:
         devices = provision_fleet(home, services.api, folders, resources["fleet"].get())
         watched = devices[sorted(devices)[RENOVATED_FROM]]  # a Pi over one of the new sinks
         watched.sync()  # on the first release before the day starts

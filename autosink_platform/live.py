@@ -36,6 +36,8 @@ from autosink_platform.fleet.uploads import pack_session
 from autosink_platform.home import PROJECT_ROOT, Home
 
 WORKSPACE = PROJECT_ROOT / "workspace.yaml"
+LOCATION = yaml.safe_load(WORKSPACE.read_text())["load_from"][0]["python_module"]  # module_name, location_name
+BIN = Path(sys.executable).parent
 
 
 def free_port() -> int:
@@ -73,25 +75,30 @@ class Services:
         path = self.log_dir / f"{name}.log"
         return path.read_text(errors="replace")[-tail:] if path.exists() else ""
 
+    def serve_code(self) -> Services:
+        """Start the code server alone: it loads the code location while the caller goes on
+        (the demo trains its first release meanwhile); entering starts the rest."""
+        if "code-server" not in self.procs:
+            self._start(
+                "code-server",
+                [str(BIN / "dagster"), "code-server", "start", "-m", LOCATION["module_name"]]
+                + ["--location-name", LOCATION["location_name"], "-h", "127.0.0.1", "-p", str(self.code_port)],
+            )
+        return self
+
     def __enter__(self) -> Services:
-        bin_dir = Path(sys.executable).parent
-        location = yaml.safe_load(WORKSPACE.read_text())["load_from"][0]["python_module"]
-        self._start(
-            "code-server",
-            [str(bin_dir / "dagster"), "code-server", "start", "-m", location["module_name"]]
-            + ["--location-name", location["location_name"], "-h", "127.0.0.1", "-p", str(self.code_port)],
-        )
+        self.serve_code()
         self._start(
             "fleet-api",
-            [str(bin_dir / "autosink"), "fleet", "serve", "--home", str(self.home.root), "--port", str(self.port)],
+            [str(BIN / "autosink"), "fleet", "serve", "--home", str(self.home.root), "--port", str(self.port)],
         )
         # The server listens once the code is loaded; a daemon started before would find the
         # location in error until its next workspace refresh, a minute later.
         self._wait("code-server", lambda: socket.create_connection(("127.0.0.1", self.code_port), timeout=2).close())
         workspace = self.log_dir / "workspace.yaml"
-        server = {"host": "127.0.0.1", "port": self.code_port, "location_name": location["location_name"]}
+        server = {"host": "127.0.0.1", "port": self.code_port, "location_name": LOCATION["location_name"]}
         workspace.write_text(yaml.safe_dump({"load_from": [{"grpc_server": server}]}))
-        self._start("dagster-daemon", [str(bin_dir / "dagster-daemon"), "run", "-w", str(workspace)])
+        self._start("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", str(workspace)])
 
         def health():
             with urllib.request.urlopen(f"{self.api}/v1/health", timeout=2) as r:
@@ -120,6 +127,10 @@ class Services:
                 raise ServiceFailed(f"{name} exited with {proc.returncode}:\n{self.log(name)}")
 
     def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop every service started (also those of a ``serve_code`` never entered)."""
         for proc in self.procs.values():
             proc.terminate()
         for proc in self.procs.values():
