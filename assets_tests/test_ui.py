@@ -1,4 +1,4 @@
-"""The Dagster UI as its users drive it: ``dagster-webserver`` and ``dagster-daemon`` on a
+"""The Dagster UI as its users drive it: ``dagster dev`` (what ``make dev`` runs) on a
 temporary home, clicked in headless Chromium (screenshots kept in test-artifacts/); GraphQL,
 the API the UI itself uses, only confirms what the clicks did."""
 
@@ -55,7 +55,8 @@ class Dagster:
 
 @pytest.fixture
 def dagster_ui(tmp_path):
-    """Webserver and daemon as ``make dev`` runs them, on a temporary home with an empty lake."""
+    """``dagster dev`` as ``make dev`` runs it (webserver, daemon, one code server), on a
+    temporary home with an empty lake."""
     home = tmp_path / "home"
     (home / "lake").mkdir(parents=True)
     dagster_home = home / "dagster"
@@ -72,35 +73,24 @@ def dagster_ui(tmp_path):
     env.pop("AUTOSINK_EXECUTOR", None)
     port = free_port()
     bin_dir = Path(sys.executable).parent
-    workspace = str(REPO / "workspace.yaml")
-    logs = {name: (tmp_path / f"{name}.log").open("w") for name in ("webserver", "daemon")}
-    procs = [
-        subprocess.Popen(
-            [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace],
-            env=env,
-            cwd=REPO,
-            stdout=logs["webserver"],
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [str(bin_dir / "dagster-daemon"), "run", "-w", workspace],
-            env=env,
-            cwd=REPO,
-            stdout=logs["daemon"],
-            stderr=subprocess.STDOUT,
-        ),
-    ]
+    # What `make dev` runs: one code server, which the webserver and the daemon both query.
+    log = (tmp_path / "dagster-dev.log").open("w")
+    dev = subprocess.Popen(
+        [str(bin_dir / "dagster"), "dev", "-w", str(REPO / "workspace.yaml"), "-h", "127.0.0.1", "-p", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
-    wait_for_http(f"{url}/server_info", procs[0], tmp_path / "webserver.log", timeout=180)
+    wait_for_http(f"{url}/server_info", dev, tmp_path / "dagster-dev.log", timeout=180)
     try:
         yield Dagster(url), home
     finally:
-        stop(procs)
-        for log in logs.values():
-            log.close()
+        stop([dev])
+        log.close()
         (ARTIFACTS).mkdir(exist_ok=True)
-        for name in ("webserver", "daemon"):
-            shutil.copy(tmp_path / f"{name}.log", ARTIFACTS / f"dagster-{name}.log")
+        shutil.copy(tmp_path / "dagster-dev.log", ARTIFACTS / "dagster-dev.log")
 
 
 SENSOR_STATUS = """
