@@ -483,10 +483,10 @@ def fleet_serve(home, host, port, max_archive_mb, max_files, max_unpacked_mb, up
 
     from autosink_platform.fleet.api import create_app
     from autosink_platform.fleet.uploads import UploadLimits
-    from autosink_platform.pipelines.sink import SINK
+    from autosink_platform.lake.sessions import SINK_FRAME_SIZE
 
     limits = UploadLimits.for_frames(
-        *SINK.source.frame_size,
+        *SINK_FRAME_SIZE,
         max_archive_bytes=max_archive_mb * 2**20,
         max_files=max_files,
         max_unpacked_bytes=max_unpacked_mb * 2**20,

@@ -1,14 +1,18 @@
 """Every external system is a resource, configured at the edge: ``settings`` builds them from
 the environment (``definitions.py`` with ``dg.EnvVar``, so the UI shows where each value comes
 from; the command line with the values). An empty field means the embedded default under the
-home; nothing here reads the environment."""
+home; nothing here reads the environment. The model stack (torch, MLflow) is imported when a
+resource uses it, not with this module: the fleet API and the command line build the stores'
+resources without it."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import pickle
+from functools import cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import numpy as np
@@ -16,18 +20,17 @@ import pandas as pd
 
 from autosink_platform.files import location, put_bytes, use_s3_endpoint
 from autosink_platform.home import EMBEDDED_MLFLOW_URI, default_mlflow_artifact_root, resolve_home
-from autosink_platform.labeling.protocol import LabeledSamples
 from autosink_platform.lake.public import default_datasets_root
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
-from autosink_platform.pipelines.lifecycle import TrainedModel
-from autosink_platform.registry.mlflow_registry import Registry
-from autosink_platform.registry.promotion import AuditLog
-from autosink_platform.registry.releases import Release
 from autosink_platform.release.channel import FleetChannel
 from autosink_platform.release.signing import DEFAULT_KEY, ensure_keypair, load_private_key, root_key_path
 from autosink_platform.thresholds import OperatingPoint
 from autosink_platform.validation.dataset import DatasetRef
+
+if TYPE_CHECKING:
+    from autosink_platform.registry.mlflow_registry import Registry
+    from autosink_platform.registry.promotion import AuditLog
 
 
 class _Stored(dg.ConfigurableResource):
@@ -84,6 +87,8 @@ class FleetChannelResource(_Stored):
     audit_log: str = ""  # promotions and rollbacks (default: <home>/audit/promotions.jsonl)
 
     def audit(self) -> AuditLog:
+        from autosink_platform.registry.promotion import AuditLog
+
         return AuditLog(self.audit_log or resolve_home(self.home).root / "audit" / "promotions.jsonl")
 
     def heartbeats(self) -> Path:
@@ -117,6 +122,8 @@ class MlflowResource(dg.ConfigurableResource):
     artifact_root: str = ""  # where new experiments keep artifacts; empty = the server's default
 
     def get(self) -> Registry:
+        from autosink_platform.registry.mlflow_registry import Registry
+
         uri = self.tracking_uri or EMBEDDED_MLFLOW_URI
         return Registry(uri, self.artifact_root or default_mlflow_artifact_root(uri))
 
@@ -148,17 +155,19 @@ def _restore(value):
 
 
 def dump_ref(obj) -> bytes:
-    """``{"kind": ..., "value": ...}``: the kind is a stable name from ``REF_KINDS`` and the value
+    """``{"kind": ..., "value": ...}``: the kind is a stable name from ``ref_kinds()`` and the value
     the dataclass's fields, so a stored run never depends on where a class is defined."""
     if dataclasses.is_dataclass(obj):
-        kind = next((k for k, cls in REF_KINDS.items() if type(obj) is cls), None)
+        kind = next((k for k, cls in ref_kinds().items() if type(obj) is cls), None)
         if kind is None:
-            raise TypeError(f"{type(obj).__name__} has no stable name in REF_KINDS: add one to store it")
+            raise TypeError(f"{type(obj).__name__} has no stable name in ref_kinds(): add one to store it")
         value = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
     elif isinstance(obj, dict):
         kind, value = "json", obj
     else:
-        raise TypeError(f"a stage handed on a {type(obj).__name__}: only dataclasses in REF_KINDS and dicts are stored")
+        raise TypeError(
+            f"a stage handed on a {type(obj).__name__}: only dataclasses in ref_kinds() and dicts are stored"
+        )
     return json.dumps({"kind": kind, "value": value}, default=_plain, indent=1).encode()
 
 
@@ -167,9 +176,9 @@ def load_ref(data: bytes, where: str = "reference"):
     kind, value = stored["kind"], stored["value"]
     if kind == "json":
         return value
-    if kind not in REF_KINDS:
-        raise ValueError(f"{where}: unknown reference kind {kind!r} (known: {sorted(REF_KINDS)})")
-    return REF_KINDS[kind](**{k: _restore(v) for k, v in value.items()})
+    if kind not in (kinds := ref_kinds()):
+        raise ValueError(f"{where}: unknown reference kind {kind!r} (known: {sorted(kinds)})")
+    return kinds[kind](**{k: _restore(v) for k, v in value.items()})
 
 
 class RefIOManager(dg.ConfigurableIOManager):
@@ -200,13 +209,19 @@ class RefIOManager(dg.ConfigurableIOManager):
         )
 
 
-# Stable names of what stages hand each other (never rename one: stored runs refer to it).
-REF_KINDS: dict[str, type] = {
-    "dataset": DatasetRef,
-    "reference_dataset": DatasetRef,  # a sample set's, before there was one snapshot reference
-    "labeled_samples": LabeledSamples,
-    "trained_model": TrainedModel,
-    "trained_detector": TrainedModel,  # detectors' before the lifecycles were one (same fields, fewer)
-    "operating_point": OperatingPoint,
-    "release": Release,
-}
+@cache
+def ref_kinds() -> dict[str, type]:
+    """Stable names of what stages hand each other (never rename one: stored runs refer to it)."""
+    from autosink_platform.labeling.protocol import LabeledSamples
+    from autosink_platform.pipelines.lifecycle import TrainedModel
+    from autosink_platform.registry.releases import Release
+
+    return {
+        "dataset": DatasetRef,
+        "reference_dataset": DatasetRef,  # a sample set's, before there was one snapshot reference
+        "labeled_samples": LabeledSamples,
+        "trained_model": TrainedModel,
+        "trained_detector": TrainedModel,  # detectors' before the lifecycles were one (same fields, fewer)
+        "operating_point": OperatingPoint,
+        "release": Release,
+    }

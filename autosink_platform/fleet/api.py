@@ -65,9 +65,9 @@ def create_app(
     release stage published, on an object store as in a folder. A channel on an object store is
     not served here: devices pull it from the bucket. ``limits`` default to the review
     pipeline's frame geometry (``UploadLimits.for_frames``)."""
-    from autosink_platform.pipelines.catalog import PIPELINES
-
     if limits is None:
+        from autosink_platform.pipelines.catalog import PIPELINES  # the model stack: only when asked
+
         limits = UploadLimits.for_frames(*PIPELINES[review_pipeline].source.frame_size)
     rate = RateLimiter(limits.burst, limits.per_minute)
     app = FastAPI(title="autosink fleet API", version="1")

@@ -49,6 +49,7 @@ REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
 MAX_FRAMES = 100_000
 MIN_SIDE, MAX_SIDE = 16, 4096
 EARLIEST = datetime(2020, 1, 1, tzinfo=UTC)  # before the fleet existed: a Pi with an unset clock
+SINK_FRAME_SIZE = (64, 64)  # (width, height) of the sink cameras: the sink spec's and the fleet API's
 FRAME_COUNT_TOLERANCE = 0.1  # frames vs (ended_at - started_at) x fps; a Pi drops a few frames
 
 

@@ -12,7 +12,7 @@ from autosink_platform.files import put_bytes
 from autosink_platform.labeling.propagation import LabelingConfig, propagate_labels
 from autosink_platform.labeling.review import ReviewLog, apply_reviews, review_queue
 from autosink_platform.lake.demo import read_truth
-from autosink_platform.lake.sessions import Lake, Session, SessionFormatError, read_session
+from autosink_platform.lake.sessions import SINK_FRAME_SIZE, Lake, Session, SessionFormatError, read_session
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
 from autosink_platform.models.contract import NetModel, OperatingData, ScoreFn
@@ -201,7 +201,7 @@ SINK = PipelineSpec(
     review_model="classifier",
     description="Kitchen-sink cameras: should the faucet valve be open?",
     source=Sessions(
-        frame_size=(64, 64),
+        frame_size=SINK_FRAME_SIZE,
         # New sessions are checked against the champion classifier, on the frames its frame
         # guard finds familiar.
         gates=SessionGates(decider="classifier", familiarity=("frame_guard", "novelty")),
