@@ -61,7 +61,8 @@ class Services:
 
     def __init__(self, home: Home, log_dir: Path):
         self.home, self.log_dir = home, Path(log_dir)
-        self.port, self.code_port = free_port(), free_port()
+        self.port = free_port()
+        self.code_port = next(p for p in iter(free_port, None) if p != self.port)  # two free ports, not one twice
         self.api = f"http://127.0.0.1:{self.port}"
         self.procs: dict[str, subprocess.Popen] = {}
 
