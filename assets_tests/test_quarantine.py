@@ -3,7 +3,9 @@ raw bytes stay as they were, and the good session in the same lake goes through.
 
 import json
 import shutil
+from datetime import UTC, datetime
 from pathlib import Path
+from unittest import mock
 
 import dagster as dg
 import pytest
@@ -11,6 +13,7 @@ from click.testing import CliRunner
 
 from autosink_platform.cli import main
 from autosink_platform.definitions import defs
+from autosink_platform.defs import sensors
 from autosink_platform.defs.runner import QUIET, register_sessions
 from autosink_platform.lake.sessions import Lake, content_hash
 from autosink_platform.lake.store import FeatureStore
@@ -129,11 +132,14 @@ def test_an_operator_quarantines_and_releases_by_hand_and_both_are_audited(corpu
         from autosink_platform.defs.resources import LakeResource
 
         sensor = defs.resolve_sensor_def("sink_new_sessions")
-        tick = lambda cursor: sensor(  # noqa: E731
-            dg.build_sensor_context(
+
+        def tick(cursor):  # once the release has settled on the sensor's clock
+            context = dg.build_sensor_context(
                 instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(corpus_lake.root))}
             )
-        )
+            with mock.patch.object(sensors, "_now", lambda: datetime.now(UTC) + sensors.SETTLE_MAX):
+                return sensor(context)
+
         register_sessions(instance, SINK, corpus_lake)
         cursor = tick(None).cursor
         released = runner.invoke(main, ["lake", "release", "covered-lens", "--reason", "lens cap test", "--home", home])

@@ -2,13 +2,23 @@
 
 import shutil
 from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import dagster as dg
 import pytest
 
 from autosink_platform.definitions import defs
+from autosink_platform.defs import sensors
 from autosink_platform.defs.resources import LakeResource
-from autosink_platform.defs.sensors import INGEST_BATCH, RANGE_END, RANGE_START, partition_range_request
+from autosink_platform.defs.sensors import (
+    INGEST_BATCH,
+    RANGE_END,
+    RANGE_START,
+    SETTLE,
+    SETTLE_MAX,
+    partition_range_request,
+    settling,
+)
 from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.pipelines.sink import SINK
@@ -23,12 +33,17 @@ def instance(tmp_path):
         yield inst
 
 
-def _tick(instance, lake_root, cursor=None) -> dg.SensorResult:
+def _tick(instance, lake_root, cursor=None, after: timedelta = SETTLE_MAX) -> dg.SensorResult | dg.SkipReason:
+    """One evaluation, ``after`` the present on the sensor's clock (by default late enough that
+    every commit so far has settled)."""
     sensor = defs.resolve_sensor_def("sink_new_sessions")
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"lake": LakeResource(root=str(lake_root))}
     )
-    result = sensor(context)
+    with mock.patch.object(sensors, "_now", lambda: datetime.now(UTC) + after):
+        result = sensor(context)
+    if isinstance(result, dg.SkipReason):
+        return result
     # What the daemon does with a SensorResult: apply the partition additions.
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
@@ -77,6 +92,47 @@ def test_new_sessions_become_partitions_and_runs_exactly_once(instance, tiny_lak
     (new,) = set(Lake(tiny_lake).committed_sessions()) - set(sessions)
     assert [r.partition_key for r in third.run_requests] == [new]
     assert int(third.cursor) > int(first.cursor)
+
+
+def _upload(lake_root, seed: int, sessions: int = 1) -> None:
+    day = f"2026-11-{21 + seed % 9:02d}T08:00:00+00:00"
+    cfg = DemoLakeConfig(devices=1, sessions_per_device=sessions, frames_per_session=30, seed=seed, start=day)
+    generate_demo_lake(lake_root, cfg, progress=False)
+
+
+def test_a_burst_of_uploads_waits_to_settle_and_goes_into_one_run(instance, tiny_lake):
+    settled = _tick(instance, tiny_lake)
+    _upload(tiny_lake, seed=3, sessions=2)
+    # A tick in the middle of the burst: nothing is added or requested, and the cursor stays.
+    early = _tick(instance, tiny_lake, settled.cursor, after=timedelta(0))
+    assert isinstance(early, dg.SkipReason) and "settle" in early.skip_message, early
+    before = set(instance.get_dynamic_partitions(PARTITIONS))
+    _upload(tiny_lake, seed=4)
+    # Quiet for SETTLE: the whole burst is one run.
+    late = _tick(instance, tiny_lake, settled.cursor, after=SETTLE)
+    (request,) = late.run_requests
+    burst = set(instance.get_dynamic_partitions(PARTITIONS)) - before
+    assert len(burst) == 3 and set(_partitions_of(instance, request)) == burst
+
+
+def test_settling_never_holds_a_stream_or_a_full_batch_back():
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+
+    def entries(*ages: float) -> list[dict]:
+        return [
+            {"session_id": f"s{i}", "committed_at": (now - timedelta(seconds=a)).isoformat()}
+            for i, a in enumerate(ages)
+        ]
+
+    assert settling(entries(1.0), now) is not None  # one upload a second ago: wait a tick
+    assert settling(entries(SETTLE.total_seconds()), now) is None  # quiet long enough
+    # Uploads every second for longer than SETTLE_MAX: the log is never quiet, but it goes.
+    stream = entries(*range(int(SETTLE_MAX.total_seconds()) + 1))
+    assert settling(stream, now) is None
+    assert settling(entries(*[0.5] * INGEST_BATCH), now) is None  # a full batch goes at once
+    assert settling([{"session_id": "old"}], now) is None  # logged before commits carried a time
+    assert settling(entries(-60.0), now) is None  # a clock behind the uploader's does not stall it
+    assert settling([], now) is None
 
 
 def test_reindexed_and_duplicate_log_lines_do_not_duplicate(instance, tiny_lake):

@@ -44,6 +44,7 @@ def run(n: int, repeats: int, workdir: Path) -> dict:
     from autosink_platform.definitions import defs
     from autosink_platform.defs.resources import LakeResource
     from autosink_platform.defs.runner import QUIET
+    from autosink_platform.defs.sensors import SETTLE
     from autosink_platform.lake.demo import DemoLakeConfig, generate_demo_lake
     from autosink_platform.lake.sessions import Lake
     from autosink_platform.lake.store import FeatureStore
@@ -74,6 +75,7 @@ def run(n: int, repeats: int, workdir: Path) -> dict:
                 ),
                 progress=False,
             )
+            time.sleep(SETTLE.total_seconds())  # the daemon's tick that requests it comes once the upload settled
             t0 = time.perf_counter()
             result = sensor(
                 dg.build_sensor_context(

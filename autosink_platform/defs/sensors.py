@@ -1,6 +1,8 @@
 """Sensors: new sessions in the lake start their ingest runs, and enough newly labeled frames
 start a retrain; a daily schedule keeps the fleet channel's pointers from lapsing."""
 
+from datetime import UTC, datetime, timedelta
+
 import dagster as dg
 
 from autosink_platform.defs.resources import FeatureStoreResource, FleetChannelResource, LakeResource, MlflowResource
@@ -12,6 +14,29 @@ from autosink_platform.registry.mlflow_registry import CHAMPION
 # per run instead of per session, and a backlog still shows its progress run by run.
 INGEST_BATCH = 32
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+# Devices upload in bursts (a fleet's timers, a Pi back online). A tick that lands inside one
+# waits until the log has been quiet for SETTLE, so the burst goes into one run instead of two,
+# but never longer than SETTLE_MAX after the oldest waiting commit: a steady stream of uploads
+# is not held back.
+SETTLE, SETTLE_MAX = timedelta(seconds=3), timedelta(seconds=30)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def settling(entries: list[dict], now: datetime) -> str | None:
+    """Why a tick should wait for more of a burst of commit-log ``entries``, or None. Entries
+    without a time (logged before commits carried one) and a full batch never wait."""
+    stamps = [datetime.fromisoformat(e[k]) for e in entries for k in ("committed_at", "released_at") if k in e]
+    if not stamps or len(entries) >= INGEST_BATCH:
+        return None
+    quiet, waiting = now - max(stamps), now - min(stamps)
+    if timedelta(0) <= quiet < SETTLE and waiting < SETTLE_MAX:
+        return (
+            f"{len(entries)} new commit(s), the last {quiet.total_seconds():.1f} s ago: waiting for the burst to settle"
+        )
+    return None
 
 
 def partition_range_request(keys: list[str]) -> dg.RunRequest:
@@ -32,10 +57,12 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Adds a partition per newly committed session and requests ingest runs for them.",
     )
-    def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    def sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult | dg.SkipReason:
         # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
         # only what was committed since the last one, however large the lake grows.
         entries, cursor = lake.get().read_log(context.cursor)
+        if wait := settling(entries, _now()):
+            return dg.SkipReason(wait)  # the cursor stays: the next tick reads these entries again
         new: list[str] = []
         released: list[dg.RunRequest] = []
         for entry in entries:

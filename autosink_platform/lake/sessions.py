@@ -438,7 +438,9 @@ class Lake:
     def _log_commit(self, session_id: str, path) -> None:
         relative = path.relative_to(self.root).as_posix()
         put_text(self.root / "_index" / "sessions" / session_id, relative)
-        AppendLog(self.commit_log).append({"session_id": session_id, "path": relative})
+        AppendLog(self.commit_log).append(
+            {"session_id": session_id, "path": relative, "committed_at": datetime.now(UTC).isoformat()}
+        )
 
     def read_commits(self, cursor: str | int | None = None) -> tuple[list[tuple[str, Path]], str]:
         """Commits logged after ``cursor`` (from the previous call; None for all):
