@@ -1,4 +1,6 @@
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -12,6 +14,16 @@ from autosink_platform.settings import VARIABLES, Settings
 STAGES = ["raw_sessions", "labeled_frames", "validated_dataset"] + [
     f"{m}_{s}" for m in ("classifier", "frame_guard") for s in ("model", "threshold", "release")
 ]
+
+
+def test_the_code_location_loads_without_the_model_stack():
+    """The code server, every run process and every sensor tick start by importing the code
+    location: torch, MLflow and matplotlib are imported by the steps that train, log or plot,
+    not by the import (they were two thirds of it)."""
+    heavy = ("torch", "mlflow", "matplotlib", "sklearn", "scipy")
+    probe = f"import sys, autosink_platform.definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "[]", out
 
 
 def test_definitions_load_with_every_sink_stage():

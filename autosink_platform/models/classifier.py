@@ -9,7 +9,6 @@ aside read as "open") and failed on sessions they had not seen."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
 from typing import NamedTuple
 
@@ -18,34 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything, to_float_tensor
-
-
-@dataclass(frozen=True)
-class ClassifierConfig:
-    arch: str = "valve_cnn"  # or any torchvision classification model name (global pooling, see above)
-    # valve_cnn: channels of the first block, doubled once, then kept. A glass under the spout
-    # in a bright kitchen is a faint pale ring; narrower networks missed it on some seeds.
-    width: int = 32
-    dropout: float = 0.3  # valve_cnn head: few sessions to learn from, so a strong regulariser
-    image_size: int = 64
-    batch_size: int = 64
-    # Short and annealed to zero, keeping the last weights: the validation loss is measured on
-    # noisy weak labels, and its minimum fell on an early epoch at a high learning rate.
-    fit: FitConfig = FitConfig(epochs=6, lr=2e-3, keep="last", channels_last=True)
-    # A retrain that starts from the champion's weights fine-tunes: a shorter schedule at a lower
-    # rate keeps what the champion knows while the new sessions teach it what it got wrong.
-    finetune: FitConfig = FitConfig(epochs=3, lr=5e-4, keep="last", channels_last=True)
-    # Focal loss (Lin et al., 2017): down-weights the many frames the network already gets right,
-    # so the few hard positives (faint glasses, dishes half under the spout) carry the gradient.
-    focal_gamma: float = 2.0
-    # A fine-tune uses plain (confidence-weighted) cross-entropy instead. Focal loss gives the
-    # frames the champion already gets right almost no gradient, so a fine-tune on a dataset with
-    # a new kind of hard frame (a new sink) spent every step on those and let the old kitchens
-    # drift: the candidate lost its margin on faint positives that the champion kept, and the
-    # promotion policy refused it for the slices it regressed. Cross-entropy keeps the easy old
-    # frames pulling on the weights while the new ones are learned.
-    finetune_focal_gamma: float = 0.0
+from autosink_platform.models.configs import ClassifierConfig
+from autosink_platform.models.training import FitResult, fit, seed_everything, to_float_tensor
 
 
 class ClassifierOutput(NamedTuple):  # field names become the ONNX output names

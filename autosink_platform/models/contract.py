@@ -20,27 +20,29 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, is_dataclass
 from importlib.metadata import version as distribution_version
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import pandas as pd
-import torch
 from autosink_pi.manifest import ImageInput, Input, RowsInput, TensorInput, WindowsInput
 from autosink_pi.runtime import prepare
-from mlflow.models import infer_signature
-from torch import nn
 
-import mlflow
-from autosink_platform.models.detectors import FAMILIES, TorchDetector, build_detector
-from autosink_platform.models.training import FitResult, to_float_tensor, torch_scorer
-from autosink_platform.release.onnx_export import OnnxModel, OnnxScorer, Tolerance, export_onnx
+from autosink_platform.release.onnx_export import OnnxModel, OnnxScorer, Tolerance
 from autosink_platform.thresholds import BestF1, ThresholdPolicy, metrics_at
 from autosink_platform.validation.cases import CaseFloors
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from autosink_platform.models.training import FitResult
+
+# torch and MLflow are imported where a model trains, loads or is logged, never at import: the
+# code location declares its models with this module and starts without either.
 
 ScoreFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # a batch of inputs -> outputs by name
 # What the serving environment needs to load a logged model; listing it skips MLflow's slow
 # requirement inference (it imports the model in a subprocess).
-PIP_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+PIP_REQUIREMENTS = [f"torch=={distribution_version('torch').split('+')[0]}", "numpy"]
 ONNX_PIP_REQUIREMENTS = [f"{dist}=={distribution_version(dist)}" for dist in ("onnx", "onnxruntime")] + ["numpy"]
 
 
@@ -146,17 +148,6 @@ def _example(data: Data, n: int = 4) -> np.ndarray:
 # -- PyTorch networks on camera frames --------------------------------------------------------
 
 
-class _PrimaryOutput(nn.Module):
-    """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
-
-    def __init__(self, module: nn.Module, field: str):
-        super().__init__()
-        self.module, self.field = module, field
-
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return getattr(self.module(frames), self.field)
-
-
 @dataclass(frozen=True)
 class NetModel:
     """A network on uint8 RGB frames (N, H, W, 3) with NamedTuple outputs; ``train`` is its own
@@ -193,9 +184,13 @@ class NetModel:
         return self.train(data, self.config, warm, on_epoch)
 
     def score(self, fitted: nn.Module) -> ScoreFn:
+        from autosink_platform.models.training import torch_scorer
+
         return torch_scorer(fitted)
 
     def save(self, fitted: nn.Module, folder: Path) -> Path:
+        import torch
+
         torch.save(fitted.state_dict(), folder / "state_dict.pt")
         return folder / "state_dict.pt"
 
@@ -205,8 +200,14 @@ class NetModel:
         return module.eval()
 
     def log_model(self, fitted: nn.Module, data, registered_name: str):
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import infer_signature
+
+        from autosink_platform.models.training import PrimaryOutput, to_float_tensor
+
         example = to_float_tensor(_example(data))
-        serving = _PrimaryOutput(fitted, self.decision_output).eval()
+        serving = PrimaryOutput(fitted, self.decision_output).eval()
         with torch.no_grad():
             signature = infer_signature(example.numpy(), serving(example).numpy())
         return mlflow.pytorch.log_model(
@@ -220,6 +221,9 @@ class NetModel:
 
     def release_onnx(self, fitted: nn.Module, example: np.ndarray, folder: Path, registry, run_id: str) -> Path:
         """Exported from the trained network (MLflow keeps it as a PyTorch model)."""
+        from autosink_platform.models.training import to_float_tensor
+        from autosink_platform.release.onnx_export import export_onnx
+
         return export_onnx(fitted, to_float_tensor(example), folder / "model.onnx", list(self.outputs))
 
     def onnx_scorer(self, source) -> ScoreFn:
@@ -302,6 +306,8 @@ class DetectorModel:
         return {"family": self.family, "config": self.config_json()}
 
     def fit(self, data, warm, on_epoch):
+        from autosink_platform.models.detectors import FAMILIES, TorchDetector, build_detector
+
         epochs = {"on_epoch": on_epoch} if issubclass(FAMILIES[self.family], TorchDetector) else {}
         detector = build_detector(self.family, **self.params, **epochs)
         detector.fit(self.prepare(np.asarray(data.inputs[data.mask("train")])))
@@ -313,16 +319,22 @@ class DetectorModel:
         return lambda X: {"score": fitted.decision_function(self.prepare(X))}
 
     def save(self, fitted, folder: Path) -> Path:
+        import torch
+
         torch.save(fitted, folder / "detector.pt")
         return folder / "detector.pt"
 
     def load(self, registry, version):
+        import torch
+
         with tempfile.TemporaryDirectory() as tmp:
             path = registry.download(version.run_id, "detector.pt", tmp)
             return torch.load(path, weights_only=False)  # our own artifact, written by ``save``
 
     def log_model(self, fitted, data, registered_name: str):
+        import mlflow.onnx
         import onnx
+        from mlflow.models import infer_signature
 
         example = self.prepare(_example(data))
         with tempfile.TemporaryDirectory() as tmp:

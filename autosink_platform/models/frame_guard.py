@@ -29,7 +29,6 @@ same on the training sessions as on sessions never seen.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
@@ -37,27 +36,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from autosink_platform.models.training import FitConfig, FitResult, fit, seed_everything, to_float_tensor
+from autosink_platform.models.configs import FrameGuardConfig
+from autosink_platform.models.training import FitResult, fit, seed_everything, to_float_tensor
 
 INPUT_SIZE = 64
 CALIBRATION_QUANTILE = 0.995  # where each term reads 1.0 on ordinary calibration frames
 DARK_CELLS = 8  # of the 32x32 = 1024 cells: the drain alone covers about this many
 EPS = 0.02  # of full scale: keeps ratios finite on black frames and damps sensor noise
-
-
-@dataclass(frozen=True)
-class FrameGuardConfig:
-    width: int = 16  # channels of the first conv; doubled at each downsampling
-    # A global code, not a spatial map: an 8x8 bottleneck copied any smooth image, while 32
-    # numbers hold a sink's layout and objects but not a noise field or a fogged blur.
-    code_dim: int = 32
-    batch_size: int = 64
-    max_shift: int = 3  # pixels; camera mounts move a little between sessions
-    # Codes of one session are strongly correlated, so the code covariance is estimated from
-    # few independent scenes; shrinking it towards its diagonal keeps unseen sessions ordinary.
-    covariance_shrinkage: float = 0.5
-    fit: FitConfig = FitConfig(epochs=15, lr=2e-3, patience=3, channels_last=True)
-    finetune: FitConfig = FitConfig(epochs=5, lr=5e-4, patience=2, channels_last=True)  # from the champion's weights
 
 
 class FrameGuardOutput(NamedTuple):  # field names become the ONNX output names

@@ -13,36 +13,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from autosink_platform.models.configs import FitConfig
 
-@dataclass(frozen=True)
-class FitConfig:
-    epochs: int = 15
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    patience: int = 3  # epochs without a better validation loss before stopping
-    seed: int = 0
-    # "bf16": training steps run under CPU autocast to bfloat16 (weights, optimiser state,
-    # validation and the exported model stay float32). Faster per step on CPUs with native bf16
-    # (AVX512-BF16, AMX; benchmarks/conv_ae_throughput.py measures it); elsewhere correct but
-    # slower, so it is opt-in.
-    precision: str = "fp32"
-    # "best": the weights of the epoch with the lowest validation loss. "last": the weights the
-    # schedule ends with (cosine-annealed to zero), for models whose validation loss is measured
-    # on noisy labels, where its minimum picks an epoch by chance.
-    keep: str = "best"
-    # Train with 2-D convolution weights in channels-last (NHWC) memory: oneDNN's convolutions,
-    # batch norm and pooling run faster in it on CPUs (benchmarks/conv_ae_throughput.py measures
-    # the switch). The same function with other rounding; the model comes back in the default layout.
-    channels_last: bool = False
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {self.precision!r}")
-        if self.keep not in ("best", "last"):
-            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
+DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # by FitConfig.precision
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+class PrimaryOutput(nn.Module):
+    """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
+
+    def __init__(self, module: nn.Module, field: str):
+        super().__init__()
+        self.module, self.field = module, field
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        return getattr(self.module(frames), self.field)
 
 
 @dataclass
@@ -55,7 +39,7 @@ class FitResult:
 
 def autocast_for(cfg: FitConfig) -> torch.autocast:
     """The autocast context a training step runs under (a no-op for fp32)."""
-    dtype = PRECISIONS[cfg.precision]
+    dtype = DTYPES[cfg.precision]
     return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
 

@@ -15,8 +15,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-import mlflow
-from autosink_platform import plots
 from autosink_platform.models.contract import SMOKE_INPUTS, Data, Model, OperatingData, ScoreFn, check_rows
 from autosink_platform.registry import releases
 from autosink_platform.registry.mlflow_registry import CHAMPION, Registry
@@ -68,6 +66,9 @@ def train_model(pipeline, model: Model, data: Data, registry: Registry, dagster_
     """1. reuse the version trained on these inputs, if any; 2. warm-start from the champion
     when the model does and its config is the same; 3. fit, logging each epoch; 4. log the
     trained model with its curves to MLflow as a new version of ``<pipeline>.<model>``."""
+    import mlflow
+    from autosink_platform import plots
+
     name = registered_name(pipeline, model)
     train_key = hashlib.sha256(f"{data.snapshot_id}|{model.cache_key()}".encode()).hexdigest()[:16]
     if (existing := registry.find_version(name, "train_key", train_key)) is not None:
@@ -185,6 +186,8 @@ def choose_threshold(
     """1. score the split the threshold policy is chosen on; 2. choose the operating point;
     3. draw the scores on its scale with the point, and the PR curve where both classes are
     present; 4. log the point, its inputs and figures to the version's run."""
+    from autosink_platform import plots
+
     policy = model.threshold
     d = model.operating_data(data, policy.split, model.score(load_trained(model, trained, registry)))
     rows = data.table.iloc[d.rows]  # a policy may calibrate per session (the rows' source)

@@ -14,10 +14,9 @@ from autosink_platform.labeling.review import ReviewLog, apply_reviews, review_q
 from autosink_platform.lake.demo import read_truth
 from autosink_platform.lake.sessions import SINK_FRAME_SIZE, Lake, Session, SessionFormatError, read_session
 from autosink_platform.lake.store import FeatureStore
-from autosink_platform.models.classifier import ClassifierConfig, ValveClassifier, train_classifier
+from autosink_platform.models.configs import ClassifierConfig, FrameGuardConfig
 from autosink_platform.models.contract import NetModel, OperatingData, ScoreFn
 from autosink_platform.models.corruptions import FAULTS, corrupt
-from autosink_platform.models.frame_guard import FrameGuard, FrameGuardConfig, train_frame_guard
 from autosink_platform.pipelines.spec import PipelineSpec, PromotionPolicy, Sessions
 from autosink_platform.release.onnx_export import OnnxScorer
 from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
@@ -114,7 +113,18 @@ def label_session(store: FeatureStore, session_id: str, cfg: LabelingConfig) -> 
 # -- valve classifier -----------------------------------------------------------------------
 
 
+# The networks are imported where they are built or trained: the spec loads without torch.
+
+
+def _classifier_net(cfg: ClassifierConfig):
+    from autosink_platform.models.classifier import ValveClassifier
+
+    return ValveClassifier(cfg)
+
+
 def _classifier_train(data: LoadedDataset, cfg: ClassifierConfig, warm, on_epoch):
+    from autosink_platform.models.classifier import train_classifier
+
     split = {s: data.mask(s, labeled=True) for s in ("train", "validation")}
     return train_classifier(
         {s: data.inputs[m] for s, m in split.items()},
@@ -142,7 +152,15 @@ def _classifier_evaluate(d: OperatingData, scores: np.ndarray, threshold: float)
 # -- frame guard ----------------------------------------------------------------------------
 
 
+def _guard_net(cfg: FrameGuardConfig):
+    from autosink_platform.models.frame_guard import FrameGuard
+
+    return FrameGuard(cfg.width, cfg.code_dim)
+
+
 def _guard_train(data: LoadedDataset, cfg: FrameGuardConfig, warm, on_epoch):
+    from autosink_platform.models.frame_guard import train_frame_guard
+
     return train_frame_guard({s: data.inputs[data.mask(s)] for s in ("train", "validation")}, cfg, warm, on_epoch)
 
 
@@ -218,7 +236,7 @@ SINK = PipelineSpec(
             name="classifier",
             config=ClassifierConfig(),
             code_version="3",
-            build=ValveClassifier,
+            build=_classifier_net,
             train=_classifier_train,
             operating_data=_classifier_operating_data,
             threshold=BestF1(plateau=True),
@@ -233,7 +251,7 @@ SINK = PipelineSpec(
             name="frame_guard",
             config=FrameGuardConfig(),
             code_version="2",
-            build=lambda cfg: FrameGuard(cfg.width, cfg.code_dim),
+            build=_guard_net,
             train=_guard_train,
             operating_data=_guard_operating_data,
             threshold=TargetFPR(GUARD_TARGET_FPR, centred=True),

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from mlflow.entities.model_registry import ModelVersion
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
 
-import mlflow
-from mlflow import MlflowClient
+# MLflow (and torch, for weights) are imported when a registry is opened or used, not with this
+# module: code that only names an alias (sensors, the fleet API) starts without them.
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -28,6 +28,9 @@ class Registry:
         self.artifact_root = artifact_root
         if tracking_uri.startswith("sqlite:///"):
             Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        import mlflow
+        from mlflow import MlflowClient
+
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -47,6 +50,8 @@ class Registry:
         return max(found, key=lambda v: int(v.version)) if found else None
 
     def alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
+        from mlflow.exceptions import MlflowException
+
         try:
             return self.client.get_model_version_by_alias(model_name, alias)
         except MlflowException as e:
@@ -64,6 +69,9 @@ class Registry:
 
     def load_state_dict(self, version: ModelVersion) -> dict:
         """The weights a version was logged with (``state_dict.pt`` in its run)."""
+        import mlflow.artifacts
+        import torch
+
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(
                 run_id=version.run_id, artifact_path="state_dict.pt", dst_path=tmp, tracking_uri=self.tracking_uri
@@ -71,6 +79,8 @@ class Registry:
             return torch.load(path, map_location="cpu", weights_only=True)
 
     def download(self, run_id: str, artifact_path: str, dst: str | Path) -> Path:
+        import mlflow.artifacts
+
         return Path(
             mlflow.artifacts.download_artifacts(
                 run_id=run_id, artifact_path=artifact_path, dst_path=str(dst), tracking_uri=self.tracking_uri

@@ -15,8 +15,6 @@ import pandas as pd
 from autosink_pi.client import SyncRefused, smoke_test
 from autosink_pi.manifest import Input, ManifestError, parse
 
-import mlflow
-from autosink_platform import plots
 from autosink_platform.registry.mlflow_registry import CHALLENGER, Registry
 from autosink_platform.registry.promotion import AuditLog, PromotionPolicy, promote
 from autosink_platform.release.channel import FleetChannel, sha256_file
@@ -83,6 +81,8 @@ def record_threshold(
 ) -> None:
     """The operating point as the version's ``threshold.json`` (with ``extra`` context), its
     plots, ``val_*`` metrics and the version's ``threshold`` tag."""
+    import mlflow
+
     with mlflow.start_run(run_id=run_id):
         mlflow.log_dict(json.loads(op.to_json()) | extra, "threshold.json")
         for path in figures.values():
@@ -94,6 +94,9 @@ def record_threshold(
 def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, cases: pd.DataFrame) -> None:
     """Log the slice table to the version's run, then refuse the release if a group is below its
     floor (the version is tagged as failed; nothing is published)."""
+    import mlflow
+    from autosink_platform import plots
+
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
         mlflow.log_table(cases, "case_validation.json")
         mlflow.log_artifact(
@@ -274,6 +277,8 @@ def ship(
 ) -> Release:
     """Publish a candidate: the release files logged to its MLflow run (``release/``) and put
     into the fleet layout with a signed manifest, then accepted (challenger, maybe champion)."""
+    import mlflow
+
     c = candidate
     np.save(workdir / c.smoke_file, c.smoke)
     manifest = c.manifest(channel.key_id, sha256_file(workdir / c.smoke_file))

@@ -10,11 +10,14 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
-import torch
-from torch import nn
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 INPUT_NAME = "input"  # one name for images, rows and windows; graphs exported before read theirs
 OPSET = 18
@@ -25,6 +28,8 @@ def export_onnx(
     module: nn.Module, example: torch.Tensor, path: str | os.PathLike, output_names: list[str], max_batch=MAX_BATCH
 ) -> Path:
     """Export ``module`` (NamedTuple outputs) so that the ONNX output names are its field names."""
+    import torch  # here, not at import: scoring what ships (OnnxScorer) needs only onnxruntime
+
     module.eval()
     logging.getLogger("torch.onnx").setLevel(logging.WARNING)
     with warnings.catch_warnings():  # torch.export's own deprecation chatter on RNN graphs
