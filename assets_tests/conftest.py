@@ -24,6 +24,13 @@ from autosink_platform.settings import Settings  # noqa: E402
 TINY = DemoLakeConfig(devices=3, sessions_per_device=3, frames_per_session=120, seed=7)
 
 
+@pytest.fixture(autouse=True)
+def _own_registry(tmp_path, monkeypatch):
+    """No test reads or writes the project's registry (mlflow/mlflow.db, which ``make demo``
+    fills) or the user's: each gets its own unless it sets another."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'own-registry' / 'mlflow.db'}")
+
+
 @pytest.fixture(scope="session")
 def tiny_lake_template(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_lake")

@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from autosink_platform.lake.sessions import Lake
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines.sink import SINK, ingest_session, label_session
-from autosink_platform.validation.dataset import build_dataset
+from autosink_platform.validation.dataset import build_dataset, decode_frames, load_frame_stats, session_frames
+from autosink_platform.validation.frame_stats import frame_stats
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, validate
 from autosink_platform.validation.splits import SplitConfig, assign_split
 
@@ -21,6 +22,29 @@ def _labeled_store(lake_root, store_root):
         hashes[sid] = ingest_session(lake, store, sid)["content_sha256"]
         label_session(store, sid, SINK.source.labeling)
     return lake, store, hashes
+
+
+def test_a_dataset_reads_the_frames_kept_at_ingest_as_decoding_the_lake_would(tiny_lake, tmp_path):
+    lake, store, hashes = _labeled_store(tiny_lake, tmp_path / "store")
+    ids = sorted(hashes)
+    table = store.get_labels(ids)
+    decoded = decode_frames(lake.root, table)
+    images, stats = session_frames(store, lake.root, table)
+    np.testing.assert_array_equal(images, decoded)
+    pd.testing.assert_frame_equal(stats, frame_stats(table, decoded))
+    # A session ingested before frames were kept is decoded from the lake, with the same figures.
+    (store.root / "frames" / f"{ids[1]}.npy").unlink()
+    again, again_stats = session_frames(store, lake.root, table)
+    np.testing.assert_array_equal(again, decoded)
+    pd.testing.assert_frame_equal(again_stats, stats)
+    # The snapshot holds them too.
+    ref = build_dataset(store, lake.root, hashes)
+    data = ref.open()
+    np.testing.assert_array_equal(np.asarray(data.inputs), decoded)
+    pd.testing.assert_frame_equal(load_frame_stats(ref.path), stats.reset_index(drop=True))
+    # Rows out of session blocks cannot be matched to kept frames: refused, not mixed up.
+    with pytest.raises(ValueError, match="session blocks"):
+        session_frames(store, lake.root, pd.concat([table.iloc[:5], table.iloc[200:205], table.iloc[5:10]]))
 
 
 def test_schema_errors_name_column_and_check(tiny_lake, tmp_path):

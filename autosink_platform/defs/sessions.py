@@ -20,7 +20,7 @@ from autosink_platform.lake.store import FeatureStore
 from autosink_platform.pipelines import sink
 from autosink_platform.pipelines.spec import PipelineSpec
 from autosink_platform.validation import session_gates
-from autosink_platform.validation.dataset import COMPLETE, DatasetRef, build_dataset, decode_frames
+from autosink_platform.validation.dataset import COMPLETE, DatasetRef, build_dataset, session_frames
 from autosink_platform.validation.schemas import DataValidationError
 
 
@@ -168,7 +168,7 @@ def champion_gate(
         cached.parent.mkdir(parents=True, exist_ok=True)
         cached.write_text(json.dumps({"familiar_limit": limit, "quantile": gates.familiar_quantile}))
     table = store.get_labels(new)
-    images = decode_frames(lake.root, table)
+    images, _ = session_frames(store, lake.root, table)
     decisions = OnnxScorer(decider_dir / "model.onnx")(images)[models[gates.decider].decision_output]
     per_session = session_gates.disagreement_table(
         table, decisions >= manifest["threshold"]["threshold"], guard(images)[novelty] <= limit

@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
@@ -21,7 +21,7 @@ from PIL import Image
 
 from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder, read_all
 from autosink_platform.lake.store import FeatureStore
-from autosink_platform.validation.frame_stats import frame_stats
+from autosink_platform.validation.frame_stats import frame_stats, image_stats
 from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
 from autosink_platform.validation.splits import SplitConfig, assign_split, snapshot_id
 
@@ -173,6 +173,30 @@ def decode_frames(lake_root, table: pd.DataFrame) -> np.ndarray:
     )
 
 
+def session_frames(store: FeatureStore, lake_root, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:
+    """Every frame of ``table`` (rows in session blocks) as uint8 (N, H, W, 3), with their
+    statistics (table index): what the store kept at ingest, or decoded and measured here for a
+    session it kept none of, or whose rows are not its frames in order."""
+    ids = table["session_id"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, ids[1:] != ids[:-1]]) if len(ids) else np.array([], dtype=int)
+    blocks = dict(zip(ids[starts], zip(starts, np.r_[starts[1:], len(ids)], strict=True), strict=False))
+    if len(blocks) != len(starts):
+        raise ValueError("session_frames: the table's rows are not in session blocks")
+    kept = store.get_frames(list(blocks))
+    images, stats = [], []
+    for sid, (start, stop) in blocks.items():
+        part = table.iloc[start:stop]
+        indices = [int(PurePosixPath(p).stem) for p in part["frame_path"]]
+        if sid in kept and len(kept[sid][0]) == len(part) and indices == list(range(len(part))):
+            images.append(kept[sid][0])
+            stats.append(kept[sid][1])
+        else:
+            decoded = decode_frames(lake_root, part)
+            images.append(decoded)
+            stats.append(image_stats(decoded))
+    return np.concatenate(images), pd.concat(stats, ignore_index=True).set_index(table.index)
+
+
 def build_dataset(
     store: FeatureStore,
     lake_root: str | os.PathLike,
@@ -206,11 +230,11 @@ def build_dataset(
     if (out / COMPLETE).exists():
         return ref
 
-    images = decode_frames(lake_root, table)
+    images, stats = session_frames(store, lake_root, table)
     staging = staging_for(out)
     table.to_parquet(staging / "table.parquet", index=False)
     np.save(staging / "images.npy", images)
-    frame_stats(table, images).to_parquet(staging / FRAME_STATS, index=False)
+    stats.to_parquet(staging / FRAME_STATS, index=False)
     (staging / "manifest.json").write_text(
         json.dumps(asdict(ref) | {"path": None, "split_config": asdict(split)}, indent=1)
     )

@@ -84,8 +84,13 @@ def content_stats(images: np.ndarray, cfg: ContentConfig = ContentConfig(), batc
     return pd.DataFrame({"objectness": objectness, "skin_share": skin})
 
 
+def image_stats(images: np.ndarray, cfg: ContentConfig = ContentConfig()) -> pd.DataFrame:
+    """Quality and content statistics, one row per image (each row depends on its image alone)."""
+    return pd.concat([quality_stats(images), content_stats(images, cfg)], axis=1)
+
+
 def frame_stats(table: pd.DataFrame, images: np.ndarray, cfg: ContentConfig = ContentConfig()) -> pd.DataFrame:
     """Quality and content statistics, one row per row of ``table`` (same order as ``images``)."""
     if len(table) != len(images):
         raise ValueError(f"frame_stats: {len(table)} table rows but {len(images)} images")
-    return pd.concat([quality_stats(images), content_stats(images, cfg)], axis=1).set_index(table.index)
+    return image_stats(images, cfg).set_index(table.index)
