@@ -1,5 +1,6 @@
 """Sensors evaluated with build_sensor_context against a real (temporary SQLite) instance."""
 
+import json
 import shutil
 from datetime import UTC, datetime, timedelta
 from unittest import mock
@@ -102,10 +103,20 @@ def _upload(lake_root, seed: int, sessions: int = 1) -> None:
 
 def test_a_burst_of_uploads_waits_to_settle_and_goes_into_one_run(instance, tiny_lake):
     settled = _tick(instance, tiny_lake)
+    log = Lake(tiny_lake).commit_log  # the lake's sessions were committed a day ago
+    entries = [json.loads(line) for line in log.read_text().splitlines()]
+    day_before = lambda e: (
+        e | {"committed_at": (datetime.fromisoformat(e["committed_at"]) - timedelta(days=1)).isoformat()}
+    )  # noqa: E731
+    log.write_text("".join(json.dumps(day_before(e)) + "\n" for e in entries))  # the same length: the cursor holds
     _upload(tiny_lake, seed=3, sessions=2)
     # A tick in the middle of the burst: nothing is added or requested, and the cursor stays.
     early = _tick(instance, tiny_lake, settled.cursor, after=timedelta(0))
     assert isinstance(early, dg.SkipReason) and "settle" in early.skip_message, early
+    # A first tick (no cursor: the daemon started after sessions were ingested another way)
+    # reads the whole log; the sessions ingested long ago do not make the burst look settled.
+    first = _tick(instance, tiny_lake, None, after=timedelta(0))
+    assert isinstance(first, dg.SkipReason) and "settle" in first.skip_message, first
     before = set(instance.get_dynamic_partitions(PARTITIONS))
     _upload(tiny_lake, seed=4)
     # Quiet for SETTLE: the whole burst is one run.

@@ -61,17 +61,21 @@ def new_sessions_sensor(spec: PipelineSpec, partitions: dg.DynamicPartitionsDefi
         # The cursor is a byte offset into the lake's append-only commit log, so a tick reads
         # only what was committed since the last one, however large the lake grows.
         entries, cursor = lake.get().read_log(context.cursor)
-        if wait := settling(entries, _now()):
-            return dg.SkipReason(wait)  # the cursor stays: the next tick reads these entries again
         new: list[str] = []
         released: list[dg.RunRequest] = []
+        pending: list[dict] = []  # the entries this tick would act on
         for entry in entries:
             session_id = entry["session_id"]
             if "released_at" in entry:  # an operator released it from quarantine: ingest it again
                 released.append(dg.RunRequest(partition_key=session_id, run_key=f"{session_id}@{entry['released_at']}"))
+                pending.append(entry)
             # A reset cursor, a re-indexed log or a duplicate line must not add a partition twice.
             elif session_id not in new and not context.instance.has_dynamic_partition(partitions.name, session_id):
                 new.append(session_id)
+                pending.append(entry)
+        # Judged on what is new only: a first tick reads the whole log, sessions ingested long ago too.
+        if wait := settling(pending, _now()):
+            return dg.SkipReason(wait)  # the cursor stays: the next tick reads these entries again
         # The partitions are appended in this order before the runs launch, so each batch is a
         # contiguous range of them.
         batches = [new[i : i + INGEST_BATCH] for i in range(0, len(new), INGEST_BATCH)]
