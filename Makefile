@@ -8,11 +8,15 @@ export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 .PHONY: demo dev test install clean-home mlflow-ui lint bench measurements
 
 # Versions come from uv.lock as committed (--frozen: a stale lock is an error, never re-resolved);
-# --inexact keeps pip and uv themselves in the venv.
+# --inexact keeps pip and uv themselves in the venv. Bytecode is compiled once here: every
+# process the platform starts (code server, each run, the CLI, test workers) imports torch,
+# MLflow and Dagster, and where Python may not write it (PYTHONDONTWRITEBYTECODE, a read-only
+# venv) each one would compile them from source again.
 $(BIN)/autosink: pyproject.toml pi_client/pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip "uv>=0.13,<0.14"
-	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python --extra test
+	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python --extra test --compile-bytecode
+	$(BIN)/python -m compileall -q autosink_platform pi_client >/dev/null
 	touch $@
 
 install: $(BIN)/autosink
