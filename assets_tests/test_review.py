@@ -112,12 +112,14 @@ def served(labeled_home):
 
 def _sign_in(browser, url: str, token: str) -> None:
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
 
     browser.get(f"{url}/review")
     assert browser.current_url.endswith("/review/login")  # nothing is shown before signing in
     browser.find_element(By.ID, "token").send_keys(token)
     browser.find_element(By.ID, "sign-in").click()
-    assert browser.current_url.endswith("/review"), browser.current_url
+    # The form's POST and its redirect finish after click() returns: wait for the page, not a moment.
+    WebDriverWait(browser, 20).until(lambda d: d.current_url.endswith("/review"))
 
 
 def test_reviewer_corrects_a_label_in_the_browser(served, browser):
