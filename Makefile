@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export AUTOSINK_HOME ?= $(CURDIR)/.autosink
 export DAGSTER_HOME ?= $(AUTOSINK_HOME)/dagster
 
-.PHONY: demo dev test install clean-home mlflow-ui lint bench measurements
+.PHONY: demo dev test test-realdata install clean-home mlflow-ui lint bench measurements
 
 # Versions come from uv.lock as committed (--frozen: a stale lock is an error, never re-resolved);
 # --inexact keeps pip and uv themselves in the venv. Bytecode is compiled once here: every
@@ -32,8 +32,13 @@ dev: install
 	$(BIN)/dagster dev -w workspace.yaml
 
 ## The test suite (the command CI runs).
+## The default suite: everything but the model-quality checks on the real datasets.
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not realdata"
+
+## Model quality on the real datasets in ../shared/datasets (each skips, naming the folder, where absent).
+test-realdata: install
+	$(BIN)/python -m pytest -m realdata
 
 clean-home:
 	rm -rf $(AUTOSINK_HOME) mlflow/mlflow.db mlflow/artifacts
