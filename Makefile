@@ -31,8 +31,8 @@ dev: install
 	mkdir -p $(DAGSTER_HOME)
 	$(BIN)/dagster dev -w workspace.yaml
 
-## The test suite (the command CI runs).
-## The default suite: everything but the model-quality checks on the real datasets.
+## The test suite (CI runs it, then test-realdata): everything but the model-quality checks on
+## the real datasets.
 test: install
 	$(BIN)/python -m pytest -m "not realdata"
 
