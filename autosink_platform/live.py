@@ -290,10 +290,16 @@ def feedback_to_device(
     timeout: float = 900,
     services: Services | None = None,
     progress=None,
+    finish: bool = True,
 ) -> LoopReport:
     """Upload each session folder from the ``fleet`` device that recorded it, then wait, touching
-    nothing (``resources`` are the platform's, to read the registry and channel), until ``device`` reports the model they produced or the release stage keeps the
-    champion; the device must be syncing on its timer."""
+    nothing (``resources`` are the platform's, to read the registry and channel), until ``device``
+    reports the model they produced or the model's release step ends with the champion kept; the
+    device must be syncing on its timer.
+
+    The runs go on after the decision (the other models' releases, the review queue). With
+    ``finish`` they are waited for, so nothing is cut off when the services stop; without it they
+    are cancelled through the run launcher, for a caller that asks only for the decision."""
     import dagster as dg
 
     from autosink_platform.registry.mlflow_registry import CHAMPION
@@ -311,7 +317,7 @@ def feedback_to_device(
         answered.append(at)
     t0 = answered[0]
     deadline = time.monotonic() + timeout
-    train, outcome = None, None
+    train, outcome, kept_at = None, None, None
     while outcome is None:
         if services is not None:
             services.check()
@@ -326,15 +332,16 @@ def feedback_to_device(
         champion = None if champion is None else str(champion.version)
         if champion != before and device.version == champion:
             outcome = "promoted"
-        elif trains and trains[0].dagster_run.status in (dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE):
-            if champion == before:
-                outcome = "kept"
+        elif trains and champion == before:
+            decided = _release_ended(instance, trains[0], f"{pipeline}__{model}_release")
+            if decided is not None:
+                outcome, kept_at = "kept", decided
         if progress is not None:
             progress(runs, champion, device.version)
         train = trains[0] if trains else None
-    end = device.beats[-1]["at"] if outcome == "promoted" else train.end_time
-    # The runs go on after the device has its model (the other model's release, the review
-    # queue): wait for them, so nothing is cut off when the services stop.
+    end = device.beats[-1]["at"] if outcome == "promoted" else kept_at
+    if not finish:
+        _cancel_runs(instance, start)
     runs = _wait_for_runs(instance, start, deadline, services)
     train = next(r for r in runs if r.dagster_run.job_name == f"{pipeline}_train")
     candidate = _candidate(registry, name, train)
@@ -353,6 +360,31 @@ def feedback_to_device(
         ],
         decision=_decision(registry, resources["fleet"].audit(), name, candidate, outcome),
     )
+
+
+def _release_ended(instance, train, step: str) -> float | None:
+    """When the train run's ``step`` ended (the release gate and the promotion policy have
+    decided), or None while it has not; a run that ended without it has decided nothing more."""
+    import dagster as dg
+
+    kinds = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+    ended = [e.timestamp for e in instance.all_logs(train.dagster_run.run_id, of_type=kinds) if e.step_key == step]
+    if ended:
+        return ended[0]
+    return train.end_time if train.dagster_run.is_finished else None
+
+
+def _cancel_runs(instance, since: float) -> None:
+    """Cancel the runs since ``since`` that have not finished: a launched one through the run
+    launcher (its code server stops the run's process), a queued one at once."""
+    import dagster as dg
+
+    for record in _runs_since(instance, since):
+        run = record.dagster_run
+        if run.status == dg.DagsterRunStatus.QUEUED:
+            instance.report_run_canceled(run, message="cancelled after the loop's decision")
+        elif not run.is_finished:
+            instance.run_launcher.terminate(run.run_id)
 
 
 def _wait_for_runs(instance, since: float, deadline: float, services: Services | None) -> list:
