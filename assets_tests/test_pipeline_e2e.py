@@ -11,13 +11,13 @@ import time
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 import uvicorn
 from click.testing import CliRunner
 
-import mlflow
 from autosink_platform import definitions
 from autosink_platform.cli import main
 from autosink_platform.defs.factory import build_pipeline_defs

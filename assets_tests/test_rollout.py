@@ -9,13 +9,13 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import mlflow
 import numpy as np
 import pytest
 from autosink_pi.cli import heartbeat
 from autosink_pi.client import PiConfig, active, decide, in_rollout, read_state, sync
 from click.testing import CliRunner
 
-import mlflow
 from autosink_platform.cli import main as cli
 from autosink_platform.fleet.devices import DeviceRegistry
 from autosink_platform.home import Home

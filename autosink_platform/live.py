@@ -300,7 +300,6 @@ def feedback_to_device(
     The runs go on after the decision (the other models' releases, the review queue). With
     ``finish`` they are waited for, so nothing is cut off when the services stop; without it they
     are cancelled through the run launcher, for a caller that asks only for the decision."""
-    import dagster as dg
 
     from autosink_platform.registry.mlflow_registry import CHAMPION
 

@@ -67,6 +67,7 @@ def train_model(pipeline, model: Model, data: Data, registry: Registry, dagster_
     when the model does and its config is the same; 3. fit, logging each epoch; 4. log the
     trained model with its curves to MLflow as a new version of ``<pipeline>.<model>``."""
     import mlflow
+
     from autosink_platform import plots
 
     name = registered_name(pipeline, model)

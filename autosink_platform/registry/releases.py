@@ -95,6 +95,7 @@ def gate_on_cases(registry: Registry, name: str, version: str, run_id: str, case
     """Log the slice table to the version's run, then refuse the release if a group is below its
     floor (the version is tagged as failed; nothing is published)."""
     import mlflow
+
     from autosink_platform import plots
 
     with mlflow.start_run(run_id=run_id), tempfile.TemporaryDirectory() as tmp:
