@@ -78,10 +78,6 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], object]) -> Pa
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
-
-
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
@@ -111,13 +107,13 @@ def read_jsonl_from(path: str | os.PathLike, offset: int = 0) -> tuple[list[dict
 # -- the same operations on a folder or an object store ------------------------------------------
 
 
-def put_bytes(path, data: bytes) -> None:
-    """Write a whole file: locally by rename, on an object store by one PUT (readers see the
-    old object or the new one either way)."""
+def put_bytes(path, data: bytes, **options) -> None:
+    """Write a whole file: locally by rename, on an object store by one PUT with ``options``
+    (an ACL, a condition; readers see the old object or the new one either way)."""
     if is_local(path):
         atomic_write_bytes(path, data)
     else:
-        path.write_bytes(data)
+        path.fs.pipe_file(path.path, data, **options)
 
 
 def put_text(path, text: str) -> None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from upath import UPath
 
@@ -84,6 +85,8 @@ class Session:
     events: tuple[Event, ...]
     frame_size: tuple[int, int]  # (width, height)
     content_sha256: str
+    # The frames, decoded while they were checked: uint8 (N, H, W, 3) in frame order.
+    images: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def session_id(self) -> str:
@@ -150,7 +153,13 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _read_frames(path: Path, blobs: dict[str, bytes] | None) -> tuple[tuple[str, ...], tuple[int, int]]:
+def decode_frame(data: bytes) -> np.ndarray:
+    """One frame's bytes (PNG or JPEG) as uint8 (H, W, 3)."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _read_frames(path: Path, blobs: dict[str, bytes]) -> tuple[tuple[str, ...], tuple[int, int], np.ndarray]:
     frame_dir = path / "frames"
     files = sorted(p for p in frame_dir.iterdir() if p.suffix.lower() in FRAME_SUFFIXES) if frame_dir.is_dir() else []
     if not files:
@@ -164,20 +173,20 @@ def _read_frames(path: Path, blobs: dict[str, bytes] | None) -> tuple[tuple[str,
     if indices != list(range(len(files))):
         raise SessionFormatError(path, "bad_frame_name", "frame indices are not contiguous from 0")
     files.sort(key=lambda p: int(p.stem))
-    size = None
+    size, images = None, []
     for f in files:
         try:
-            with Image.open(f if blobs is None else io.BytesIO(blobs[f"frames/{f.name}"])) as im:
-                im.load()
-                this = im.size
+            image = decode_frame(blobs[f"frames/{f.name}"])
         except Exception as e:  # PIL raises many types for truncated/corrupt files
             raise SessionFormatError(path, "corrupt_frame", f"{f.name}: {e}") from e
+        this = (image.shape[1], image.shape[0])
         if not all(MIN_SIDE <= s <= MAX_SIDE for s in this):
             raise SessionFormatError(path, "bad_frame_size", f"{f.name}: {this} outside [{MIN_SIDE}, {MAX_SIDE}]")
         if size is not None and this != size:
             raise SessionFormatError(path, "bad_frame_size", f"{f.name}: {this} differs from {size}")
         size = this
-    return tuple(f"frames/{f.name}" for f in files), size
+        images.append(image)
+    return tuple(f"frames/{f.name}" for f in files), size, np.stack(images)
 
 
 def _read_events(path: Path, duration: float, fps: float) -> tuple[Event, ...]:
@@ -233,12 +242,12 @@ def content_hash(path: Path, blobs: dict[str, bytes] | None = None) -> str:
     return digest.hexdigest()
 
 
-def _fetch_all(path) -> dict[str, bytes] | None:
-    """On an object store, every file of the session in one batched request (relative path ->
-    bytes), so frames are checked and hashed from the same bytes; locally None (read in place)."""
-    if is_local(path):
-        return None
+def _read_all(path) -> dict[str, bytes]:
+    """Every file of the session (relative path -> bytes), read once, so its frames are checked,
+    decoded and hashed from the same bytes; from an object store in one batched request."""
     files = [f for f in path.rglob("*") if f.is_file()]
+    if is_local(path):
+        return {f.relative_to(path).as_posix(): f.read_bytes() for f in files}
     found = path.fs.cat([f.path for f in files])
     return {f.relative_to(path).as_posix(): found[f.path] for f in files}
 
@@ -249,8 +258,8 @@ def read_session(path: str | os.PathLike | UPath) -> Session:
     if not (path / COMMITTED).exists():
         raise SessionFormatError(path, "not_committed", f"{COMMITTED} is missing: the session is incomplete")
     meta = _read_meta(path)
-    blobs = _fetch_all(path)
-    frames, size = _read_frames(path, blobs)
+    blobs = _read_all(path)
+    frames, size, images = _read_frames(path, blobs)
     fps = float(meta["fps"])
     duration = (
         _parse_time(path, "ended_at", meta["ended_at"]) - _parse_time(path, "started_at", meta["started_at"])
@@ -261,7 +270,7 @@ def read_session(path: str | os.PathLike | UPath) -> Session:
             path, "frame_count_mismatch", f"{len(frames)} frames, but {duration:.1f} s at {fps} fps is {expected:.0f}"
         )
     events = _read_events(path, duration, fps)
-    return Session(path, meta, frames, events, size, content_hash(path, blobs))
+    return Session(path, meta, frames, events, size, content_hash(path, blobs), images)
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,6 @@ from tqdm import tqdm
 
 from autosink_platform.models.configs import FitConfig
 
-DTYPES = {"fp32": None, "bf16": torch.bfloat16}  # by FitConfig.precision
-
 
 class PrimaryOutput(nn.Module):
     """The logged MLflow model returns the decision output alone, so ``pyfunc.predict`` gives scores."""
@@ -39,8 +37,7 @@ class FitResult:
 
 def autocast_for(cfg: FitConfig) -> torch.autocast:
     """The autocast context a training step runs under (a no-op for fp32)."""
-    dtype = DTYPES[cfg.precision]
-    return torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
 
 
 def seed_everything(seed: int) -> torch.Generator:

@@ -23,7 +23,7 @@ from autosink_platform.thresholds import BestF1, TargetFPR, metrics_at
 from autosink_platform.validation.cases import TOO_FEW, CaseFloors, Slice, slice_table, weakest
 from autosink_platform.validation.dataset import DatasetRef, LoadedDataset
 from autosink_platform.validation.schemas import DataValidationError, LabeledFrames, SessionRecords, validate
-from autosink_platform.validation.session_gates import SessionGates, ingest_gate, session_images
+from autosink_platform.validation.session_gates import SessionGates, ingest_gate
 from autosink_platform.validation.splits import SplitConfig
 
 GUARD_TARGET_FPR = 0.01  # one ordinary frame in a hundred may be flagged; the device then holds its state
@@ -42,8 +42,7 @@ def ingest_session(lake: Lake, store: FeatureStore, session_id: str, source: Ses
     try:
         session = read_session(path)
         validate(session_record(session), SessionRecords, f"{store.root.name}/raw_sessions")
-        images = session_images(session)
-        held = None if lake.is_released(session_id) else ingest_gate(session, source.frame_size, source.gates, images)
+        held = None if lake.is_released(session_id) else ingest_gate(session, source.frame_size, source.gates)
         if held is not None:
             raise held
     except SessionFormatError as e:
@@ -53,7 +52,7 @@ def ingest_session(lake: Lake, store: FeatureStore, session_id: str, source: Ses
         record = lake.quarantine(session_id, SessionFormatError(path, "schema", str(e)))
         return {"status": "quarantined", "reason": record.reason, "detail": record.detail}
     store.put_session(session, lake.root)
-    store.put_frames(session_id, images)
+    store.put_frames(session_id, session.images)
     return {
         "status": "ingested",
         "device_id": session.device_id,

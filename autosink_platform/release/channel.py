@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tuf.api.metadata import TargetFile, Targets
 from upath import UPath
 
-from autosink_platform.files import atomic_write_bytes, is_url
+from autosink_platform.files import is_url, put_bytes
 from autosink_platform.release.tuf_repo import Renewal, TufRepository
 
 __all__ = ["FleetChannel", "sha256_file"]
@@ -111,12 +111,6 @@ class FleetChannel:
     def target_path(pipeline: str, model: str, *rest: str | int) -> str:
         return "/".join([pipeline, model, *map(str, rest)])
 
-    def _write(self, path: UPath, data: bytes) -> None:
-        if self.local:
-            atomic_write_bytes(path, data)
-        else:  # one PUT: readers see the old object or the new one
-            path.fs.pipe_file(path.path, data, **self.put_options)
-
     def put_version(self, pipeline: str, model: str, version: str | int, files: dict[str, Path]) -> UPath:
         """Publish a complete version: its files, then its targets (the manifest's carries the
         manifest's identity in ``custom``). A version, once published, is never rewritten."""
@@ -163,7 +157,7 @@ class FleetChannel:
         schema = (json.dumps(json_schema(), indent=1) + "\n").encode()
         path = self.root / SCHEMA_FILE
         if not path.exists() or path.read_bytes() != schema:
-            self._write(path, schema)
+            put_bytes(path, schema, **self.put_options)
 
     def published(self, pipeline: str, model: str, version: str | int) -> bool:
         """Whether the version's release is in the signed targets."""
@@ -243,7 +237,7 @@ class FleetChannel:
         if data is not None:  # for people and dashboards; devices read the signed metadata
             with self.tuf.lock():
                 if self.read_pointer(pipeline, model, channel)["sequence"] == result["sequence"]:
-                    self._write(self.pointer_path(pipeline, model, channel), data)
+                    put_bytes(self.pointer_path(pipeline, model, channel), data, **self.put_options)
         return result
 
     def pointers(self) -> list[tuple[str, str, str]]:

@@ -33,7 +33,7 @@ from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, Targets, Timest
 from tuf.api.serialization.json import JSONSerializer
 from upath import UPath
 
-from autosink_platform.files import atomic_write_bytes
+from autosink_platform.files import put_bytes
 
 ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 VALID = {
@@ -95,10 +95,10 @@ class TufRepository:
         if self.local:
             if condition.get("IfNoneMatch") and path.exists():
                 return False
-            atomic_write_bytes(path, data)
+            put_bytes(path, data)
             return True
         try:
-            path.fs.pipe_file(path.path, data, **self.put_options, **condition)
+            put_bytes(path, data, **self.put_options, **condition)
             return True
         except OSError:  # 412 Precondition Failed, FileExistsError for If-None-Match
             path.fs.invalidate_cache(path.path)

@@ -6,7 +6,6 @@ reference to a snapshot, ``DatasetRef``, for frames and for a published dataset'
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -17,9 +16,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from autosink_platform.files import atomic_write, is_local, local_copy, location, publish_folder, read_all
+from autosink_platform.lake.sessions import decode_frame
 from autosink_platform.lake.store import FeatureStore
 from autosink_platform.validation.frame_stats import frame_stats, image_stats
 from autosink_platform.validation.schemas import SPLITS, DatasetFrames, validate
@@ -165,12 +164,7 @@ def decode_frames(lake_root, table: pd.DataFrame) -> np.ndarray:
     """Every frame of ``table``, in its order, as uint8 (N, H, W, 3); from an object store its
     bytes come in one batched request."""
     root = location(lake_root)
-    return np.stack(
-        [
-            np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
-            for data in read_all([root / p for p in table["frame_path"]])
-        ]
-    )
+    return np.stack([decode_frame(data) for data in read_all([root / p for p in table["frame_path"]])])
 
 
 def session_frames(store: FeatureStore, lake_root, table: pd.DataFrame) -> tuple[np.ndarray, pd.DataFrame]:

@@ -25,12 +25,10 @@ operator can release the session (``autosink lake release``), after which the ga
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from autosink_platform.lake.sessions import Session, SessionFormatError
 
@@ -52,26 +50,14 @@ class SessionGates:
     familiarity: tuple[str, str] = ("", "")  # (model, output): its champion's novelty score per frame
 
 
-def session_images(session: Session) -> np.ndarray:
-    """The session's frames, decoded: uint8 (N, H, W, 3) in frame order."""
-    images = []
-    for name in session.frames:
-        with Image.open(io.BytesIO((session.path / name).read_bytes())) as im:
-            images.append(np.asarray(im.convert("RGB")))
-    return np.stack(images)
-
-
 def blank_share(images: np.ndarray, blank_std: float) -> float:
     """The share of frames with almost no contrast."""
     blank = sum(float(image.astype(np.float32).mean(axis=2).std()) < blank_std for image in images)
     return blank / len(images)
 
 
-def ingest_gate(
-    session: Session, frame_size: tuple[int, int], gates: SessionGates, images: np.ndarray
-) -> SessionFormatError | None:
-    """Why the session must not reach a dataset, from its own frames (``images``, decoded);
-    None when it may."""
+def ingest_gate(session: Session, frame_size: tuple[int, int], gates: SessionGates) -> SessionFormatError | None:
+    """Why the session must not reach a dataset, from its own frames; None when it may."""
     if tuple(session.frame_size) != tuple(frame_size):
         return SessionFormatError(
             session.path,
@@ -79,7 +65,7 @@ def ingest_gate(
             f"frames are {session.frame_size[0]}x{session.frame_size[1]}, the pipeline's cameras record "
             f"{frame_size[0]}x{frame_size[1]}",
         )
-    share = blank_share(images, gates.blank_std)
+    share = blank_share(session.images, gates.blank_std)
     if share > gates.max_blank_share:
         return SessionFormatError(
             session.path,
