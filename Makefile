@@ -57,6 +57,7 @@ lint: install
 bench: install
 	$(BIN)/uv sync --frozen --inexact --python $(BIN)/python -q --extra test --extra bench
 	$(BIN)/python benchmarks/demo_quality.py
+	$(BIN)/python benchmarks/classifier_loss.py
 	$(BIN)/python benchmarks/feedback_to_device.py
 	$(BIN)/python benchmarks/thresholds.py
 	$(BIN)/python benchmarks/conv_ae_throughput.py --repeats 3
