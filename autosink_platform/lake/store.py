@@ -54,7 +54,8 @@ class FeatureStore:
     def get_frames(self, session_ids: list[str]) -> dict[str, tuple[np.ndarray, pd.DataFrame]]:
         """(frames, statistics) of those of ``session_ids`` whose were kept at ingest (sessions
         ingested before frames were kept have none: their frames are decoded from the lake)."""
-        kept = [s for s in session_ids if self._path("frames", f"{s}.npy").exists()]
+        have = {p.stem for p in (self.root / "frames").glob("*.npy")}  # one listing, not a request per session
+        kept = [s for s in session_ids if s in have]
         frames = read_all([self._path("frames", f"{s}.npy") for s in kept])
         stats = read_all([self._path("frame_stats", f"{s}.parquet") for s in kept])
         return {
