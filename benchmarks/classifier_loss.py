@@ -1,6 +1,6 @@
 """The sink classifier's loss under weak labels: on each demo seed's first-act dataset, the
-classifier trained as the pipeline trains it, with confidence-weighted cross-entropy (focal
-gamma 0, the default) and with focal loss (gamma 2), for several training seeds. Each is judged
+classifier trained as the pipeline trains it, with focal loss (gamma 2, the default) and with
+confidence-weighted cross-entropy (gamma 0), for several training seeds. Each is judged
 against the generator's truth on the test split, at the threshold the pipeline's own policy
 picks on validation labels. A training seed stands for what another machine's arithmetic does
 to the same run. Prints a markdown table, writes JSON.

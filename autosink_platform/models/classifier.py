@@ -131,10 +131,11 @@ def train_classifier(
             sl = slice(i, i + 256)
             yield x["validation"][sl], y["validation"][sl], w["validation"][sl]
 
+    schedule, gamma = (cfg.fit, cfg.focal_gamma) if warm_start is None else (cfg.finetune, cfg.finetune_focal_gamma)
+
     def loss_fn(m, batch):
         frames, target, weight = batch
-        return focal_loss(m(frames).logit, target, weight, cfg.focal_gamma)
+        return focal_loss(m(frames).logit, target, weight, gamma)
 
-    schedule = cfg.fit if warm_start is None else cfg.finetune
     result = fit(model, loss_fn, train_batches, val_batches, schedule, on_epoch, desc="valve classifier")
     return model, result

@@ -52,13 +52,17 @@ class ClassifierConfig:
     # A retrain that starts from the champion's weights fine-tunes: a shorter schedule at a lower
     # rate keeps what the champion knows while the new sessions teach it what it got wrong.
     finetune: FitConfig = FitConfig(epochs=3, lr=5e-4, keep="last", channels_last=True)
-    # 0: confidence-weighted cross-entropy. Focal loss (gamma > 0; Lin et al., 2017) weights
-    # each frame by how wrong the network still is on it. Under weak labels the frames it stays
-    # wrong on are mostly the on-device model's unnoticed errors, so focal loss taught the
-    # classifier those errors: trained from scratch with gamma 2, truth F1 swung with the
-    # training seed (another machine's arithmetic does the same) and fell below the 0.95 aim.
-    # benchmarks/classifier_loss.py measures both. The fine-tune uses the same loss.
-    focal_gamma: float = 0.0
+    # Focal loss (Lin et al., 2017): down-weights the many frames the network already gets right,
+    # so the few hard positives (faint glasses, dishes half under the spout) carry the gradient.
+    # benchmarks/classifier_loss.py compares it with plain cross-entropy against the truth.
+    focal_gamma: float = 2.0
+    # A fine-tune uses plain (confidence-weighted) cross-entropy instead. Focal loss gives the
+    # frames the champion already gets right almost no gradient, so a fine-tune on a dataset with
+    # a new kind of hard frame (a new sink) spent every step on those and let the old kitchens
+    # drift: the candidate lost its margin on faint positives that the champion kept, and the
+    # promotion policy refused it for the slices it regressed. Cross-entropy keeps the easy old
+    # frames pulling on the weights while the new ones are learned.
+    finetune_focal_gamma: float = 0.0
 
 
 @dataclass(frozen=True)
