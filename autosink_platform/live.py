@@ -327,14 +327,15 @@ def feedback_to_device(
         time.sleep(1)
         runs = _runs_since(instance, start)
         trains = [r for r in runs if r.dagster_run.job_name == f"{pipeline}_train"]
+        # Whether the release step has ended is asked before the champion is read, so a
+        # promotion made in that step is always seen with it.
+        decided = _release_ended(instance, trains[0], f"{pipeline}__{model}_release") if trains else None
         champion = registry.alias_version(name, CHAMPION)
         champion = None if champion is None else str(champion.version)
         if champion != before and device.version == champion:
             outcome = "promoted"
-        elif trains and champion == before:
-            decided = _release_ended(instance, trains[0], f"{pipeline}__{model}_release")
-            if decided is not None:
-                outcome, kept_at = "kept", decided
+        elif decided is not None and champion == before:
+            outcome, kept_at = "kept", decided
         if progress is not None:
             progress(runs, champion, device.version)
         train = trains[0] if trains else None
