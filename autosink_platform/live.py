@@ -367,11 +367,20 @@ def _release_ended(instance, train, step: str) -> float | None:
     decided), or None while it has not; a run that ended without it has decided nothing more."""
     import dagster as dg
 
-    kinds = {dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
-    ended = [e.timestamp for e in instance.all_logs(train.dagster_run.run_id, of_type=kinds) if e.step_key == step]
-    if ended:
-        return ended[0]
+    ended = _step_times(
+        instance, train.dagster_run.run_id, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE
+    )
+    if step in ended:
+        return ended[step][0]
     return train.end_time if train.dagster_run.is_finished else None
+
+
+def _step_times(instance, run_id: str, *kinds) -> dict[str, list[float]]:
+    """Each step's event times in the run, of the given event ``kinds``."""
+    steps: dict[str, list[float]] = {}
+    for e in instance.all_logs(run_id, of_type=set(kinds)):
+        steps.setdefault(e.step_key, []).append(e.timestamp)
+    return steps
 
 
 def _cancel_runs(instance, since: float) -> None:
@@ -453,10 +462,8 @@ def _stages(instance, channel, pipeline, model, runs, answered, device, outcome,
             )
         if train.start_time:
             stages.append(("train run: queue + process start", train.create_timestamp.timestamp(), train.start_time))
-        steps: dict[str, list[float]] = {}
-        kinds = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
-        for e in instance.all_logs(train.dagster_run.run_id, of_type=kinds):
-            steps.setdefault(e.step_key, []).append(e.timestamp)
+        kinds = (dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE)
+        steps = _step_times(instance, train.dagster_run.run_id, *kinds)
         for key, times in sorted(steps.items(), key=lambda kv: min(kv[1])):
             stages.append((f"  {key.removeprefix(pipeline + '__')}", min(times), max(times)))
     if outcome == "promoted":
